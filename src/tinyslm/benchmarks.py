@@ -1,0 +1,381 @@
+"""The benchmark registry: each benchmark is data + prompt style + answer extractor + metric.
+
+Like lm-evaluation-harness's task YAMLs, an entry *declares* a benchmark; the evaluation runner is the
+same for all of them. An entry names
+
+* where its rows come from: a file under the data directory (offline) or a Hugging Face dataset id,
+* how a raw row becomes an :class:`Example` (id, question, gold answer, worked solution),
+* its answer style (``number`` or ``math``), which picks the prompt wording and the scorer,
+* where its few-shot exemplars come from (a training pool, never the evaluated set).
+
+Data directory: ``--data-dir`` else ``$TINYSLM_DATA_DIR``; with neither, rows load from the Hub by id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyslm.errors import UserError
+from tinyslm.scoring import gold_from_gsm8k_answer, gold_from_math_solution
+
+DATA_DIR_ENV = "TINYSLM_DATA_DIR"
+
+# Orca-Math has no test split: we hold out a fixed, seeded sample of 500 rows for evaluation, and the
+# training subset (tiny-slm-train --dataset orcamath) is drawn from the remaining rows only.
+ORCAMATH_HOLDOUT_SEED = 20240601
+ORCAMATH_HOLDOUT_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem. ``reference`` is the gold answer string the scorer compares against."""
+
+    id: str
+    question: str
+    reference: str
+    solution: str | None = None  # worked solution, used for exemplars and training targets
+
+
+@dataclass(frozen=True)
+class HubSource:
+    path: str
+    split: str
+    configs: tuple[str | None, ...] = (None,)  # several configs are concatenated (MATH's subjects)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    description: str
+    answer_style: str  # "number" | "math"
+    local_file: str | None  # relative to the data directory; None = hub only
+    hub: HubSource | None
+    parse_local: Callable[[Path], list[Example]] | None
+    parse_hub: Callable[[list[dict]], list[Example]] | None
+    fewshot_pool: str  # a key of FEWSHOT_POOLS, or "self" (exemplars taken from the set, then excluded)
+    n_expected: dict[str, int] = field(default_factory=dict)  # documented sizes, by source
+
+
+# ---------------------------------------------------------------------------------------------------
+# File readers: every malformed record is a UserError naming the file and line.
+
+
+def _read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise UserError(f"benchmark file not found: {path} (check --data-dir / ${DATA_DIR_ENV})")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: malformed JSON record ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise UserError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}")
+            out.append((lineno, rec))
+    if not out:
+        raise UserError(f"{path}: no records")
+    return out
+
+
+def _num_str(x: Any) -> str:
+    """Gold numbers from JSON floats: 51.0 -> '51.0' (the scorer compares numbers, not strings)."""
+    return str(x)
+
+
+_CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+def clean_gsm8k_solution(answer: str) -> str:
+    """GSM8K solutions carry calculator annotations (``<<16-3-4=9>>``) that no model should imitate."""
+    return _CALC_ANNOTATION.sub("", answer).strip()
+
+
+def _gsm8k_rows(rows: list[tuple[int, dict]], path: Path | str) -> list[Example]:
+    out = []
+    for lineno, r in rows:
+        if "####" not in r["answer"]:
+            raise UserError(f"{path}:{lineno}: GSM8K answer has no '####' line")
+        out.append(
+            Example(
+                id=str(len(out)),
+                question=r["question"].strip(),
+                reference=gold_from_gsm8k_answer(r["answer"]),
+                solution=clean_gsm8k_solution(r["answer"]),
+            )
+        )
+    return out
+
+
+def parse_gsm8k_file(path: Path) -> list[Example]:
+    return _gsm8k_rows(_read_jsonl_records(path, ("question", "answer")), path)
+
+
+def parse_svamp_file(path: Path) -> list[Example]:
+    if not path.is_file():
+        raise UserError(f"benchmark file not found: {path} (check --data-dir / ${DATA_DIR_ENV})")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"{path}: expected a non-empty JSON array of SVAMP problems")
+    return [_svamp_row(r, f"{path} (item {i})") for i, r in enumerate(rows)]
+
+
+def _svamp_row(r: Any, where: str) -> Example:
+    if not isinstance(r, dict) or not all(k in r for k in ("Body", "Question", "Answer")):
+        raise UserError(f"{where}: SVAMP record needs Body, Question and Answer")
+    body, q = str(r["Body"]).strip(), str(r["Question"]).strip()
+    return Example(id=str(r.get("ID", where)), question=f"{body} {q}", reference=_num_str(r["Answer"]))
+
+
+def parse_math_file(path: Path) -> list[Example]:
+    out = []
+    for lineno, r in _read_jsonl_records(path, ("problem", "solution")):
+        gold = r.get("answer") or gold_from_math_solution(r["solution"])
+        if not gold:
+            raise UserError(f"{path}:{lineno}: MATH record has no answer and no \\boxed{{}} in its solution")
+        rid = r.get("unique_id", r.get("idx", len(out)))
+        out.append(Example(id=str(rid), question=r["problem"].strip(), reference=gold, solution=r["solution"]))
+    return out
+
+
+def parse_asdiv_file(path: Path) -> list[Example]:
+    out = []
+    for _, r in _read_jsonl_records(path, ("body", "question", "answer")):
+        q = f"{r['body'].strip()} {r['question'].strip()}"
+        out.append(Example(id=str(r.get("idx", len(out))), question=q, reference=str(r["answer"]).strip()))
+    return out
+
+
+def parse_mawps_file(path: Path) -> list[Example]:
+    out = []
+    for _, r in _read_jsonl_records(path, ("input", "target")):
+        out.append(Example(id=str(r.get("idx", len(out))), question=r["input"].strip(), reference=_num_str(r["target"])))
+    return out
+
+
+# Hub rows (same field names as the offline copies, or close to them).
+
+
+def _hub_gsm8k(rows: list[dict]) -> list[Example]:
+    return _gsm8k_rows(list(enumerate(rows, 1)), "hub:openai/gsm8k")
+
+
+def _hub_svamp(rows: list[dict]) -> list[Example]:
+    return [_svamp_row(r, f"hub:ChilleD/SVAMP row {i}") for i, r in enumerate(rows)]
+
+
+def _hub_math(rows: list[dict]) -> list[Example]:
+    out = []
+    for i, r in enumerate(rows):
+        gold = r.get("answer") or gold_from_math_solution(r["solution"])
+        rid = r.get("unique_id", i)
+        out.append(Example(id=str(rid), question=r["problem"].strip(), reference=gold, solution=r["solution"]))
+    return out
+
+
+def orcamath_holdout_indices(n_rows: int) -> list[int]:
+    """The fixed, seeded 500 row indices of Orca-Math held out for evaluation (never trained on)."""
+    rng = random.Random(ORCAMATH_HOLDOUT_SEED)
+    return sorted(rng.sample(range(n_rows), ORCAMATH_HOLDOUT_SIZE))
+
+
+def orcamath_answer(answer: str) -> str:
+    """Orca-Math answers are prose; the gold is the last number in them (what the paper scored)."""
+    from tinyslm.scoring import extract_answer
+
+    ext = extract_answer(answer, "number")
+    return ext.text or ""
+
+
+def _hub_orcamath(rows: list[dict]) -> list[Example]:
+    keep = orcamath_holdout_indices(len(rows))
+    return [
+        Example(id=str(i), question=rows[i]["question"].strip(), reference=orcamath_answer(rows[i]["answer"]))
+        for i in keep
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The registry.
+
+MATH_SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "gsm8k", "GSM8K grade-school math word problems, test split", "number",
+            "gsm8k/test.jsonl", HubSource("openai/gsm8k", "test", ("main",)),
+            parse_gsm8k_file, _hub_gsm8k, "gsm8k-train", {"offline": 1319, "hub": 1319},
+        ),
+        Benchmark(
+            "svamp", "SVAMP robustness variations of simple arithmetic word problems", "number",
+            "svamp/SVAMP.json", HubSource("ChilleD/SVAMP", "test"),
+            parse_svamp_file, _hub_svamp, "gsm8k-train", {"offline": 1000, "hub": 300},
+        ),
+        Benchmark(
+            "math", "MATH competition problems, test split, all 7 subjects", "math",
+            "math/test.jsonl", HubSource("EleutherAI/hendrycks_math", "test", MATH_SUBJECTS),
+            parse_math_file, _hub_math, "self", {"offline": 5000, "hub": 5000},
+        ),
+        Benchmark(
+            "math500", "MATH-500, the PRM800K held-out subset of MATH test", "math",
+            "math500/test.jsonl", HubSource("HuggingFaceH4/MATH-500", "test"),
+            parse_math_file, _hub_math, "self", {"offline": 500, "hub": 500},
+        ),
+        Benchmark(
+            "orcamath", "Orca-Math word problems: a fixed seeded 500-row held-out set (hub only)", "number",
+            None, HubSource("microsoft/orca-math-word-problems-200k", "train"),
+            None, _hub_orcamath, "gsm8k-train", {"hub": 500},
+        ),
+        Benchmark(
+            "asdiv", "ASDiv diverse elementary math word problems", "number",
+            "asdiv/test.jsonl", None, parse_asdiv_file, None, "gsm8k-train", {"offline": 2215},
+        ),
+        Benchmark(
+            "mawps", "MAWPS (AddSub, MultiArith, SingleEq, SingleOp)", "number",
+            "mawps/test.jsonl", None, parse_mawps_file, None, "gsm8k-train", {"offline": 2065},
+        ),
+    ]
+}
+
+# Training pools that exemplars are drawn from: (local file, hub source, parser for each).
+FEWSHOT_POOLS: dict[str, tuple[str, HubSource, Callable[[Path], list[Example]], Callable[[list[dict]], list[Example]]]] = {
+    "gsm8k-train": ("gsm8k/train.jsonl", HubSource("openai/gsm8k", "train", ("main",)), parse_gsm8k_file, _hub_gsm8k),
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise UserError(f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)})") from None
+
+
+def parse_benchmark_list(spec: str) -> list[Benchmark]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError("no benchmark given (e.g. --benchmark gsm8k,svamp)")
+    return [get_benchmark(n) for n in dict.fromkeys(names)]
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """--data-dir, else $TINYSLM_DATA_DIR, else None (= load from the Hub). A named dir must exist."""
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is None:
+        return None
+    p = Path(data_dir).expanduser()
+    if not p.is_dir():
+        raise UserError(f"data directory not found: {p} (set --data-dir or ${DATA_DIR_ENV})")
+    return p
+
+
+def _load_hub(src: HubSource) -> list[dict]:
+    try:
+        import datasets  # optional: only users who load from the Hub need it
+    except ImportError:
+        raise UserError(
+            f"loading '{src.path}' from the Hugging Face Hub needs the 'datasets' package "
+            "(pip install 'tiny-slm[hub]'), or pass --data-dir with the offline files"
+        ) from None
+    rows: list[dict] = []
+    for cfg in src.configs:
+        try:
+            ds = datasets.load_dataset(src.path, cfg, split=src.split)
+        except Exception as e:  # network, auth, missing dataset: all user-facing
+            raise UserError(f"could not load '{src.path}' from the Hugging Face Hub ({type(e).__name__}: {e})".splitlines()[0]) from None
+        rows.extend(dict(r) for r in ds)
+    return rows
+
+
+@dataclass
+class LoadedBenchmark:
+    benchmark: Benchmark
+    examples: list[Example]
+    source: str  # file path or hub:<id>
+
+
+def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
+    """All rows of a benchmark, from the data dir when given, else from the Hub."""
+    if data_dir is not None:
+        if bench.local_file is None or bench.parse_local is None:
+            raise UserError(
+                f"benchmark '{bench.name}' has no offline copy; run without --data-dir/${DATA_DIR_ENV} to load it "
+                f"from the Hugging Face Hub ({bench.hub.path if bench.hub else '?'})"
+            )
+        path = data_dir / bench.local_file
+        return LoadedBenchmark(bench, bench.parse_local(path), str(path))
+    if bench.hub is None or bench.parse_hub is None:
+        raise UserError(f"benchmark '{bench.name}' is only available offline: pass --data-dir (or set ${DATA_DIR_ENV})")
+    return LoadedBenchmark(bench, bench.parse_hub(_load_hub(bench.hub)), f"hub:{bench.hub.path}")
+
+
+def load_fewshot_pool(pool: str, data_dir: Path | None) -> list[Example]:
+    local, hub, parse_local, parse_hub = FEWSHOT_POOLS[pool]
+    if data_dir is not None:
+        return parse_local(data_dir / local)
+    return parse_hub(_load_hub(hub))
+
+
+def _norm_q(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+@dataclass
+class FewShotPlan:
+    exemplars: list[Example]
+    eval_examples: list[Example]  # the examples to score (exemplars removed where drawn from the set)
+    source: str  # where exemplars came from
+    excluded_ids: list[str]  # ids removed from scoring because they serve as exemplars
+
+
+def plan_fewshot(loaded: LoadedBenchmark, shots: int, seed: int, data_dir: Path | None) -> FewShotPlan:
+    """Choose ``shots`` exemplars by seed, never from the evaluated set.
+
+    For benchmarks with a training pool the exemplars come from it, skipping any whose question also
+    appears in the evaluated set. MATH has no offline train split, so its exemplars are drawn (by seed)
+    from the set itself and those problems are then excluded from scoring, which results.json records.
+    """
+    examples = loaded.examples
+    if shots == 0:
+        return FewShotPlan([], examples, "none", [])
+    rng = random.Random(seed)
+    bench = loaded.benchmark
+    if bench.fewshot_pool == "self":
+        candidates = [e for e in examples if e.solution]
+        if len(candidates) <= shots:
+            raise UserError(f"{bench.name}: too few problems to draw {shots} exemplars from")
+        chosen = rng.sample(candidates, shots)
+        ids = {e.id for e in chosen}
+        return FewShotPlan(chosen, [e for e in examples if e.id not in ids], f"{loaded.source} (excluded from scoring)", sorted(ids))
+    pool = load_fewshot_pool(bench.fewshot_pool, data_dir)
+    evaluated = {_norm_q(e.question) for e in examples}
+    pool = [e for e in pool if e.solution and _norm_q(e.question) not in evaluated]
+    if len(pool) < shots:
+        raise UserError(f"few-shot pool '{bench.fewshot_pool}' has only {len(pool)} usable exemplars, need {shots}")
+    return FewShotPlan(rng.sample(pool, shots), examples, bench.fewshot_pool, [])
+

@@ -1,0 +1,345 @@
+"""The evaluation runner: model + benchmarks -> predictions.jsonl and results.json per benchmark.
+
+Read it top to bottom: resolve and validate every input (cheap) before loading the model (slow); then
+for each benchmark, resume from the predictions already on disk, generate the rest in batches, score
+and append each prediction as it comes, and finally write results.json atomically.
+
+Files per benchmark, under ``OUTPUT/<benchmark>/``:
+
+* ``run_config.json``: what the predictions depend on; a rerun with different settings is refused.
+* ``predictions.jsonl``: one line per problem, streamed (so a killed run loses at most one batch).
+* ``results.json``: the summary, written once every planned problem has a prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tinyslm.benchmarks import (
+    Example,
+    FewShotPlan,
+    LoadedBenchmark,
+    load_examples,
+    parse_benchmark_list,
+    plan_fewshot,
+    resolve_data_dir,
+)
+from tinyslm.errors import UserError
+from tinyslm.io import JsonlAppender, atomic_write_json, read_jsonl
+from tinyslm.scoring import score_output
+from tinyslm.stats import wilson_interval
+
+PROMPT_VERSION = 1  # bump when prompt wording changes: old predictions then no longer resume
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    benchmarks: str
+    output: str
+    adapter: str | None = None
+    shots: int = 0
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    seed: int = 1234
+    data_dir: str | None = None
+    overwrite: bool = False
+    device: str = "auto"
+    trust_remote_code: bool = False
+    progress: bool = True
+
+
+@dataclass
+class BenchmarkPlan:
+    loaded: LoadedBenchmark
+    fewshot: FewShotPlan
+    examples: list[Example]  # what gets scored, after exemplar exclusion and --limit
+    out_dir: Path
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("tiny-slm", "torch", "transformers", "peft", "accelerate", "math-verify", "gguf"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise UserError(f"unknown --device '{device}' (auto, cpu, cuda, cuda:N)")
+    return device
+
+
+def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
+    """Load data and choose exemplars for every benchmark; all bad input surfaces here, before the model."""
+    data_dir = resolve_data_dir(cfg.data_dir)
+    plans = []
+    for bench in parse_benchmark_list(cfg.benchmarks):
+        loaded = load_examples(bench, data_dir)
+        fewshot = plan_fewshot(loaded, cfg.shots, cfg.seed, data_dir)
+        examples = fewshot.eval_examples[: cfg.limit] if cfg.limit else fewshot.eval_examples
+        fingerprint = {
+            "model": cfg.model,
+            "adapter": cfg.adapter,
+            "benchmark": bench.name,
+            "source": loaded.source,
+            "shots": cfg.shots,
+            "seed": cfg.seed,
+            "exemplar_ids": [e.id for e in fewshot.exemplars],
+            "max_new_tokens": cfg.max_new_tokens,
+            "prompt_version": PROMPT_VERSION,
+        }
+        plans.append(BenchmarkPlan(loaded, fewshot, examples, Path(cfg.output) / bench.name, fingerprint))
+    return plans
+
+
+def check_output(plan: BenchmarkPlan, overwrite: bool) -> bool:
+    """Check the benchmark's output dir (nothing is written). Returns False when its finished result
+    can be reused.
+
+    A finished result is never touched without --overwrite; predictions from a different configuration
+    are never mixed with new ones.
+    """
+    d = plan.out_dir
+    cfg_file, res_file = d / "run_config.json", d / "results.json"
+    if overwrite:
+        return True  # the old files are removed only once the model has loaded (evaluate_benchmark)
+    if cfg_file.exists():
+        old = _read_json(cfg_file)
+        if old != plan.fingerprint:
+            diff = sorted(k for k in set(old) | set(plan.fingerprint) if old.get(k) != plan.fingerprint.get(k))
+            raise UserError(
+                f"{d} holds predictions made with different settings ({', '.join(diff)}); "
+                "pass --overwrite to replace them, or choose another --output"
+            )
+    if res_file.exists():
+        res = _read_json(res_file)
+        if res.get("n") == len(plan.examples):
+            return False
+        raise UserError(
+            f"{res_file} is a finished result for {res.get('n')} problems, this run plans {len(plan.examples)} "
+            "(different --limit); pass --overwrite to replace it, or choose another --output"
+        )
+    return True
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({e}); pass --overwrite to start this benchmark afresh") from None
+
+
+def done_predictions(path: Path) -> dict[str, dict]:
+    """Predictions already on disk, by id (a torn last line from a kill is ignored and regenerated)."""
+    if not path.exists():
+        return {}
+    try:
+        return {str(r["id"]): r for r in read_jsonl(path, tolerate_torn_tail=True)}
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{path} is damaged ({e}); pass --overwrite to start this benchmark afresh") from None
+
+
+def summarize(plan: BenchmarkPlan, preds: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
+    n = len(preds)
+    correct = sum(bool(p["correct"]) for p in preds)
+    strict = sum(bool(p["strict_correct"]) for p in preds)
+    lo, hi = wilson_interval(correct, n)
+    return {
+        "benchmark": plan.loaded.benchmark.name,
+        "n": n,
+        "correct": correct,
+        "exact_match": correct / n if n else 0.0,
+        "exact_match_ci95": [lo, hi],
+        "strict_correct": strict,
+        "strict_exact_match": strict / n if n else 0.0,
+        "strict_exact_match_ci95": list(wilson_interval(strict, n)),
+        **extra,
+    }
+
+
+def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, model_info: dict) -> dict:
+    from tinyslm.generation import generate
+    from tinyslm.prompts import build_prompt, is_chat_tokenizer
+
+    bench = plan.loaded.benchmark
+    pred_file = plan.out_dir / "predictions.jsonl"
+    # Files are replaced or created only now that the model has loaded, so a run that fails on bad input
+    # neither loses the old result nor leaves anything behind that would block the corrected command.
+    if cfg.overwrite:
+        for name in ("run_config.json", "predictions.jsonl", "results.json"):
+            (plan.out_dir / name).unlink(missing_ok=True)
+    if not (plan.out_dir / "run_config.json").exists():
+        atomic_write_json(plan.out_dir / "run_config.json", plan.fingerprint)
+    done = done_predictions(pred_file)
+    todo = [e for e in plan.examples if e.id not in done]
+    t0 = time.perf_counter()
+    gen_tokens, gen_time = 0, 0.0
+    if todo:
+        prompts = [build_prompt(tokenizer, e, bench.answer_style, plan.fewshot.exemplars) for e in todo]
+        bar = _progress(len(todo), f"{bench.name} ({cfg.shots}-shot)", cfg.progress, initial=len(plan.examples) - len(todo))
+        tg = time.perf_counter()
+
+        def on_progress(rows: int, new_tokens: int) -> None:
+            nonlocal gen_tokens
+            gen_tokens += new_tokens
+            if bar is not None:
+                bar.update(rows)
+                bar.set_postfix(tok_s=f"{gen_tokens / max(time.perf_counter() - tg, 1e-9):.0f}")
+
+        with JsonlAppender(pred_file) as out:
+            for i, g in generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.batch_size,
+                add_special_tokens=not is_chat_tokenizer(tokenizer),
+                on_progress=on_progress,
+            ):
+                ex = todo[i]
+                s = score_output(g.text, ex.reference, bench.answer_style)
+                rec = {
+                    "id": ex.id,
+                    "prompt": prompts[i],
+                    "output": g.text,
+                    "extracted": s["extracted"],
+                    "reference": ex.reference,
+                    "correct": s["correct"],
+                    "strict_correct": s["strict_correct"],
+                    "n_tokens": g.n_tokens,
+                    "prompt_tokens": g.prompt_tokens,
+                }
+                out.write(rec)
+                done[ex.id] = rec
+        gen_time = time.perf_counter() - tg
+        if bar is not None:
+            bar.close()
+    preds = [done[e.id] for e in plan.examples]
+    result = summarize(
+        plan,
+        preds,
+        {
+            **model_info,
+            "shots": cfg.shots,
+            "seed": cfg.seed,
+            "limit": cfg.limit,
+            "source": plan.loaded.source,
+            "fewshot_source": plan.fewshot.source,
+            "exemplar_ids": [e.id for e in plan.fewshot.exemplars],
+            "excluded_from_scoring": plan.fewshot.excluded_ids,
+            "max_new_tokens": cfg.max_new_tokens,
+            "batch_size": cfg.batch_size,
+            "resumed_predictions": len(plan.examples) - len(todo),
+            "generated_tokens": gen_tokens,
+            "generation_wall_s": round(gen_time, 3),
+            "generated_tokens_per_s": round(gen_tokens / gen_time, 2) if gen_time > 0 else None,
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "mean_output_tokens": sum(p["n_tokens"] for p in preds) / len(preds) if preds else 0.0,
+            "versions": package_versions(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    atomic_write_json(plan.out_dir / "results.json", result)
+    return result
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total + initial, initial=initial, desc=desc, unit="q", dynamic_ncols=True)
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, dict]:
+    """Evaluate one model on each benchmark of ``cfg``; returns the results by benchmark name."""
+    import torch
+
+    from tinyslm.models import load_model, model_name_for_results
+
+    if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise UserError(f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)")
+    plans = plan_benchmarks(cfg)
+    results: dict[str, dict] = {}
+    pending = []
+    for plan in plans:
+        if check_output(plan, cfg.overwrite):
+            pending.append(plan)
+        else:
+            results[plan.loaded.benchmark.name] = _read_json(plan.out_dir / "results.json")
+            print(f"{plan.loaded.benchmark.name}: already finished, kept {plan.out_dir / 'results.json'}")
+    if not pending:
+        return results
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    t_load = time.perf_counter()
+    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, device=device, trust_remote_code=cfg.trust_remote_code)
+    model_info = {
+        "model": model_name_for_results(cfg.model),
+        "model_ref": cfg.model,
+        "adapter": cfg.adapter,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "device": device,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "model_load_s": round(time.perf_counter() - t_load, 3),
+    }
+    for plan in pending:
+        results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
+    return results
+
+
+def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any]:
+    """Score outputs made by any tool: IN lines hold id, output, reference; OUT adds the verdicts."""
+    from tinyslm.benchmarks import get_benchmark
+    from tinyslm.io import atomic_write_text
+
+    bench = get_benchmark(benchmark)
+    src = Path(predictions)
+    if not src.is_file():
+        raise UserError(f"predictions file not found: {src}")
+    try:
+        rows = list(read_jsonl(src))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    lines, n, correct, strict = [], 0, 0, 0
+    for i, r in enumerate(rows, 1):
+        missing = [k for k in ("id", "output", "reference") if k not in r]
+        if missing:
+            raise UserError(f"{src}: record {i} lacks field(s) {', '.join(missing)}")
+        s = score_output(str(r["output"] or ""), str(r["reference"]), bench.answer_style)
+        r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
+        lines.append(json.dumps(r, ensure_ascii=False))
+        n += 1
+        correct += s["correct"]
+        strict += s["strict_correct"]
+    if n == 0:
+        raise UserError(f"{src}: no predictions")
+    atomic_write_text(output, "\n".join(lines) + "\n")
+    return {
+        "benchmark": benchmark,
+        "predictions": str(src),
+        "output": str(output),
+        "n": n,
+        "correct": correct,
+        "exact_match": correct / n,
+        "exact_match_ci95": list(wilson_interval(correct, n)),
+        "strict_exact_match": strict / n,
+    }
+
