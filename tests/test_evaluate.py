@@ -87,7 +87,8 @@ def test_bad_model_leaves_no_trace_that_blocks_the_fixed_command(tiny_model_dir,
 
 
 def test_stop_points():
-    assert cut_at_stop("3 + 4 = 7\n#### 7\nQuestion: next") == ("3 + 4 = 7\n#### 7\n", True)
+    assert cut_at_stop("3 + 4 = 7\n#### 7\nQuestion: next") == ("3 + 4 = 7\n#### 7", True)
+    assert cut_at_stop("#### 7\nMore text") == ("#### 7\n", True)
     assert cut_at_stop("So 7.\n\nQuestion: Bob has") == ("So 7.", True)
     assert cut_at_stop("The answer is $\\boxed{7}$.\nMore") == ("The answer is $\\boxed{7}$.\n", True)
     assert cut_at_stop("#### 7") == ("#### 7", False)  # the line is not finished yet

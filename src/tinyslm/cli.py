@@ -53,6 +53,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with the offline benchmark files (default: $TINYSLM_DATA_DIR; "
                                       "neither set = load from the Hugging Face Hub)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16")
+    p.add_argument("--engine", choices=["fast", "hf"], default="fast",
+                   help="decoding loop: fast (drops finished rows from the batch) or hf (model.generate); same tokens")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.add_argument("--overwrite", action="store_true", help="replace finished results in --output (default: keep and resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         model=args.model, benchmarks=args.benchmarks, output=args.output, adapter=args.adapter,
         shots=args.shots, limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, device=args.device,
+        seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, device=args.device, engine=args.engine,
         trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
     )
     results = run_eval(cfg)

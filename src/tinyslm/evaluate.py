@@ -53,6 +53,7 @@ class EvalConfig:
     data_dir: str | None = None
     overwrite: bool = False
     device: str = "auto"
+    engine: str = "fast"  # "fast" (our decode loop) or "hf" (model.generate): same greedy tokens
     trust_remote_code: bool = False
     progress: bool = True
 
@@ -211,6 +212,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
                 max_new_tokens=cfg.max_new_tokens,
                 batch_size=cfg.batch_size,
                 add_special_tokens=not is_chat_tokenizer(tokenizer),
+                engine=cfg.engine,
                 on_progress=on_progress,
             ):
                 ex = todo[i]
@@ -246,6 +248,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "excluded_from_scoring": plan.fewshot.excluded_ids,
             "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size,
+            "engine": cfg.engine,
             "resumed_predictions": len(plan.examples) - len(todo),
             "generated_tokens": gen_tokens,
             "generation_wall_s": round(gen_time, 3),
