@@ -93,3 +93,26 @@ def test_stop_points():
     assert cut_at_stop("The answer is $\\boxed{7}$.\nMore") == ("The answer is $\\boxed{7}$.\n", True)
     assert cut_at_stop("#### 7") == ("#### 7", False)  # the line is not finished yet
     assert cut_at_stop("####\n") == ("####\n", False)  # a marker with no answer is not an answer line
+
+
+@pytest.mark.slow
+def test_real_smollm2_on_a_few_gsm8k_problems(tmp_path, data_dir):
+    """The offline default model, end to end: chat prompt, stop at the answer line, scored outputs."""
+    from tinyslm.scoring import score_output
+
+    res = run_eval(EvalConfig(model="smollm2-135m-instruct", benchmarks="gsm8k", output=str(tmp_path),
+                              limit=4, batch_size=4, max_new_tokens=200, data_dir=str(data_dir), progress=False))
+    r = res["gsm8k"]
+    assert r["model"] == "smollm2-135m-instruct" and r["n"] == 4 and r["dtype"] == "float32"
+    preds = _lines(tmp_path / "gsm8k" / "predictions.jsonl")
+    assert [p["id"] for p in sorted(preds, key=lambda p: int(p["id"]))] == ["0", "1", "2", "3"]
+    for p in preds:
+        assert p["prompt"].startswith("<|im_start|>") and "<|im_start|>assistant" in p["prompt"]
+        assert p["output"].strip() and "<|im_end|>" not in p["output"]
+        assert "Question:" not in p["output"]  # run-on text is cut
+        assert p["extracted"] is not None  # a real model always writes some number
+        s = score_output(p["output"], p["reference"], "number")
+        assert (s["extracted"], s["correct"], s["strict_correct"]) == (p["extracted"], p["correct"], p["strict_correct"])
+    # The instruction asks for "#### N": the real model follows it at least some of the time.
+    assert any("####" in p["output"] for p in preds)
+    assert r["generated_tokens"] == sum(p["n_tokens"] for p in preds) and r["generated_tokens_per_s"] > 0
