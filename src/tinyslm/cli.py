@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_args(e)
     e.set_defaults(func=cmd_eval)
 
+    t = sub.add_parser("train", help="full fine-tuning, LoRA or DoRA under the study's protocol (also: tiny-slm-train)",
+                       description="Train with the paper's protocol defaults; every value can be overridden.")
+    from tinyslm.train import add_train_args, cmd_train
+
+    add_train_args(t)
+    t.set_defaults(func=cmd_train)
+
     s = sub.add_parser("score", help="(re)score a predictions JSONL made by any tool",
                        description="Each input line needs id, output and reference; the output repeats every line "
                                    "with extracted, correct and strict_correct added. A JSON summary goes to stdout.")
