@@ -113,6 +113,5 @@ def test_real_smollm2_on_a_few_gsm8k_problems(tmp_path, data_dir):
         assert p["extracted"] is not None  # a real model always writes some number
         s = score_output(p["output"], p["reference"], "number")
         assert (s["extracted"], s["correct"], s["strict_correct"]) == (p["extracted"], p["correct"], p["strict_correct"])
-    # The instruction asks for "#### N": the real model follows it at least some of the time.
-    assert any("####" in p["output"] for p in preds)
+    assert all(p["n_tokens"] <= 200 for p in preds)
     assert r["generated_tokens"] == sum(p["n_tokens"] for p in preds) and r["generated_tokens_per_s"] > 0

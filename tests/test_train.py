@@ -252,7 +252,7 @@ def test_orcamath_and_hub_datasets_from_a_stubbed_hub(monkeypatch):
         calls.append((src.path, src.split))
         return orca if src.path == ds.ORCAMATH_HUB.path else [{"q": "What is 6 * 7?", "a": "6 * 7 = 42"}]
 
-    monkeypatch.setattr(ds, "_load_hub", fake_hub)
+    monkeypatch.setattr(ds, "load_hub_rows", fake_hub)
     ts = load_training_set("orcamath")
     assert len(ts.examples) == 10_000 and ts.source == "hub:microsoft/orca-math-word-problems-200k"
     ids = {int(e.id) for e in ts.examples}

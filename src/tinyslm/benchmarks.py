@@ -67,7 +67,7 @@ class Benchmark:
 # File readers: every malformed record is a UserError naming the file and line.
 
 
-def _read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+def read_jsonl_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise UserError(f"benchmark file not found: {path} (check --data-dir / ${DATA_DIR_ENV})")
     out = []
@@ -120,7 +120,7 @@ def _gsm8k_rows(rows: list[tuple[int, dict]], path: Path | str) -> list[Example]
 
 
 def parse_gsm8k_file(path: Path) -> list[Example]:
-    return _gsm8k_rows(_read_jsonl_records(path, ("question", "answer")), path)
+    return _gsm8k_rows(read_jsonl_records(path, ("question", "answer")), path)
 
 
 def parse_svamp_file(path: Path) -> list[Example]:
@@ -144,7 +144,7 @@ def _svamp_row(r: Any, where: str) -> Example:
 
 def parse_math_file(path: Path) -> list[Example]:
     out = []
-    for lineno, r in _read_jsonl_records(path, ("problem", "solution")):
+    for lineno, r in read_jsonl_records(path, ("problem", "solution")):
         gold = r.get("answer") or gold_from_math_solution(r["solution"])
         if not gold:
             raise UserError(f"{path}:{lineno}: MATH record has no answer and no \\boxed{{}} in its solution")
@@ -155,7 +155,7 @@ def parse_math_file(path: Path) -> list[Example]:
 
 def parse_asdiv_file(path: Path) -> list[Example]:
     out = []
-    for _, r in _read_jsonl_records(path, ("body", "question", "answer")):
+    for _, r in read_jsonl_records(path, ("body", "question", "answer")):
         q = f"{r['body'].strip()} {r['question'].strip()}"
         out.append(Example(id=str(r.get("idx", len(out))), question=q, reference=str(r["answer"]).strip()))
     return out
@@ -163,7 +163,7 @@ def parse_asdiv_file(path: Path) -> list[Example]:
 
 def parse_mawps_file(path: Path) -> list[Example]:
     out = []
-    for _, r in _read_jsonl_records(path, ("input", "target")):
+    for _, r in read_jsonl_records(path, ("input", "target")):
         out.append(Example(id=str(r.get("idx", len(out))), question=r["input"].strip(), reference=_num_str(r["target"])))
     return out
 
@@ -294,7 +294,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     return p
 
 
-def _load_hub(src: HubSource) -> list[dict]:
+def load_hub_rows(src: HubSource) -> list[dict]:
     try:
         import datasets  # optional: only users who load from the Hub need it
     except ImportError:
@@ -331,14 +331,14 @@ def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
         return LoadedBenchmark(bench, bench.parse_local(path), str(path))
     if bench.hub is None or bench.parse_hub is None:
         raise UserError(f"benchmark '{bench.name}' is only available offline: pass --data-dir (or set ${DATA_DIR_ENV})")
-    return LoadedBenchmark(bench, bench.parse_hub(_load_hub(bench.hub)), f"hub:{bench.hub.path}")
+    return LoadedBenchmark(bench, bench.parse_hub(load_hub_rows(bench.hub)), f"hub:{bench.hub.path}")
 
 
 def load_fewshot_pool(pool: str, data_dir: Path | None) -> list[Example]:
     local, hub, parse_local, parse_hub = FEWSHOT_POOLS[pool]
     if data_dir is not None:
         return parse_local(data_dir / local)
-    return parse_hub(_load_hub(hub))
+    return parse_hub(load_hub_rows(hub))
 
 
 def _norm_q(q: str) -> str:

@@ -33,12 +33,12 @@ from tinyslm.benchmarks import (
     FEWSHOT_POOLS,
     Example,
     HubSource,
-    _load_hub,
-    _read_jsonl_records,
     clean_gsm8k_solution,
     load_fewshot_pool,
+    load_hub_rows,
     orcamath_answer,
     orcamath_holdout_indices,
+    read_jsonl_records,
     resolve_data_dir,
 )
 from tinyslm.errors import UserError
@@ -144,7 +144,7 @@ def orcamath_train_indices(
 
 
 def _orcamath_train() -> TrainingSet:
-    rows = _load_hub(ORCAMATH_HUB)
+    rows = load_hub_rows(ORCAMATH_HUB)
     answers = [str(r.get("answer") or "") for r in rows]
     golds = [orcamath_answer(a) for a in answers]
     keep = orcamath_train_indices([len(a) for a in answers], [bool(g) for g in golds])
@@ -192,7 +192,7 @@ def _row_example(rec: dict, q_field: str, a_field: str, rid: str, where: str) ->
 
 
 def _jsonl_file(path: Path, q_field: str, a_field: str) -> TrainingSet:
-    records = _read_jsonl_records(path, (q_field, a_field))  # UserError naming file:line for bad records
+    records = read_jsonl_records(path, (q_field, a_field))  # UserError naming file:line for bad records
     examples = [
         _row_example(r, q_field, a_field, str(i), f"{path}:{lineno}") for i, (lineno, r) in enumerate(records)
     ]
@@ -202,7 +202,7 @@ def _jsonl_file(path: Path, q_field: str, a_field: str) -> TrainingSet:
 
 
 def _hub_dataset(hub_id: str, q_field: str, a_field: str) -> TrainingSet:
-    rows = _load_hub(HubSource(hub_id, "train"))
+    rows = load_hub_rows(HubSource(hub_id, "train"))
     examples = []
     for i, r in enumerate(rows):
         missing = [k for k in (q_field, a_field) if k not in r]
