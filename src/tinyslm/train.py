@@ -262,12 +262,6 @@ def clear_run(out: Path) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
 
 
-def package_versions() -> dict[str, str]:
-    from tinyslm.evaluate import package_versions as versions
-
-    return versions()
-
-
 # ---------------------------------------------------------------------------------------------------
 # 3. Data order: a fixed permutation per epoch; each step's batch split into micro-batches per rank.
 
@@ -679,6 +673,7 @@ def _train(cfg: TrainConfig) -> dict:
     from transformers import get_cosine_schedule_with_warmup
 
     from tinyslm.datasets import IGNORE_INDEX, collate, encode_examples, load_training_set
+    from tinyslm.evaluate import package_versions
 
     cfg = resolve_config(cfg)
     out = Path(cfg.output).expanduser()
