@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -32,6 +33,23 @@ def _int_at_least(lo: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{s}'") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _float_at_least(lo: float, *, strict: bool = False, below: float | None = None) -> Callable[[str], float]:
+    """argparse type: a finite float >= lo (> lo with ``strict``), and < ``below`` when given."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
+        if not math.isfinite(v) or v < lo or (strict and v == lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {lo:g}, got {s}")
+        if below is not None and v >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {s}")
         return v
 
     return parse

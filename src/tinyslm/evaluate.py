@@ -32,7 +32,7 @@ from tinyslm.benchmarks import (
     resolve_data_dir,
 )
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, read_jsonl
+from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
 from tinyslm.scoring import score_output
 from tinyslm.stats import wilson_interval
 
@@ -157,13 +157,14 @@ def done_predictions(path: Path) -> dict[str, dict]:
         raise UserError(f"{path} is damaged ({e}); pass --overwrite to start this benchmark afresh") from None
 
 
-def summarize(plan: BenchmarkPlan, preds: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
+def summarize(benchmark: str, preds: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
+    """Exact match, strict match and their Wilson intervals over scored predictions."""
     n = len(preds)
     correct = sum(bool(p["correct"]) for p in preds)
     strict = sum(bool(p["strict_correct"]) for p in preds)
     lo, hi = wilson_interval(correct, n)
     return {
-        "benchmark": plan.loaded.benchmark.name,
+        "benchmark": benchmark,
         "n": n,
         "correct": correct,
         "exact_match": correct / n if n else 0.0,
@@ -235,7 +236,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             bar.close()
     preds = [done[e.id] for e in plan.examples]
     result = summarize(
-        plan,
+        bench.name,
         preds,
         {
             **model_info,
@@ -311,7 +312,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
 def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any]:
     """Score outputs made by any tool: IN lines hold id, output, reference; OUT adds the verdicts."""
     from tinyslm.benchmarks import get_benchmark
-    from tinyslm.io import atomic_write_text
 
     bench = get_benchmark(benchmark)
     src = Path(predictions)
@@ -321,28 +321,13 @@ def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any
         rows = list(read_jsonl(src))
     except ValueError as e:
         raise UserError(str(e)) from None
-    lines, n, correct, strict = [], 0, 0, 0
     for i, r in enumerate(rows, 1):
         missing = [k for k in ("id", "output", "reference") if k not in r]
         if missing:
             raise UserError(f"{src}: record {i} lacks field(s) {', '.join(missing)}")
         s = score_output(str(r["output"] or ""), str(r["reference"]), bench.answer_style)
         r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
-        lines.append(json.dumps(r, ensure_ascii=False))
-        n += 1
-        correct += s["correct"]
-        strict += s["strict_correct"]
-    if n == 0:
+    if not rows:
         raise UserError(f"{src}: no predictions")
-    atomic_write_text(output, "\n".join(lines) + "\n")
-    return {
-        "benchmark": benchmark,
-        "predictions": str(src),
-        "output": str(output),
-        "n": n,
-        "correct": correct,
-        "exact_match": correct / n,
-        "exact_match_ci95": list(wilson_interval(correct, n)),
-        "strict_exact_match": strict / n,
-    }
-
+    atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return summarize(benchmark, rows, {"predictions": str(src), "output": str(output)})

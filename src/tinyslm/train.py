@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -1092,25 +1092,8 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 # Command line: `tiny-slm train` / `tiny-slm-train`.
 
 
-def _float_at_least(lo: float, *, strict: bool = False, below: float | None = None) -> Callable[[str], float]:
-    """argparse type: a finite float >= lo (> lo with ``strict``), and < ``below`` when given."""
-
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
-        if not math.isfinite(v) or v < lo or (strict and v == lo):
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {lo:g}, got {s}")
-        if below is not None and v >= below:
-            raise argparse.ArgumentTypeError(f"must be < {below:g}, got {s}")
-        return v
-
-    return parse
-
-
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from tinyslm.cli import DEFAULT_MODEL, _int_at_least
+    from tinyslm.cli import DEFAULT_MODEL, _float_at_least, _int_at_least
 
     p.add_argument(
         "--model",
