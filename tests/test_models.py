@@ -472,8 +472,8 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="module")
 def smollm2_from_gguf(smollm2_dir):
     """The default alias loaded straight from the package's GGUF file (~25 s, so once per module)."""
-    alias = models.ALIASES[models.DEFAULT_MODEL]
-    return models.load_model(str(models._locate_part(*alias.parts[0])))
+    (gguf,) = models.alias_part_paths(models.DEFAULT_MODEL)  # a fresh venv may lack the package: reinstalls it
+    return models.load_model(str(gguf))
 
 
 @pytest.mark.slow

