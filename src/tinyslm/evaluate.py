@@ -303,6 +303,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         "device": device,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "model_load_s": round(time.perf_counter() - t_load, 3),
+        # Base parameters (an adapter's are not counted): the x axis of the report's accuracy-vs-size figure.
+        "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
     }
     for plan in pending:
         results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
