@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(t)
     t.set_defaults(func=cmd_train)
 
+    r = sub.add_parser("run", help="run a study: models x methods x seeds from one YAML config, then its report",
+                       description="Each cell (model x method x seed) is a run directory made by the same code as "
+                                   "tiny-slm-train and tiny-slm-eval. Finished cells are skipped, killed ones "
+                                   "resume, failing ones are recorded with their reason while the grid goes on.")
+    from tinyslm.study import add_run_args, cmd_run
+
+    add_run_args(r)
+    r.set_defaults(func=cmd_run)
+
     s = sub.add_parser("score", help="(re)score a predictions JSONL made by any tool",
                        description="Each input line needs id, output and reference; the output repeats every line "
                                    "with extracted, correct and strict_correct added. A JSON summary goes to stdout.")

@@ -1,0 +1,636 @@
+"""The study: one YAML config runs the whole comparison grid, one run directory per cell.
+
+``tiny-slm run CONFIG.yaml [--output DIR] [--dry-run] [--print-commands] [--cell ID]``. Read it top to bottom:
+
+1. **Config.** :class:`StudyConfig` (pydantic, unknown keys refused): models x methods x seeds, the
+   training set and size, the evaluation benchmarks and limits, hardware, and per-method overrides on
+   top of the protocol defaults of :mod:`tinyslm.train`.
+2. **Cells.** One per model x method x seed, in ``DIR/<model>/<method>/seed<k>/``. Zero-shot decoding is
+   greedy and does not depend on the seed, so it gets one cell per model (at the first seed).
+3. **Running a cell** uses the same functions as the command-line tools: :func:`tinyslm.evaluate.run_eval`
+   for zero-/few-shot, :func:`tinyslm.train.train` then ``run_eval`` on ``final/`` for full/LoRA/DoRA.
+   ``cell.json`` records the cell's settings and status. A finished cell is skipped; a cell that was
+   killed resumes (training from its last checkpoint, evaluation from its last prediction); a cell that
+   fails (out of memory, divergence, a missing model) is recorded with its reason and the grid goes on.
+4. **After the grid:** diagnostics on trained cells when the config asks, then the report.
+
+The cell directory is the unit everything else reads: ``tiny-slm-report`` walks cells, ``tiny-slm analyze``
+takes one. ``--print-commands`` prints one ``tiny-slm run CONFIG --cell ID`` line per cell, for users who
+hand cells to a cluster scheduler; each runs exactly what the in-process loop would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tinyslm.errors import UserError
+from tinyslm.io import atomic_write_json, atomic_write_text
+
+ICL_METHODS = ("zero-shot", "few-shot")
+TRAIN_METHODS = ("full", "lora", "dora")
+METHODS = ICL_METHODS + TRAIN_METHODS
+CELL_FILE = "cell.json"
+STUDY_FILE = "study.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Config.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSection(_Strict):
+    """Shared by every trained method; ``None`` means the protocol default of :class:`tinyslm.train.TrainConfig`."""
+
+    dataset: str = "gsm8k-train"
+    limit: int | None = Field(None, ge=1, description="first N training rows (the paper: 10,000)")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    save_every: int = Field(100, ge=1)
+    merge: bool = False
+
+
+class EvalSection(_Strict):
+    benchmarks: list[str] = Field(default_factory=lambda: ["gsm8k"], min_length=1)
+    limit: int | None = Field(None, ge=1, description="first N problems of each benchmark (None: all)")
+    shots: int = Field(5, ge=1, description="k of the few-shot method")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    engine: Literal["fast", "hf"] = "fast"
+
+
+class HardwareSection(_Strict):
+    device: str = "auto"
+    num_processes: int = Field(1, ge=1, description="data-parallel training processes (accelerate launch)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"must be auto, cpu or cuda, got '{v}'")
+        return v
+
+
+class MethodOverrides(_Strict):
+    """Per-method hyper-parameters on top of the protocol defaults (train.PROTOCOL) and the train section."""
+
+    lr: float | None = Field(None, gt=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    lora_r: int | None = Field(None, ge=1)
+    lora_alpha: float | None = Field(None, gt=0)
+    lora_dropout: float | None = Field(None, ge=0, lt=1)
+    target_modules: str | None = None
+    batch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    max_grad_norm: float | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+
+
+class DiagnosticsSection(_Strict):
+    enabled: bool = True
+    probe_limit: int = Field(200, ge=1)
+
+
+class ReportSection(_Strict):
+    enabled: bool = True
+    price_per_gpu_hour: float = Field(4.0, ge=0)
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    description: str = ""
+    output: str | None = None
+    data_dir: str | None = None
+    models: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [1234], min_length=1)
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    hardware: HardwareSection = HardwareSection()
+    overrides: dict[str, MethodOverrides] = Field(default_factory=dict)
+    diagnostics: DiagnosticsSection | bool = False
+    report: ReportSection = ReportSection()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in METHODS:
+                raise ValueError(f"unknown method '{m}' (choose from: {', '.join(METHODS)})")
+        if len(set(v)) != len(v):
+            raise ValueError("a method is listed twice")
+        return v
+
+    @field_validator("models", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("an entry is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides_for_trained_methods(self) -> StudyConfig:
+        for m in self.overrides:
+            if m not in TRAIN_METHODS:
+                raise ValueError(f"overrides.{m}: overrides are for trained methods ({', '.join(TRAIN_METHODS)})")
+        return self
+
+    @property
+    def diagnostics_settings(self) -> DiagnosticsSection | None:
+        d = self.diagnostics
+        if d is True:
+            return DiagnosticsSection()
+        if d is False or not d.enabled:
+            return None
+        return d
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study config; every problem is one UserError naming the file and the key."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config {p}: {e}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise UserError(f"{p} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping of settings (models:, methods:, ...), got {type(raw).__name__}")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}")
+        raise UserError(f"{p}: " + "; ".join(problems)) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Cells.
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str  # the reference the user wrote (alias, Hub id, path)
+    model_name: str  # its short name, as in results.json and the directory
+    method: str  # zero-shot | few-shot | full | lora | dora
+    seed: int
+    shots: int
+
+    @property
+    def label(self) -> str:
+        """The method as tables show it: few-shot carries its k."""
+        return f"few-shot-{self.shots}" if self.method == "few-shot" else self.method
+
+    @property
+    def id(self) -> str:
+        return f"{self.model_name}/{self.label}/seed{self.seed}"
+
+    @property
+    def trained(self) -> bool:
+        return self.method in TRAIN_METHODS
+
+
+def plan_cells(cfg: StudyConfig) -> list[Cell]:
+    """models x methods x seeds, in config order; zero-shot once per model."""
+    from tinyslm.models import model_name_for_results
+
+    cells = []
+    names: dict[str, str] = {}
+    for ref in cfg.models:
+        name = model_name_for_results(ref)
+        if name in names:
+            raise UserError(f"models '{names[name]}' and '{ref}' would share the directory name '{name}'")
+        names[name] = ref
+        for method in cfg.methods:
+            seeds = cfg.seeds[:1] if method == "zero-shot" else cfg.seeds
+            shots = cfg.eval.shots if method == "few-shot" else 0
+            cells.extend(Cell(ref, name, method, seed, shots) for seed in seeds)
+    return cells
+
+
+def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
+    """The :class:`tinyslm.train.TrainConfig` of a trained cell: train section, then the method's overrides."""
+    from tinyslm.train import TrainConfig
+
+    t = cfg.train
+    base = dict(
+        model=cell.model,
+        method=cell.method,
+        output=str(out),
+        dataset=t.dataset,
+        data_dir=cfg.data_dir,
+        limit=t.limit,
+        epochs=t.epochs,
+        max_steps=t.max_steps,
+        batch_size=t.batch_size,
+        micro_batch_size=t.micro_batch_size,
+        max_length=t.max_length,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        save_every=t.save_every,
+        merge=t.merge,
+        seed=cell.seed,
+        resume=True,  # fresh when empty, continue when killed, "done" when finished
+        device=cfg.hardware.device,
+        progress=progress,
+    )
+    over = cfg.overrides.get(cell.method)
+    if over is not None:
+        base.update({k: v for k, v in over.model_dump().items() if v is not None})
+    return TrainConfig(**base)
+
+
+def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
+    """The :class:`tinyslm.evaluate.EvalConfig` of a cell: the base model with k shots, or the trained
+    model zero-shot (as the paper evaluates fine-tuned models)."""
+    from tinyslm.evaluate import EvalConfig
+
+    common = dict(
+        benchmarks=",".join(cfg.eval.benchmarks),
+        output=str(out / "eval"),
+        limit=cfg.eval.limit,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=cell.seed,
+        data_dir=cfg.data_dir,
+        device=cfg.hardware.device,
+        engine=cfg.eval.engine,
+        progress=progress,
+    )
+    if not cell.trained:
+        return EvalConfig(model=cell.model, shots=cell.shots, **common)
+    from tinyslm.train import eval_config as trained_eval_config
+
+    tcfg = train_config(cfg, cell, out, progress)
+    ecfg = trained_eval_config(replace(tcfg, eval=common["benchmarks"]), out)
+    return replace(ecfg, **common, shots=0)
+
+
+def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
+    """What a cell's results depend on; a rerun with a different spec is refused, never mixed."""
+    from tinyslm.train import _RESUMABLE_CHANGES
+
+    ecfg = asdict(eval_config(cfg, cell, out))
+    spec: dict[str, Any] = {
+        "eval": {k: ecfg[k] for k in ("benchmarks", "limit", "shots", "max_new_tokens", "seed")},
+    }
+    if cell.trained:
+        tcfg = asdict(train_config(cfg, cell, out))
+        spec["train"] = {k: v for k, v in tcfg.items() if k not in _RESUMABLE_CHANGES}
+    return spec
+
+
+def read_cell(out: Path) -> dict | None:
+    import json
+
+    f = out / CELL_FILE
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a damaged record is rewritten; the run files beside it decide what is redone
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Running a cell.
+
+
+def run_cell(cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True, retry_failed: bool = False) -> dict:
+    """Run (or skip, or resume) one cell; returns its cell.json record. Never raises for a cell's own failure
+    (the record says ``failed`` and why); KeyboardInterrupt propagates after recording ``interrupted``."""
+    out = root / cell.model_name / cell.label / f"seed{cell.seed}"
+    prev = read_cell(out)
+    spec = cell_spec(cfg, cell, out)
+    rec: dict[str, Any] = {
+        "id": cell.id,
+        "model": cell.model_name,
+        "model_ref": cell.model,
+        "method": cell.label,
+        "kind": "train" if cell.trained else "icl",
+        "shots": cell.shots,
+        "seed": cell.seed,
+        "benchmarks": list(cfg.eval.benchmarks),
+        "spec": spec,
+        "status": "running",
+        "reason": None,
+        "wall_s": None,
+        "attempts": 1,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if prev is not None:
+        if prev.get("spec") != spec:
+            changed = sorted(
+                f"{part}.{k}"
+                for part in ("train", "eval")
+                for k in set((prev.get("spec") or {}).get(part) or {}) | set(spec.get(part) or {})
+                if ((prev.get("spec") or {}).get(part) or {}).get(k) != (spec.get(part) or {}).get(k)
+            )
+            return {
+                **prev,
+                "status": "failed",
+                "reason": f"{out} was run with different settings ({', '.join(changed) or 'spec'}); "
+                "choose another --output or delete that directory to rerun it",
+                "skipped": True,
+            }
+        if prev.get("status") == "finished":
+            return {**prev, "skipped": True}
+        if prev.get("status") == "failed" and not retry_failed:
+            return {**prev, "skipped": True}
+        rec["attempts"] = int(prev.get("attempts", 0)) + 1
+        rec["started_at"] = prev.get("started_at", rec["started_at"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / CELL_FILE, rec)
+    t0 = time.perf_counter()
+    previous_wall = float((prev or {}).get("wall_s") or 0.0)
+    try:
+        status, reason = _execute(cfg, cell, out, progress)
+    except KeyboardInterrupt:
+        rec.update(status="interrupted", reason="interrupted; rerun the same command to resume",
+                   wall_s=round(previous_wall + time.perf_counter() - t0, 3))
+        atomic_write_json(out / CELL_FILE, rec)
+        raise
+    except Exception as e:  # the cell's own failure: record it, keep the grid going
+        status, reason = "failed", _failure_reason(e)
+        if not isinstance(e, UserError):
+            atomic_write_text(out / "error.txt", traceback.format_exc())
+            reason += " (traceback in error.txt)"
+    rec.update(status=status, reason=reason, wall_s=round(previous_wall + time.perf_counter() - t0, 3),
+               finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_json(out / CELL_FILE, rec)
+    _free_memory()
+    return rec
+
+
+def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[str, str | None]:
+    from tinyslm.evaluate import run_eval
+
+    if cell.trained:
+        if cfg.hardware.num_processes > 1:
+            _launch_distributed(cfg, cell, out)
+            from tinyslm.train import read_run
+
+            run = read_run(out) or {}
+        else:
+            from tinyslm.train import train
+
+            run = train(train_config(cfg, cell, out, progress))
+        if run.get("status") != "finished":
+            return "failed", f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": ")
+    from tinyslm.train import _hf_progress_bars
+
+    with _hf_progress_bars(progress):
+        run_eval(eval_config(cfg, cell, out, progress))
+    return "finished", None
+
+
+def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
+    """Data-parallel training in child processes (accelerate launch); evaluation stays in this process."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.hardware.num_processes),
+           "-m", "tinyslm.train", *train_argv(train_config(cfg, cell, out))]
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"distributed training exited with code {proc.returncode}: {shlex.join(cmd)}")
+
+
+def train_argv(tcfg: Any) -> list[str]:
+    """``tiny-slm-train`` arguments that reproduce ``tcfg`` (only what differs from the CLI defaults)."""
+    from tinyslm.train import TrainConfig
+
+    default = TrainConfig(model="", method="", output="")
+    argv = []
+    for k, v in asdict(tcfg).items():
+        if k == "progress":
+            argv += [] if v else ["--no-progress"]
+            continue
+        if v == getattr(default, k):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag)
+        else:
+            argv += [flag, str(v)]
+    return argv
+
+
+def _failure_reason(e: BaseException) -> str:
+    text = f"{e}".strip().splitlines()[0] if f"{e}".strip() else type(e).__name__
+    if "out of memory" in text.lower():
+        return f"out of memory: {text}"[:500]
+    return (text if isinstance(e, UserError) else f"{type(e).__name__}: {text}")[:500]
+
+
+def _free_memory() -> None:
+    """Give the next cell the whole accelerator: a failed cell can leave tensors behind until collected."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. The grid.
+
+
+def check_inputs(cfg: StudyConfig) -> None:
+    """Fail on bad benchmarks, data directory or training set before the first cell runs.
+
+    Models are not checked here: a missing model fails its own cells, and the rest of the grid runs.
+    """
+    from tinyslm.benchmarks import load_examples, parse_benchmark_list, resolve_data_dir
+
+    data_dir = resolve_data_dir(cfg.data_dir)
+    for bench in parse_benchmark_list(",".join(cfg.eval.benchmarks)):
+        load_examples(bench, data_dir)
+    if any(m in TRAIN_METHODS for m in cfg.methods):
+        from tinyslm.datasets import load_training_set
+
+        load_training_set(cfg.train.dataset, data_dir=cfg.data_dir, limit=cfg.train.limit)
+        from tinyslm.train import resolve_config
+
+        for cell in plan_cells(cfg):
+            if cell.trained:
+                resolve_config(train_config(cfg, cell, Path("unused")))
+
+
+def output_dir(cfg: StudyConfig, config_path: str | Path, output: str | None) -> Path:
+    if output:
+        return Path(output).expanduser()
+    if cfg.output:
+        return Path(cfg.output).expanduser()
+    return Path("runs") / Path(config_path).stem
+
+
+def run_study(
+    config_path: str | Path,
+    output: str | None = None,
+    *,
+    only: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    report: bool = True,
+) -> dict:
+    """Run every cell of the config (or only the cell ``only``), then diagnostics and the report."""
+    cfg = load_config(config_path)
+    root = output_dir(cfg, config_path, output)
+    cells = plan_cells(cfg)
+    if only is not None:
+        cells = [c for c in cells if c.id == only]
+        if not cells:
+            raise UserError(f"no cell '{only}' in {config_path} (list them with --dry-run)")
+    check_inputs(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    records = {c.id: read_cell(root / c.model_name / c.label / f"seed{c.seed}") for c in plan_cells(cfg)}
+    t0 = time.perf_counter()
+    for i, cell in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] {cell.id}", file=sys.stderr, flush=True)
+        rec = run_cell(cfg, cell, root, progress=progress, retry_failed=retry_failed)
+        records[cell.id] = rec
+        _say_cell(rec)
+        write_study_file(cfg, root, records)
+    diag = cfg.diagnostics_settings
+    if diag is not None:
+        for cell in cells:
+            rec = records.get(cell.id) or {}
+            if cell.trained and rec.get("status") == "finished":
+                _diagnose(cfg, root / cell.model_name / cell.label / f"seed{cell.seed}", diag, progress)
+    result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
+    if report and cfg.report.enabled and only is None:
+        result["report"] = str(write_report(cfg, root))
+    return result
+
+
+def _say_cell(rec: dict) -> None:
+    status = rec.get("status")
+    if rec.get("skipped"):
+        note = "finished earlier, kept" if status == "finished" else f"{status} earlier: {rec.get('reason')}"
+        if status == "failed" and "different settings" not in (rec.get("reason") or ""):
+            note += " (rerun with --retry-failed)"
+    else:
+        note = f"{status} in {rec.get('wall_s', 0):.0f} s" + (f": {rec['reason']}" if rec.get("reason") else "")
+    print(f"    {rec.get('id')}: {note}", file=sys.stderr, flush=True)
+
+
+def _diagnose(cfg: StudyConfig, out: Path, diag: DiagnosticsSection, progress: bool) -> None:
+    """Diagnostics of one trained cell; kept when done, a failure is recorded and the study goes on."""
+    if (out / "diagnostics.json").exists():
+        return
+    from tinyslm import diagnostics
+
+    print(f"diagnostics: {out}", file=sys.stderr, flush=True)
+    try:
+        diagnostics.analyze(out, probe_limit=diag.probe_limit, device=cfg.hardware.device, progress=progress)
+    except Exception as e:  # recorded beside the cell, the report just lacks that row
+        atomic_write_text(out / "diagnostics.error.txt", traceback.format_exc())
+        print(f"    diagnostics failed: {_failure_reason(e)}", file=sys.stderr)
+
+
+def write_study_file(cfg: StudyConfig, root: Path, records: dict[str, dict | None]) -> None:
+    atomic_write_json(
+        root / STUDY_FILE,
+        {
+            "name": cfg.name,
+            "description": cfg.description,
+            "config": cfg.model_dump(),
+            "cells": [
+                {
+                    "id": cid,
+                    "dir": cid,
+                    **{k: (r or {}).get(k) for k in ("model", "method", "seed", "status", "reason", "wall_s")},
+                }
+                for cid, r in records.items()
+            ],
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def write_report(cfg: StudyConfig, root: Path) -> Path:
+    from tinyslm.report import write_report as render
+
+    return render([root], root / "report", price_per_gpu_hour=cfg.report.price_per_gpu_hour)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: `tiny-slm run`.
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="study config (YAML); see configs/quick.yaml, offline.yaml, paper.yaml")
+    p.add_argument("--output", help="study directory (default: the config's output:, else runs/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one shell command per cell (for a cluster scheduler); run nothing")
+    p.add_argument("--cell", help="run only this cell (an id from --dry-run, e.g. smollm2-135m-instruct/lora/seed1234)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before (default: keep them)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    root = output_dir(cfg, args.config, args.output)
+    cells = plan_cells(cfg)
+    if args.dry_run or args.print_commands:
+        if args.dry_run:
+            print(f"{len(cells)} cells -> {root}")
+        for c in cells:
+            if args.print_commands:
+                cmd = ["tiny-slm", "run", str(args.config), "--output", str(root), "--cell", c.id, "--no-progress"]
+                print(shlex.join(cmd))
+            else:
+                rec = read_cell(root / c.model_name / c.label / f"seed{c.seed}") or {}
+                status = rec.get("status", "pending")
+                reason = f"  ({rec['reason']})" if rec.get("reason") else ""
+                print(f"  {c.id:<50} {status}{reason}")
+        if args.print_commands:
+            print(f"# then: tiny-slm-report {shlex.quote(str(root))} --output {shlex.quote(str(root / 'report'))}")
+        return 0
+    result = run_study(args.config, args.output, only=args.cell, retry_failed=args.retry_failed,
+                       progress=not args.no_progress, report=not args.no_report)
+    recs = [r for r in result["cells"].values() if r]
+    done = sum(r.get("status") == "finished" for r in recs)
+    failed = [r for r in recs if r.get("status") == "failed"]
+    print(f"{done}/{len(cells)} cells finished, {len(failed)} failed; study in {result['output']} "
+          f"({result['wall_s']:.0f} s)")
+    for r in failed:
+        print(f"  failed: {r['id']}: {r.get('reason')}")
+    if "report" in result:
+        print(f"report: {result['report']}")
+    return 1 if failed else 0  # a scheduler (or make) sees that something needs a look; the rest is on disk
