@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(r)
     r.set_defaults(func=cmd_run)
 
+    rp = sub.add_parser("report", help="tables, paired statistics and figures from runs (also: tiny-slm-report)",
+                        description="Read study cells, tiny-slm-train and tiny-slm-eval directories; write report.md, "
+                                    "a self-contained report.html, figures/ and results.csv.")
+    from tinyslm.report import add_report_args, cmd_report
+
+    add_report_args(rp)
+    rp.set_defaults(func=cmd_report)
+
     s = sub.add_parser("score", help="(re)score a predictions JSONL made by any tool",
                        description="Each input line needs id, output and reference; the output repeats every line "
                                    "with extracted, correct and strict_correct added. A JSON summary goes to stdout.")

@@ -1,0 +1,246 @@
+"""The study report: ``tiny-slm-report RUN_DIR... --output OUT`` (also ``tiny-slm report``).
+
+Reads study cells, bare training runs and bare evaluations (``collect``), turns them into tables with
+paired statistics (``tables``) and figures (``figures``), and writes one document twice (``render``):
+
+* ``OUT/report.md`` with ``OUT/figures/*.png`` beside it;
+* ``OUT/report.html``, self-contained (figures as data URIs);
+* ``OUT/results.csv``: one row per model x method x benchmark x seed, failed cells included.
+
+Every sentence that states a finding is computed from the runs; nothing is written in advance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tinyslm.io import atomic_write_bytes, atomic_write_text
+from tinyslm.report.collect import Collection, collect, method_order
+from tinyslm.report.figures import all_figures
+from tinyslm.report.render import Bullets, Section, Table, to_html, to_markdown
+from tinyslm.report.tables import (
+    ALPHA,
+    SMALL_N,
+    _half_width,
+    accuracy_table,
+    build_groups,
+    comparisons,
+    cost_table,
+    diagnostics_table,
+    fmt_count,
+    qualitative_examples,
+    recommendations,
+    repetition_table,
+    results_csv_rows,
+    short_reason,
+    strict_table,
+)
+
+DEFAULT_PRICE = 4.00
+TITLE = "tiny-slm study report"
+
+
+def _versions(col: Collection) -> list[str]:
+    seen: dict[str, set[str]] = {}
+    for c in col.cells:
+        sources = [b.results.get("versions") for b in c.benchmarks.values()] + [(c.run or {}).get("versions")]
+        for v in sources:
+            for pkg, ver in (v or {}).items():
+                seen.setdefault(pkg, set()).add(str(ver))
+    return [f"{pkg} {', '.join(sorted(vers))}" for pkg, vers in seen.items()]
+
+
+def _devices(col: Collection) -> list[str]:
+    out: dict[str, set[str]] = {}
+    for c in col.cells:
+        if c.run and c.run.get("device"):
+            out.setdefault(f"training on {c.run['device']}", set()).add(str(c.run.get("precision") or "?"))
+        for b in c.benchmarks.values():
+            if b.results.get("device"):
+                out.setdefault(f"evaluation on {b.results['device']}", set()).add(str(b.results.get("dtype") or "?"))
+    return [f"{k} ({', '.join(sorted(v))})" for k, v in sorted(out.items())]
+
+
+def _study_lines(col: Collection) -> list[str]:
+    lines = []
+    for s in col.studies:
+        cfg = s.get("config") or {}
+        name = s.get("name") or cfg.get("name") or Path(s["_dir"]).name
+        desc = f": {s['description']}" if s.get("description") else ""
+        lines.append(f"Study '{name}' in {s['_dir']}{desc} (study.json updated {s.get('updated_at', '?')}).")
+    return lines
+
+
+def header(col: Collection, groups: dict) -> list:
+    done = [c for c in col.cells if c.finished]
+    stamps = sorted(str(t) for c in col.cells for t in
+                    [b.results.get("finished_at") for b in c.benchmarks.values()] + [(c.run or {}).get("finished_at")] if t)
+    bullets = [
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} from: {', '.join(str(r) for r in col.roots)}.",
+        *_study_lines(col),
+        f"Cells: {len(col.cells)} (model \u00d7 method \u00d7 seed), {len(done)} finished, "
+        f"{len(col.cells) - len(done)} not finished.",
+        "Models: " + "; ".join(f"{m} ({fmt_count(col.model_parameters(m))} parameters)" for m in col.models) + ".",
+        "Methods: " + ", ".join(sorted({c.method for c in col.cells}, key=method_order)) + ".",
+        "Benchmarks: " + (", ".join(col.benchmark_names) or "none") + ".",
+    ]
+    if stamps:
+        bullets.append(f"Results finished between {stamps[0]} and {stamps[-1]}.")
+    if _devices(col):
+        bullets.append("Devices: " + "; ".join(_devices(col)) + ".")
+    if _versions(col):
+        bullets.append("Versions: " + "; ".join(_versions(col)) + ".")
+    blocks: list = [Bullets(bullets)]
+    ns = [n for g in groups.values() for n in g.ns]
+    if ns and min(ns) < SMALL_N:
+        n = min(ns)
+        blocks.append(
+            f"Small samples: the smallest benchmark slice has n = {n} problems, where a 95% interval at 50% "
+            f"accuracy is about \u00b1{100 * _half_width(n):.0f} pp wide. Differences inside the intervals, and "
+            "verdicts that say n.s., are not evidence of a difference either way."
+        )
+    return blocks
+
+
+def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[list[Section], list, tuple]:
+    groups = build_groups(col)
+    comps = comparisons(groups)
+    sections = [Section("Runs", header(col, groups))]
+
+    rec_blocks: list = []
+    for rec in recommendations(col, groups):
+        rec_blocks += [f"{rec.model}:", Bullets(rec.text)]
+    sections.append(Section("Recommendations", [
+        "Derived from the tables below: per model, the method with the highest exact match pooled over the "
+        "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
+        f"same problems, \u03b1 = {ALPHA}; a multi-seed method counts a problem as solved when most seeds "
+        "solved it).",
+        *rec_blocks,
+    ]))
+
+    cols, rows = accuracy_table(groups, comps)
+    flagged = [r for r in rows if r[-1].startswith("NEGATIVE TRANSFER")]
+    sections.append(Section("Table 2: accuracy", [
+        Table(cols, rows, notes=[
+            "Exact match: the extracted answer equals the gold (flexible: the last number counts when no answer "
+            "is marked). 95% CI: Wilson score interval. With several seeds: mean \u00b1 sample sd over seeds, and "
+            "the interval is Wilson at the mean with the per-seed n (problems are the sampling unit; seeds re-use "
+            "the same problems).",
+            "\u0394: percentage points against the same model's zero-shot on the same benchmark. McNemar: exact "
+            "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
+            "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
+            "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
+            f"of the seeds below zero-shot with p < {ALPHA}. NEGATIVE TRANSFER = a trained method significantly "
+            "below zero-shot; n.s. = not significant.",
+        ]),
+        (f"Negative transfer found in {len(flagged)} case(s): " +
+         "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged) + ".")
+        if flagged else "No trained method is significantly below its zero-shot baseline.",
+    ]))
+
+    cols, rows, notes = cost_table(col, price)
+    sections.append(Section("Table 3: cost", [Table(cols, rows, notes=notes)]))
+
+    figures = all_figures(col, groups)
+    sections.append(Section("Figures", list(figures) or ["No figure: no training metrics, parameter counts "
+                                                          "or throughput numbers were found."]))
+
+    qual: list = [
+        f"The first {examples} problems (by id) that every method of a model answered, each method's lowest "
+        "seed; the output is cut to its start and end (the end is where the answer is). \u2713/\u2717 is the "
+        "flexible verdict."
+    ]
+    for title, qcols, qrows in qualitative_examples(groups, examples):
+        qual.append(Table(qcols, qrows, title=title))
+    rcols, rrows = repetition_table(col)
+    qual.append(Table(rcols, rrows, title="Repetition loops", notes=[
+        "A repetition loop: the same word n-gram 4 or more times in a row (tinyslm.textstats). Hit token "
+        "budget: the output used all max_new_tokens, i.e. it never ended on its own."]))
+    scols, srows = strict_table(groups)
+    qual.append(Table(scols, srows, title="Strict against flexible match", notes=[
+        "Strict also requires the answer to be marked ('#### X', \\boxed{X}, 'The answer is X'); a large gap "
+        "means the method finds the number but not the requested format."]))
+    sections.append(Section("Qualitative", qual))
+
+    diag = diagnostics_table(col)
+    if diag is not None:
+        sections.append(Section("Diagnostics", [Table(*diag, notes=[
+            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); numbers averaged over seeds "
+            "(\u00b1 sample sd where they differ)."])]))
+
+    failed = [c for c in col.cells if not c.finished]
+    if failed:
+        sections.append(Section("Failed or unfinished cells", [Table(
+            ["Model", "Method", "Seed", "Status", "Directory"],
+            [[c.model, c.method, "" if c.seed is None else str(c.seed), short_reason(c, 300), str(c.dir)]
+             for c in failed])]))
+    if col.warnings:
+        sections.append(Section("Warnings while reading", [Bullets(col.warnings)]))
+    return sections, figures, results_csv_rows(col)
+
+
+def write_report(run_dirs: Sequence[str | Path], output: str | Path, *,
+                 price_per_gpu_hour: float = DEFAULT_PRICE, examples: int = 3) -> Path:
+    """Read ``run_dirs`` and write the report into ``output``; returns the path of report.html."""
+    if not math.isfinite(price_per_gpu_hour) or price_per_gpu_hour < 0:
+        raise ValueError(f"price_per_gpu_hour must be a finite number >= 0, got {price_per_gpu_hour}")
+    col = collect(list(run_dirs))
+    out = Path(output)
+    sections, figures, (csv_cols, csv_rows) = build_sections(col, price_per_gpu_hour, examples)
+    for f in figures:
+        atomic_write_bytes(out / "figures" / f.name, f.png)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(csv_cols)
+    writer.writerows(csv_rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "report.md", to_markdown(TITLE, sections))
+    atomic_write_text(out / "report.html", to_html(TITLE, sections))
+    return out / "report.html"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    from tinyslm.cli import _float_at_least, _int_at_least
+
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="study directories (tiny-slm run), tiny-slm-train --output or tiny-slm-eval --output "
+                        "directories; searched recursively")
+    p.add_argument("--output", required=True, help="report directory: report.md, report.html, figures/, results.csv")
+    p.add_argument("--price-per-gpu-hour", type=_float_at_least(0.0), default=DEFAULT_PRICE,
+                   help=f"USD per GPU-hour for the cost column (default {DEFAULT_PRICE:.2f}); "
+                        "cost = runtime hours x processes x price; CPU runs get no price")
+    p.add_argument("--examples", type=_int_at_least(0), default=3,
+                   help="problems shown side by side per model and benchmark (default 3)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    html_path = write_report(args.run_dirs, args.output, price_per_gpu_hour=args.price_per_gpu_hour,
+                             examples=args.examples)
+    out = html_path.parent
+    print(f"report: {out / 'report.md'}, {html_path}, {out / 'results.csv'}, figures in {out / 'figures'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tinyslm.cli import _Parser, _run
+
+    p = _Parser(prog="tiny-slm-report",
+                description="Tables, paired statistics and figures from study, training and evaluation runs.")
+    add_report_args(p)
+    p.set_defaults(func=cmd_report)
+    return _run(p, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

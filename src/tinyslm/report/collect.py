@@ -1,0 +1,349 @@
+"""Read run directories into cells: one cell = one model x method x seed, with its per-benchmark results.
+
+Three layouts are accepted, found by walking every RUN_DIR (a directory is claimed by the first rule
+that fits, and its subdirectories are then not searched again):
+
+* a study cell (``tiny-slm run``): ``cell.json`` names model, method, seed and status; evaluation in ``eval/``,
+  training telemetry in ``run.json`` + ``metrics.jsonl`` for trained methods;
+* a bare training run (``tiny-slm-train --eval``): ``run.json`` (method, model, config.seed) + ``eval/``;
+* a bare evaluation (``tiny-slm-eval --output D``): ``D/<benchmark>/results.json``; the method follows from
+  the number of shots (0: zero-shot, k: few-shot-k).
+
+``study.json`` files met on the way are kept for the header, and their cells that never wrote a
+``cell.json`` (a crash before the cell started) still appear, with the study's status and reason.
+Nothing here judges results: a failed or unreadable cell is recorded as such so that the report can show
+it instead of crashing on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyslm.errors import UserError
+from tinyslm.io import read_jsonl
+
+TRAINED_METHODS = ("full", "lora", "dora")
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class BenchmarkRun:
+    """One benchmark of one cell: results.json plus the per-problem predictions, by problem id."""
+
+    name: str
+    results: dict[str, Any]
+    predictions: dict[str, dict[str, Any]]  # empty when predictions.jsonl is missing or unreadable
+    path: Path
+
+    @property
+    def verdicts(self) -> dict[str, bool]:
+        """Problem id -> correct, the input of the paired tests."""
+        return {k: bool(p.get("correct")) for k, p in self.predictions.items()}
+
+
+@dataclass
+class Cell:
+    """One model x method x seed, finished or not."""
+
+    dir: Path
+    layout: str  # "study", "train" or "eval"
+    model: str
+    method: str
+    seed: int | None
+    status: str  # finished, failed, diverged, interrupted, running, unreadable, ...
+    reason: str | None = None
+    model_ref: str | None = None
+    declared_benchmarks: list[str] = field(default_factory=list)
+    wall_s: float | None = None
+    run: dict[str, Any] | None = None  # run.json of a trained method
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    benchmarks: dict[str, BenchmarkRun] = field(default_factory=dict)
+    diagnostics: dict[str, Any] | None = None  # the "summary" of diagnostics.json
+
+    @property
+    def trained(self) -> bool:
+        return self.method in TRAINED_METHODS
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass
+class Collection:
+    roots: list[Path]
+    cells: list[Cell]
+    studies: list[dict[str, Any]]  # study.json contents, each with "_dir" added
+    warnings: list[str]
+
+    @property
+    def benchmark_names(self) -> list[str]:
+        return sorted({b for c in self.cells for b in c.benchmarks})
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({c.model for c in self.cells}, key=lambda m: (self.model_parameters(m) or 0, m))
+
+    def model_parameters(self, model: str) -> int | None:
+        """The model's base parameter count: results.json ``model_parameters`` (adapters excluded), else
+        run.json ``parameters.total`` of full fine-tuning (the same network), else of any trained run."""
+        counts = [
+            b.results.get("model_parameters")
+            for c in self.cells
+            if c.model == model
+            for b in c.benchmarks.values()
+        ]
+        counts = [int(x) for x in counts if isinstance(x, (int, float)) and x > 0]
+        if counts:
+            return max(set(counts), key=counts.count)
+        runs = sorted((c for c in self.cells if c.model == model and c.run), key=lambda c: c.method != "full")
+        for c in runs:
+            total = (c.run or {}).get("parameters", {}).get("total")
+            if isinstance(total, (int, float)) and total > 0:
+                return int(total)
+        return None
+
+
+def method_order(method: str) -> tuple[int, int, str]:
+    """Zero-shot, few-shot-k by k, full, LoRA, DoRA, then anything else: the order of every table."""
+    if method == ZERO_SHOT:
+        return (0, 0, method)
+    m = re.fullmatch(r"few-shot-(\d+)", method)
+    if m:
+        return (1, int(m.group(1)), method)
+    if method in TRAINED_METHODS:
+        return (2, TRAINED_METHODS.index(method), method)
+    return (3, 0, method)
+
+
+def natural_key(problem_id: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order ("2" before "10"), then the others alphabetically."""
+    return (0, int(problem_id)) if problem_id.isdigit() else (1, problem_id)
+
+
+class _Unreadable(Exception):
+    """A file that exists but cannot be parsed: the cell is reported as unreadable, the report goes on."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _Unreadable(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise _Unreadable(f"{path}: expected a JSON object")
+    return obj
+
+
+def _read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        return list(read_jsonl(path, tolerate_torn_tail=True))
+    except (OSError, ValueError) as e:
+        warnings.append(f"skipped {path}: {e}")
+        return []
+
+
+def read_benchmarks(eval_dir: Path, warnings: list[str]) -> dict[str, BenchmarkRun]:
+    """Every ``<benchmark>/results.json`` under ``eval_dir`` (unfinished benchmarks have none and are skipped)."""
+    out: dict[str, BenchmarkRun] = {}
+    if not eval_dir.is_dir():
+        return out
+    dirs = [eval_dir] if (eval_dir / "results.json").is_file() else sorted(p for p in eval_dir.iterdir() if p.is_dir())
+    for d in dirs:
+        res_file = d / "results.json"
+        if not res_file.is_file():
+            continue
+        try:
+            res = _read_json(res_file)
+        except _Unreadable as e:
+            warnings.append(str(e))
+            continue
+        if not isinstance(res.get("n"), int) or not isinstance(res.get("correct"), int):
+            warnings.append(f"skipped {res_file}: no integer n/correct")
+            continue
+        name = str(res.get("benchmark") or d.name)
+        preds = {str(p["id"]): p for p in _read_jsonl(d / "predictions.jsonl", warnings) if "id" in p}
+        if not preds:
+            warnings.append(f"{d}: no predictions.jsonl; paired tests and examples skip this benchmark")
+        out[name] = BenchmarkRun(name, res, preds, d)
+    return out
+
+
+def _method_from_shots(res: dict[str, Any]) -> str:
+    shots = int(res.get("shots") or 0)
+    base = ZERO_SHOT if shots == 0 else f"few-shot-{shots}"
+    # An adapter evaluated on its own: the method it was trained with is not recorded in results.json.
+    return f"adapter {base}" if res.get("adapter") else base
+
+
+def _fill_trained(cell: Cell, warnings: list[str]) -> None:
+    """run.json, metrics.jsonl and diagnostics.json of a cell directory, when present."""
+    run_file = cell.dir / "run.json"
+    if run_file.is_file():
+        try:
+            cell.run = _read_json(run_file)
+        except _Unreadable as e:
+            warnings.append(str(e))
+    cell.metrics = _read_jsonl(cell.dir / "metrics.jsonl", warnings)
+    diag_file = cell.dir / "diagnostics.json"
+    if diag_file.is_file():
+        try:
+            summary = _read_json(diag_file).get("summary")
+        except _Unreadable as e:
+            warnings.append(str(e))
+            summary = None
+        if isinstance(summary, dict):
+            cell.diagnostics = summary
+
+
+def read_study_cell(d: Path, warnings: list[str]) -> Cell:
+    try:
+        meta = _read_json(d / "cell.json")
+    except _Unreadable as e:
+        warnings.append(str(e))
+        return Cell(d, "study", d.parent.parent.name, d.parent.name, _seed_from_dir(d), "unreadable", str(e))
+    cell = Cell(
+        dir=d,
+        layout="study",
+        model=str(meta.get("model") or d.parent.parent.name),
+        method=str(meta.get("method") or d.parent.name),
+        seed=meta.get("seed"),
+        status=str(meta.get("status") or "unknown"),
+        reason=meta.get("reason"),
+        model_ref=meta.get("model_ref"),
+        declared_benchmarks=[str(b) for b in meta.get("benchmarks") or []],
+        wall_s=meta.get("wall_s"),
+    )
+    _fill_trained(cell, warnings)
+    cell.benchmarks = read_benchmarks(d / "eval", warnings)
+    return cell
+
+
+def read_train_dir(d: Path, warnings: list[str]) -> Cell:
+    try:
+        run = _read_json(d / "run.json")
+    except _Unreadable as e:
+        warnings.append(str(e))
+        return Cell(d, "train", d.name, "unknown", None, "unreadable", str(e))
+    cfg = run.get("config") or {}
+    cell = Cell(
+        dir=d,
+        layout="train",
+        model=str(run.get("model") or d.name),
+        method=str(run.get("method") or cfg.get("method") or "unknown"),
+        seed=cfg.get("seed"),
+        status=str(run.get("status") or "unknown"),
+        reason=run.get("reason"),
+        model_ref=run.get("model_ref"),
+        declared_benchmarks=[b for b in str(cfg.get("eval") or "").split(",") if b],
+        wall_s=run.get("runtime_s"),
+    )
+    _fill_trained(cell, warnings)
+    cell.benchmarks = read_benchmarks(d / "eval", warnings)
+    return cell
+
+
+def read_eval_dir(d: Path, warnings: list[str]) -> Cell | None:
+    benchmarks = read_benchmarks(d, warnings)
+    if not benchmarks:
+        return None
+    first = next(iter(benchmarks.values())).results
+    methods = {_method_from_shots(b.results) for b in benchmarks.values()}
+    if len(methods) > 1:
+        warnings.append(f"{d}: benchmarks evaluated with different shots ({', '.join(sorted(methods))}); "
+                        f"reported as {_method_from_shots(first)}")
+    return Cell(
+        dir=d,
+        layout="eval",
+        model=str(first.get("model") or d.name),
+        method=_method_from_shots(first),
+        seed=first.get("seed"),
+        status="finished",
+        model_ref=first.get("model_ref"),
+        declared_benchmarks=sorted(benchmarks),
+        wall_s=sum(float(b.results.get("wall_s") or 0) for b in benchmarks.values()),
+        benchmarks=benchmarks,
+    )
+
+
+def _seed_from_dir(d: Path) -> int | None:
+    m = re.fullmatch(r"seed(\d+)", d.name)
+    return int(m.group(1)) if m else None
+
+
+def _cells_from_study(study: dict[str, Any], seen: set[Path]) -> list[Cell]:
+    """Cells listed in study.json that have no cell.json on disk (they never started, or crashed first)."""
+    root = Path(study["_dir"])
+    out = []
+    for entry in study.get("cells") or []:
+        if not isinstance(entry, dict) or not entry.get("dir"):
+            continue
+        d = (root / str(entry["dir"])).resolve()
+        if d in seen:
+            continue
+        out.append(Cell(
+            dir=d,
+            layout="study",
+            model=str(entry.get("model") or "unknown"),
+            method=str(entry.get("method") or "unknown"),
+            seed=entry.get("seed"),
+            status=str(entry.get("status") or "not started"),
+            reason=entry.get("reason") or "no cell.json was written",
+        ))
+    return out
+
+
+def collect(run_dirs: list[str | Path]) -> Collection:
+    """Walk every RUN_DIR and read the cells in it. Bad input (a missing directory, nothing found) is a
+    :class:`UserError`; damaged files become warnings and unreadable cells."""
+    if not run_dirs:
+        raise UserError("no run directory given")
+    roots, cells, studies, warnings = [], [], [], []
+    for raw in run_dirs:
+        root = Path(raw).expanduser()
+        if not root.exists():
+            raise UserError(f"run directory not found: {root}")
+        if not root.is_dir():
+            raise UserError(f"not a directory: {root} (pass the directory the study, tiny-slm-train or tiny-slm-eval wrote)")
+        roots.append(root)
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            d = Path(dirpath)
+            if "study.json" in filenames:
+                try:
+                    studies.append({**_read_json(d / "study.json"), "_dir": str(d)})
+                except _Unreadable as e:
+                    warnings.append(str(e))
+            cell = None
+            if "cell.json" in filenames:
+                cell = read_study_cell(d, warnings)
+            elif "run.json" in filenames:
+                cell = read_train_dir(d, warnings)
+            elif "results.json" in filenames or any((d / x / "results.json").is_file() for x in dirnames):
+                cell = read_eval_dir(d, warnings)
+            if cell is not None or "cell.json" in filenames or "run.json" in filenames:
+                dirnames[:] = []  # a cell's own subdirectories (eval/, checkpoints/) are not cells
+            if cell is not None:
+                cells.append(cell)
+    seen = {c.dir.resolve() for c in cells}
+    for study in studies:
+        cells.extend(_cells_from_study(study, seen))
+    if not cells:
+        where = ", ".join(str(r) for r in roots)
+        raise UserError(
+            f"no runs found under {where} (expected a study directory, a tiny-slm-train --output directory "
+            "or a tiny-slm-eval --output directory with <benchmark>/results.json)"
+        )
+    if not any(c.benchmarks for c in cells):
+        failed = [c for c in cells if not c.finished]
+        why = f"; e.g. {failed[0].model} {failed[0].method}: {failed[0].status} ({failed[0].reason})" if failed else ""
+        raise UserError(f"{len(cells)} run(s) found but none has evaluation results (results.json){why}")
+    cells.sort(key=lambda c: (c.model, method_order(c.method), c.seed if isinstance(c.seed, int) else -1, str(c.dir)))
+    return Collection(roots, cells, studies, warnings)

@@ -1,0 +1,180 @@
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed) and returned as PNG bytes.
+
+Each method keeps one colour in every figure, so a reader can follow LoRA from the loss curves to the
+accuracy-vs-size plot. Seeds of one method share its colour; only the first is labelled.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from tinyslm.report.collect import Collection, method_order
+from tinyslm.report.tables import Group, fmt_count
+from tinyslm.stats import mean
+
+PALETTE = ["#4c4c4c", "#e69f00", "#56b4e9", "#009e73", "#d55e00", "#cc79a7", "#0072b2", "#f0e442"]
+DPI = 110
+
+
+@dataclass
+class Figure:
+    name: str  # file name under figures/
+    caption: str
+    png: bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(col: Collection) -> dict[str, str]:
+    """Method -> colour, from every method in the collection, so a method looks the same in every figure."""
+    methods = sorted({c.method for c in col.cells}, key=method_order)
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "x"
+
+
+def training_curves(col: Collection) -> list[Figure]:
+    """Per model: loss and gradient norm (log scale) against optimizer step, methods overlaid."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    colours = _colours(col)
+    figs = []
+    for model in col.models:
+        cells = [c for c in col.cells if c.model == model and c.metrics]
+        if not cells:
+            continue
+        fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(10, 3.6))
+        labelled: set[str] = set()
+        for c in sorted(cells, key=lambda c: (method_order(c.method), str(c.seed))):
+            steps = [m["step"] for m in c.metrics if "step" in m]
+            label = None if c.method in labelled else c.method
+            labelled.add(c.method)
+            style = dict(color=colours[c.method], lw=1.3, alpha=0.85, label=label)
+            if not c.finished:
+                style.update(ls="--")  # a diverged/failed run's curve up to where it stopped
+            ax_loss.plot(steps, [m.get("loss") for m in c.metrics if "step" in m], **style)
+            grads = [(m["step"], m.get("grad_norm")) for m in c.metrics if "step" in m]
+            grads = [(s, g) for s, g in grads if isinstance(g, (int, float)) and g > 0]
+            if grads:
+                ax_grad.plot(*zip(*grads, strict=True), **style)
+        ax_loss.set(title=f"{model}: training loss", xlabel="optimizer step", ylabel="loss (completion tokens)")
+        ax_grad.set(title=f"{model}: gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm")
+        ax_grad.set_yscale("log")
+        ax_loss.ticklabel_format(axis="y", useOffset=False)
+        for ax in (ax_loss, ax_grad):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs.append(Figure(f"training_{safe_name(model)}.png",
+                           f"{model}: loss and gradient norm per optimizer step, methods overlaid "
+                           "(seeds share a colour; dashed = run that did not finish).", _png(fig)))
+    return figs
+
+
+def accuracy_vs_size(col: Collection, groups: dict[tuple[str, str, str], Group]) -> Figure | None:
+    """Exact match against base parameter count (log x), one line per method, one panel per benchmark."""
+    plt = _plt()
+    from matplotlib.ticker import NullFormatter
+
+    benches = sorted({g.benchmark for g in groups.values() if g.runs})
+    sizes = {m: col.model_parameters(m) for m in col.models}
+    points = [g for g in groups.values() if g.runs and sizes.get(g.model)]
+    if not points or not benches:
+        return None
+    colours = _colours(col)
+    cols = min(3, len(benches))
+    rows = (len(benches) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax, bench in zip(axes.flat, benches, strict=False):
+        by_method: dict[str, list[Group]] = defaultdict(list)
+        for g in points:
+            if g.benchmark == bench:
+                by_method[g.method].append(g)
+        methods = sorted(by_method, key=method_order)
+        for j, method in enumerate(methods):
+            gs = sorted(by_method[method], key=lambda g: sizes[g.model])
+            dodge = 10 ** (0.012 * (j - (len(methods) - 1) / 2))  # side by side, so equal points stay visible
+            x = [sizes[g.model] * dodge for g in gs]
+            y = [100 * g.em for g in gs]
+            err = [[max(0.0, 100 * (g.em - g.ci[0])) for g in gs], [max(0.0, 100 * (g.ci[1] - g.em)) for g in gs]]
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.3, color=colours[method], label=method)
+        ax.set_xscale("log")
+        ticks = sorted({sizes[g.model] for g in points if g.benchmark == bench})
+        ax.set_xticks(ticks, [fmt_count(t) for t in ticks])  # the models' own sizes, not powers of ten
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(title=bench, xlabel="model parameters (log scale)", ylabel="exact match % (95% CI)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(benches):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return Figure("accuracy_vs_parameters.png",
+                  "Exact match against model size per method (mean over seeds, Wilson 95% interval; methods drawn "
+                  "slightly apart at each size so that equal points stay visible): where a method starts to pay off "
+                  "as models grow.", _png(fig))
+
+
+def throughput(col: Collection) -> Figure | None:
+    """Bars: training samples/s per model x trained method, and evaluation generated tokens/s per method."""
+    plt = _plt()
+    train: dict[tuple[str, str], list[float]] = defaultdict(list)
+    gen: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for c in col.cells:
+        if not c.finished:
+            continue
+        if c.run and c.run.get("samples_per_s"):
+            train[(c.model, c.method)].append(float(c.run["samples_per_s"]))
+        for b in c.benchmarks.values():
+            if b.results.get("generated_tokens_per_s"):
+                gen[(c.model, c.method)].append(float(b.results["generated_tokens_per_s"]))
+    panels = [(d, t, y) for d, t, y in ((train, "training throughput", "samples/s"),
+                                        (gen, "evaluation throughput", "generated tokens/s")) if d]
+    if not panels:
+        return None
+    colours = _colours(col)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, (data, title, ylabel) in zip(axes.flat, panels, strict=True):
+        models = [m for m in col.models if any(k[0] == m for k in data)]
+        methods = sorted({k[1] for k in data}, key=method_order)
+        width = 0.8 / len(methods)
+        for j, method in enumerate(methods):
+            xs = [i + (j - (len(methods) - 1) / 2) * width for i, m in enumerate(models) if (m, method) in data]
+            ys = [mean(data[(m, method)]) for m in models if (m, method) in data]
+            ax.bar(xs, ys, width=width, color=colours[method], label=method)
+        ax.set_xticks(range(len(models)), models, rotation=15, ha="right", fontsize=8)
+        ax.set(title=title, ylabel=ylabel + " (mean over seeds)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return Figure("throughput.png", "Throughput per model and method: training samples/s (trained methods) and "
+                  "generated tokens/s during evaluation (mean over benchmarks and seeds). Devices differ between "
+                  "runs only if the header says so.", _png(fig))
+
+
+def all_figures(col: Collection, groups: dict[tuple[str, str, str], Group]) -> list[Figure]:
+    figs = training_curves(col)
+    for f in (accuracy_vs_size(col, groups), throughput(col)):
+        if f is not None:
+            figs.append(f)
+    return figs

@@ -1,0 +1,564 @@
+"""From cells to the report's numbers: groups over seeds, paired tests, and the tables built from them.
+
+The statistics, in one place so that the README can describe them exactly:
+
+* accuracy of one run: exact match with its 95% Wilson interval (``stats.wilson_interval``);
+* several seeds: mean +- sample sd of the per-seed exact match; the interval is the Wilson interval at
+  the mean accuracy with the per-seed n, i.e. the uncertainty from sampling *problems* (seeds re-use the
+  same problems, so pooling them as k x n independent trials would make it look k times more certain);
+* a method against zero-shot: exact McNemar on the problems both answered (joined by id), once per seed
+  of the method (zero-shot is deterministic and run once). A method is called significantly below
+  (for a trained method: negative transfer) when its mean is below zero-shot and more than half of its
+  seeds are individually below with p < 0.05; every seed's p-value is printed;
+* best method per model: pooled correct / n over the benchmarks every compared method has (seed means);
+  its lead is tested with McNemar on the pooled problems, a problem counting as solved by a multi-seed
+  method when more than half of its seeds solved it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyslm.report.collect import (
+    ZERO_SHOT,
+    BenchmarkRun,
+    Cell,
+    Collection,
+    method_order,
+    natural_key,
+)
+from tinyslm.stats import mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
+from tinyslm.textstats import has_repetition_loop
+
+ALPHA = 0.05
+SMALL_N = 200  # below this many problems a 95% interval at 50% accuracy is wider than +-7 pp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Groups: one model x method x benchmark over its seeds.
+
+
+@dataclass
+class Group:
+    model: str
+    method: str
+    benchmark: str
+    runs: list[tuple[Cell, BenchmarkRun]] = field(default_factory=list)  # finished, by seed
+    missing: list[Cell] = field(default_factory=list)  # cells of this group without a result
+
+    @property
+    def ems(self) -> list[float]:
+        return [b.results["correct"] / b.results["n"] if b.results["n"] else 0.0 for _, b in self.runs]
+
+    @property
+    def em(self) -> float:
+        return mean(self.ems)
+
+    @property
+    def em_sd(self) -> float | None:
+        return sample_sd(self.ems)
+
+    @property
+    def ns(self) -> list[int]:
+        return [int(b.results["n"]) for _, b in self.runs]
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """One run: its Wilson interval. Several seeds: Wilson at the mean accuracy with the per-seed n."""
+        n = round(mean([float(x) for x in self.ns]))
+        return wilson_interval(min(n, max(0.0, self.em * n)), n) if n else (0.0, 0.0)
+
+    @property
+    def strict_em(self) -> float:
+        return mean([b.results.get("strict_correct", 0) / b.results["n"] if b.results["n"] else 0.0
+                     for _, b in self.runs])
+
+    def verdicts(self) -> dict[str, bool]:
+        """Per problem: solved by more than half of the seeds (the single run's verdict for one seed)."""
+        votes: dict[str, list[bool]] = defaultdict(list)
+        for _, b in self.runs:
+            for k, v in b.verdicts.items():
+                votes[k].append(v)
+        k_runs = len(self.runs)
+        return {k: sum(v) * 2 > k_runs for k, v in votes.items() if len(v) == k_runs}
+
+
+def build_groups(col: Collection) -> dict[tuple[str, str, str], Group]:
+    """Every model x method x benchmark that has a result or a cell that should have produced one."""
+    groups: dict[tuple[str, str, str], Group] = {}
+    model_benchmarks: dict[str, set[str]] = defaultdict(set)
+    for c in col.cells:
+        model_benchmarks[c.model] |= set(c.benchmarks)
+    for c in col.cells:
+        for name, b in c.benchmarks.items():
+            g = groups.setdefault((c.model, c.method, name), Group(c.model, c.method, name))
+            if c.finished:
+                g.runs.append((c, b))
+            else:
+                g.missing.append(c)
+        expected = set(c.declared_benchmarks) or model_benchmarks[c.model] or {""}
+        for name in sorted(expected - set(c.benchmarks)):
+            groups.setdefault((c.model, c.method, name), Group(c.model, c.method, name)).missing.append(c)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: r[0].seed if isinstance(r[0].seed, int) else -1)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], method_order(kv[0][1]))))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paired comparisons.
+
+
+@dataclass
+class PairedTest:
+    seed: int | None
+    n: int  # problems both answered
+    losses: int  # baseline right, this method wrong
+    wins: int  # this method right, baseline wrong
+    p: float
+
+
+@dataclass
+class Comparison:
+    delta_pp: float
+    tests: list[PairedTest]
+    verdict: str  # "significantly below", "significantly above", "n.s.", "no paired predictions"
+    negative_transfer: bool
+
+
+def _pick_baseline(baseline: Group, seed: int | None) -> BenchmarkRun:
+    for c, b in baseline.runs:
+        if c.seed == seed:
+            return b
+    return baseline.runs[0][1]
+
+
+def compare(group: Group, baseline: Group) -> Comparison:
+    """``group`` against ``baseline`` (zero-shot) on the same problems, one McNemar test per seed."""
+    delta = 100 * (group.em - baseline.em)
+    tests = []
+    for c, b in group.runs:
+        base = _pick_baseline(baseline, c.seed)
+        n, losses, wins = paired_counts(base.verdicts, b.verdicts)
+        if n:
+            tests.append(PairedTest(c.seed, n, losses, wins, mcnemar_exact(losses, wins)))
+    if not tests:
+        return Comparison(delta, [], "no paired predictions", False)
+    half = len(tests) / 2
+    below = sum(t.p < ALPHA and t.losses > t.wins for t in tests)
+    above = sum(t.p < ALPHA and t.wins > t.losses for t in tests)
+    if delta < 0 and below > half:
+        verdict = "significantly below"
+    elif delta > 0 and above > half:
+        verdict = "significantly above"
+    else:
+        verdict = "n.s."
+    return Comparison(delta, tests, verdict, verdict == "significantly below" and group.runs[0][0].trained)
+
+
+def comparisons(groups: dict[tuple[str, str, str], Group]) -> dict[tuple[str, str, str], Comparison]:
+    out = {}
+    for key, g in groups.items():
+        base = groups.get((g.model, ZERO_SHOT, g.benchmark))
+        if g.method != ZERO_SHOT and g.runs and base is not None and base.runs:
+            out[key] = compare(g, base)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Formatting.
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def signed(x: float, digits: int = 1) -> str:
+    return f"{x:+.{digits}f}".replace("-", "\u2212")
+
+
+def fmt_p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def fmt_count(x: float | None) -> str:
+    """135M, 1.54B, 3.2K: parameter counts as people say them."""
+    if x is None:
+        return "\u2014"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "\u2014"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def fmt_num(x: Any) -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int) or float(x).is_integer() and abs(x) < 1e15:
+        return f"{int(x):,}"
+    return f"{x:.4g}"
+
+
+def mean_sd_text(values: list[float], fmt: Any = lambda v: f"{v:.1f}") -> str:
+    if not values:
+        return "\u2014"
+    sd = sample_sd(values)
+    return fmt(mean(values)) + (f" \u00b1 {fmt(sd)}" if sd is not None else "")
+
+
+def seeds_text(g: Group) -> str:
+    failed = len({id(c) for c in g.missing})
+    return f"{len(g.runs)}" + (f" (+{failed} not finished)" if failed else "")
+
+
+def short_reason(c: Cell, width: int = 120) -> str:
+    r = " ".join(str(c.reason or "").split())
+    if len(r) > width:
+        r = r[:width] + "\u2026"
+    return c.status + (f": {r}" if r else "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table builders: each returns (columns, rows) of display strings.
+
+
+Rows = list[list[str]]
+
+
+def results_csv_rows(col: Collection) -> tuple[list[str], Rows]:
+    """One row per model x method x benchmark x seed, failed cells included (their numbers empty)."""
+    cols = ["model", "method", "benchmark", "seed", "status", "n", "correct", "exact_match", "ci95_lo",
+            "ci95_hi", "strict_correct", "strict_exact_match", "model_parameters", "shots", "device",
+            "eval_wall_s", "reason", "dir"]
+    rows: Rows = []
+    groups = build_groups(col)
+    for g in groups.values():
+        for c, b in g.runs:
+            r = b.results
+            n, k = int(r["n"]), int(r["correct"])
+            lo, hi = wilson_interval(k, n)
+            rows.append([g.model, g.method, g.benchmark, _s(c.seed), "finished", str(n), str(k),
+                         f"{k / n if n else 0.0:.6f}", f"{lo:.6f}", f"{hi:.6f}", _s(r.get("strict_correct")),
+                         _s(r.get("strict_exact_match")), _s(r.get("model_parameters")), _s(r.get("shots")),
+                         _s(r.get("device")), _s(r.get("wall_s")), "", str(c.dir)])
+        for c in g.missing:
+            b = c.benchmarks.get(g.benchmark)
+            r = b.results if b else {}
+            n, k = r.get("n"), r.get("correct")
+            rows.append([g.model, g.method, g.benchmark, _s(c.seed), c.status if c.status != "finished" else "missing",
+                         _s(n), _s(k), "", "", "", "", "", _s(r.get("model_parameters")), _s(r.get("shots")),
+                         _s(r.get("device")), "", str(c.reason or ("no results.json" if not b else "")), str(c.dir)])
+    return cols, rows
+
+
+def _s(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tuple[list[str], Rows]:
+    """Table 2: exact match per model x method x benchmark, against the model's zero-shot."""
+    cols = ["Model", "Method", "Benchmark", "Seeds", "n", "Exact match %", "95% CI", "\u0394 vs zero-shot (pp)",
+            "McNemar vs zero-shot (lost/won, p)", "Verdict"]
+    rows: Rows = []
+    for key, g in groups.items():
+        if not g.runs:
+            why = "; ".join(sorted({short_reason(c, 80) for c in g.missing}))
+            rows.append([g.model, g.method, g.benchmark, seeds_text(g), "\u2014", "\u2014", "\u2014", "\u2014",
+                         "\u2014", why or "no result"])
+            continue
+        lo, hi = g.ci
+        ns = sorted(set(g.ns))
+        em = mean_sd_text([100 * e for e in g.ems])
+        comp = comps.get(key)
+        if g.method == ZERO_SHOT:
+            delta, test, verdict = "\u2014", "\u2014", "baseline"
+        elif comp is None:
+            delta, test, verdict = "\u2014", "\u2014", "no zero-shot to compare"
+        else:
+            delta = signed(comp.delta_pp)
+            test = "; ".join(
+                (f"s{t.seed}: " if len(comp.tests) > 1 else "") + f"{t.losses}/{t.wins}, {fmt_p(t.p)}"
+                for t in comp.tests
+            ) or "\u2014"
+            verdict = "NEGATIVE TRANSFER" if comp.negative_transfer else comp.verdict
+            if len(comp.tests) > 1 and comp.verdict != "no paired predictions":
+                k = sum(t.p < ALPHA for t in comp.tests)
+                verdict += f" ({k}/{len(comp.tests)} seeds p<{ALPHA})"
+        rows.append([g.model, g.method, g.benchmark, seeds_text(g),
+                     str(ns[0]) if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}",
+                     em, f"[{pct(lo)}, {pct(hi)}]", delta, test, verdict])
+    return cols, rows
+
+
+def _by_model_method(col: Collection) -> dict[tuple[str, str], list[Cell]]:
+    out: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for c in col.cells:
+        out[(c.model, c.method)].append(c)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))))
+
+
+def _is_gpu(device: Any) -> bool:
+    return str(device or "").startswith("cuda")
+
+
+def _eval_wall(c: Cell) -> float:
+    return sum(float(b.results.get("wall_s") or 0.0) for b in c.benchmarks.values())
+
+
+def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str]]:
+    """Table 3: what each method costs to train and to evaluate, per model x method (mean over seeds)."""
+    cols = ["Model", "Method", "Seeds", "Device", "Train runtime", "Samples/s", "Tokens/s", "Speed vs full FT",
+            "Peak memory (MiB)", "Trainable params", "Train cost", "Eval wall time", "Eval cost"]
+    rows: Rows = []
+    notes: list[str] = []
+    cells = _by_model_method(col)
+    full_speed: dict[str, float] = {}
+    for (model, method), cs in cells.items():
+        speeds = [float(c.run["samples_per_s"]) for c in cs if c.finished and c.run and c.run.get("samples_per_s")]
+        if method == "full" and speeds:
+            full_speed[model] = mean(speeds)
+    for (model, method), cs in cells.items():
+        done = [c for c in cs if c.finished]
+        runs = [c.run for c in done if c.run]
+        devices = sorted({str(r.get("device")) for r in runs} | {str(b.results.get("device")) for c in done
+                                                                  for b in c.benchmarks.values() if b.results.get("device")})
+        if runs:
+            runtime = [float(r.get("runtime_s") or 0) for r in runs]
+            sps = [float(r["samples_per_s"]) for r in runs if r.get("samples_per_s")]
+            tps = [float(r["tokens_per_s"]) for r in runs if r.get("tokens_per_s")]
+            mem = [float(r["peak_mem_mib"]) for r in runs if r.get("peak_mem_mib")]
+            kinds = sorted({str(r.get("peak_mem_kind")) for r in runs if r.get("peak_mem_kind")})
+            params = runs[0].get("parameters") or {}
+            trainable = params.get("trainable")
+            frac = params.get("trainable_fraction")
+            rel = (f"\u00d7{mean(sps) / full_speed[model]:.2f}" if sps and model in full_speed else "\u2014")
+            if all(_is_gpu(r.get("device")) for r in runs):
+                hours = [float(r.get("runtime_s") or 0) / 3600 * int((r.get("schedule") or {}).get("num_processes") or 1)
+                         for r in runs]
+                train_cost = f"${mean(hours) * price:.2f}"
+            else:
+                train_cost = "CPU run"
+            train = [mean_sd_text(runtime, fmt_duration), mean_sd_text(sps), mean_sd_text(tps, lambda v: f"{v:.0f}"),
+                     rel, (mean_sd_text(mem, lambda v: f"{v:.0f}") + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "\u2014",
+                     f"{fmt_count(trainable)}" + (f" ({100 * frac:.2f}%)" if isinstance(frac, (int, float)) else ""),
+                     train_cost]
+        else:
+            train = ["\u2014 (no training)" if not any(c.trained for c in cs) else "\u2014"] + ["\u2014"] * 6
+        evals = [_eval_wall(c) for c in done if c.benchmarks]
+        eval_gpu = all(_is_gpu(b.results.get("device")) for c in done for b in c.benchmarks.values())
+        eval_cost = ("\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run")
+        failed = len(cs) - len(done)
+        rows.append([model, method, f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
+                     ", ".join(devices) or "\u2014", *train,
+                     mean_sd_text(evals, fmt_duration) if evals else "\u2014", eval_cost])
+    notes.append(
+        f"Train cost = runtime hours \u00d7 processes \u00d7 ${price:.2f} per GPU-hour (--price-per-gpu-hour); "
+        "eval cost = eval wall hours \u00d7 the same price (one process). A run on CPU has no GPU cost and is "
+        "marked 'CPU run' instead of a made-up price."
+    )
+    notes.append(
+        "Train runtime is the whole run's wall time (run.json runtime_s, resumed sessions included); samples/s "
+        "and tokens/s are training throughput (non-pad tokens); speed vs full FT is samples/s relative to full "
+        "fine-tuning of the same model. Eval wall time is the summed results.json wall_s over the benchmarks of "
+        "one seed (generation and scoring, model loading excluded): for zero-/few-shot it is the whole cost."
+    )
+    return cols, rows, notes
+
+
+def strict_table(groups: dict[tuple[str, str, str], Group]) -> tuple[list[str], Rows]:
+    """Flexible (any final number) against strict (marked answer) exact match: the formatting effect."""
+    cols = ["Model", "Method", "Benchmark", "Flexible %", "Strict %", "Gap (pp)"]
+    rows = [[g.model, g.method, g.benchmark, pct(g.em), pct(g.strict_em), signed(100 * (g.em - g.strict_em))]
+            for g in groups.values() if g.runs]
+    return cols, rows
+
+
+def repetition_table(col: Collection) -> tuple[list[str], Rows]:
+    """Per model x method: share of outputs stuck in a repetition loop, and of outputs that hit the token budget."""
+    cols = ["Model", "Method", "Outputs", "Repetition loops", "Loop rate %", "Hit token budget %"]
+    rows: Rows = []
+    for (model, method), cs in _by_model_method(col).items():
+        total = loops = budget = 0
+        for c in cs:
+            if not c.finished:
+                continue
+            for b in c.benchmarks.values():
+                cap = b.results.get("max_new_tokens")
+                for p in b.predictions.values():
+                    total += 1
+                    loops += has_repetition_loop(str(p.get("output") or ""))
+                    budget += bool(cap) and int(p.get("n_tokens") or 0) >= int(cap)
+        if total:
+            rows.append([model, method, str(total), str(loops), pct(loops / total), pct(budget / total)])
+    return cols, rows
+
+
+def _clip(text: str, head: int = 90, tail: int = 110) -> str:
+    """Beginning and end of an output (the end is where the answer is), on one line."""
+    t = " ".join(str(text).split())
+    return t if len(t) <= head + tail + 3 else f"{t[:head]} \u2026 {t[-tail:]}"
+
+
+def qualitative_examples(groups: dict[tuple[str, str, str], Group], k: int = 3) -> list[tuple[str, list[str], Rows]]:
+    """Per model x benchmark: the first ``k`` problem ids that every method answered, each method's answer
+    side by side (its lowest seed). Returns (title, columns, rows) per model x benchmark."""
+    by_mb: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups.values():
+        if g.runs and g.runs[0][1].predictions:
+            by_mb[(g.model, g.benchmark)].append(g)
+    out = []
+    for (model, bench), gs in sorted(by_mb.items()):
+        common = set.intersection(*(set(g.runs[0][1].predictions) for g in gs))
+        ids = sorted(common, key=natural_key)[:k]
+        if not ids:
+            continue
+        cols = ["Problem", "Gold", "Method", "Extracted", "OK", "Output (start \u2026 end)"]
+        rows: Rows = []
+        for pid in ids:
+            for i, g in enumerate(gs):
+                c, b = g.runs[0]
+                p = b.predictions[pid]
+                label = g.method + (f" (seed {c.seed})" if len(g.runs) > 1 else "")
+                rows.append([pid if i == 0 else "", str(p.get("reference", "")) if i == 0 else "", label,
+                             str(p.get("extracted") if p.get("extracted") is not None else "\u2014"),
+                             "\u2713" if p.get("correct") else "\u2717", _clip(p.get("output") or "")])
+        out.append((f"{model} \u2014 {bench}", cols, rows))
+    return out
+
+
+def diagnostics_table(col: Collection) -> tuple[list[str], Rows] | None:
+    """diagnostics.json summaries per model x method (numbers averaged over seeds), when any exist."""
+    per: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    keys: list[str] = []
+    for c in col.cells:
+        if c.diagnostics:
+            per[(c.model, c.method)].append(c.diagnostics)
+            keys += [k for k in c.diagnostics if k not in keys]
+    if not per:
+        return None
+    rows: Rows = []
+    for (model, method), sums in sorted(per.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))):
+        row = [model, method, str(len(sums))]
+        for k in keys:
+            vals = [s[k] for s in sums if k in s and s[k] is not None]
+            nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if not vals:
+                row.append("\u2014")
+            elif len(nums) == len(vals) and all(math.isfinite(v) for v in nums):
+                row.append(fmt_num(mean(nums)) if len(nums) == 1 or len(set(nums)) == 1 else
+                           f"{mean(nums):.4g} \u00b1 {sample_sd(nums):.2g}")
+            else:
+                row.append(fmt_num(vals[0]) if len({str(v) for v in vals}) == 1 else "varies")
+        rows.append(row)
+    return ["Model", "Method", "Runs", *keys], rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recommendations.
+
+
+@dataclass
+class Recommendation:
+    model: str
+    text: list[str]
+
+
+def _train_runtime(col: Collection, model: str, method: str) -> float | None:
+    runs = [c.run for c in col.cells if c.model == model and c.method == method and c.finished and c.run]
+    vals = [float(r.get("runtime_s") or 0) for r in runs]
+    return mean(vals) if vals else None
+
+
+def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) -> list[Recommendation]:
+    """Per model: the best method by pooled exact match, and whether the data can tell it from the rest."""
+    out = []
+    for model in col.models:
+        mg: dict[str, dict[str, Group]] = defaultdict(dict)
+        for g in groups.values():
+            if g.model == model and g.runs:
+                mg[g.method][g.benchmark] = g
+        if not mg:
+            out.append(Recommendation(model, ["No finished evaluation for this model: nothing to recommend."]))
+            continue
+        methods = sorted(mg, key=method_order)
+        benches = sorted(set.intersection(*(set(b) for b in mg.values())))
+        if not benches:
+            out.append(Recommendation(model, [
+                "The methods of this model share no benchmark, so they cannot be compared: "
+                + "; ".join(f"{m}: {', '.join(sorted(mg[m]))}" for m in methods)]))
+            continue
+        pooled = {m: (sum(mg[m][b].em * mean([float(x) for x in mg[m][b].ns]) for b in benches),
+                      sum(mean([float(x) for x in mg[m][b].ns]) for b in benches)) for m in methods}
+        acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
+        ranked = sorted(methods, key=lambda m: (-acc[m], method_order(m)))
+        best = ranked[0]
+        n_total = round(pooled[best][1])
+        tied = [m for m in ranked[1:] if acc[m] == acc[best]]
+        lines = [f"Best pooled exact match: {best} {pct(acc[best])}% over {', '.join(benches)} "
+                 f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
+                 + (f", tied with {', '.join(tied)}." if tied else ".")]
+        thin = (f"Evidence is thin: {n_total} problems in all, so 95% intervals are about "
+                f"\u00b1{100 * _half_width(n_total):.0f} pp wide; treat the ranking as provisional."
+                if n_total < SMALL_N else None)
+        if len(ranked) == 1:
+            lines.append("Only one method was evaluated: there is nothing to compare it with.")
+            out.append(Recommendation(model, lines + ([thin] if thin else [])))
+            continue
+
+        best_votes = _pooled_votes(mg[best], benches)
+        tied_with_best = []
+        for m in ranked[1:]:
+            n, b_, c_ = paired_counts(best_votes, _pooled_votes(mg[m], benches))  # b_: best right only, c_: m right only
+            p = mcnemar_exact(b_, c_) if n else float("nan")
+            if m == ranked[1]:
+                gap = 100 * (acc[best] - acc[m])
+                if not n:
+                    lines.append(f"Runner-up {m} ({pct(acc[m])}%, {gap:.1f} pp behind) has no predictions on the same "
+                                 "problems, so the lead cannot be tested.")
+                else:
+                    sig = p < ALPHA and b_ > c_
+                    lines.append(
+                        f"Runner-up: {m} {pct(acc[m])}%, {gap:.1f} pp behind; McNemar on {n} shared problems "
+                        f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(p)}, "
+                        + ("the lead is significant at 5%." if sig else "the lead is NOT significant at 5%: "
+                           "the data cannot separate these two.")
+                    )
+            if n and not (p < ALPHA and b_ > c_):
+                tied_with_best.append(m)
+        if tied_with_best:
+            options = [best, *tied_with_best]
+            costs = {m: (0.0 if m not in ("full", "lora", "dora") else _train_runtime(col, model, m)) for m in options}
+            known = {m: v for m, v in costs.items() if v is not None}
+            if known:
+                cheapest = min(known, key=lambda m: (known[m], method_order(m)))
+                lines.append(
+                    f"Not significantly worse than {best}: {', '.join(tied_with_best)}. Cheapest of these to obtain: "
+                    f"{cheapest} (" + ("no training" if known[cheapest] == 0 else
+                                       f"training {fmt_duration(known[cheapest])}") + ")."
+                )
+        else:
+            lines.append(f"Every other method is significantly worse than {best} on the shared problems.")
+        out.append(Recommendation(model, lines + ([thin] if thin else [])))
+    return out
+
+
+def _pooled_votes(by_bench: dict[str, Group], benches: list[str]) -> dict[str, bool]:
+    """Per-problem verdicts over several benchmarks, keyed "benchmark/id" so that ids cannot collide."""
+    return {f"{b}/{k}": v for b in benches for k, v in by_bench[b].verdicts().items()}
+
+
+def _half_width(n: int) -> float:
+    lo, hi = wilson_interval(n / 2, n) if n else (0.0, 1.0)
+    return (hi - lo) / 2
