@@ -213,6 +213,8 @@ def test_cost_table(study_dir):
     assert by[("tiny-a", "lora")]["Train cost"] == "$2.00"
     assert by[("tiny-a", "lora")]["Speed vs full FT"] == "×2.00"
     assert by[("tiny-b", "full")]["Train cost"] == "CPU run"
+    assert by[("tiny-a", "full")]["Device"] == "train cuda:0; eval cpu"
+    assert by[("tiny-b", "zero-shot")]["Device"] == "cpu"
     assert by[("tiny-a", "zero-shot")]["Train runtime"].startswith("— (no training)")
     assert by[("tiny-a", "zero-shot")]["Eval wall time"] == "60.0 s"  # 2 benchmarks x 30 s
     assert by[("tiny-a", "dora")]["Seeds"] == "0 (+1 not finished)"
@@ -261,7 +263,7 @@ def test_bare_train_and_eval_dirs(tmp_path):
     tr = tmp_path / "train-lora"
     _write_json(tr / "run.json", {**run_record("lora", 42, runtime=60.0), "model": "m"})
     write_benchmark(tr / "eval", "gsm8k", 10, r(0, 2), model="m-final", adapter=str(tr / "final"))
-    col = collect([tmp_path])
+    col = collect([tmp_path, ev])  # a directory named twice counts once
     got = sorted((c.model, c.method, c.seed, c.layout) for c in col.cells)
     assert got == [("m", "few-shot-3", 1, "eval"), ("m", "lora", 42, "train"), ("m", "zero-shot", 1, "eval")]
     out = tmp_path / "out"

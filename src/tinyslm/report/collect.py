@@ -330,10 +330,10 @@ def collect(run_dirs: list[str | Path]) -> Collection:
                 cell = read_eval_dir(d, warnings)
             if cell is not None or "cell.json" in filenames or "run.json" in filenames:
                 dirnames[:] = []  # a cell's own subdirectories (eval/, checkpoints/) are not cells
-            if cell is not None:
-                cells.append(cell)
+            if cell is not None and cell.dir.resolve() not in {c.dir.resolve() for c in cells}:
+                cells.append(cell)  # (a directory named twice, or inside another RUN_DIR, counts once)
     seen = {c.dir.resolve() for c in cells}
-    for study in studies:
+    for study in {Path(s["_dir"]).resolve(): s for s in studies}.values():
         cells.extend(_cells_from_study(study, seen))
     if not cells:
         where = ", ".join(str(r) for r in roots)

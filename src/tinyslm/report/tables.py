@@ -332,8 +332,11 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
     for (model, method), cs in cells.items():
         done = [c for c in cs if c.finished]
         runs = [c.run for c in done if c.run]
-        devices = sorted({str(r.get("device")) for r in runs} | {str(b.results.get("device")) for c in done
-                                                                  for b in c.benchmarks.values() if b.results.get("device")})
+        train_dev = sorted({str(r.get("device")) for r in runs if r.get("device")})
+        eval_dev = sorted({str(b.results["device"]) for c in done for b in c.benchmarks.values()
+                           if b.results.get("device")})
+        devices = (", ".join(eval_dev) if not train_dev or train_dev == eval_dev else
+                   f"train {', '.join(train_dev)}; eval {', '.join(eval_dev) or '?'}")
         if runs:
             runtime = [float(r.get("runtime_s") or 0) for r in runs]
             sps = [float(r["samples_per_s"]) for r in runs if r.get("samples_per_s")]
@@ -361,7 +364,7 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         eval_cost = ("\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run")
         failed = len(cs) - len(done)
         rows.append([model, method, f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
-                     ", ".join(devices) or "\u2014", *train,
+                     devices or "\u2014", *train,
                      mean_sd_text(evals, fmt_duration) if evals else "\u2014", eval_cost])
     notes.append(
         f"Train cost = runtime hours \u00d7 processes \u00d7 ${price:.2f} per GPU-hour (--price-per-gpu-hour); "
@@ -518,7 +521,7 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
             continue
 
         best_votes = _pooled_votes(mg[best], benches)
-        tied_with_best = []
+        tied_with_best, untested = [], []
         for m in ranked[1:]:
             n, b_, c_ = paired_counts(best_votes, _pooled_votes(mg[m], benches))  # b_: best right only, c_: m right only
             p = mcnemar_exact(b_, c_) if n else float("nan")
@@ -535,7 +538,9 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                         + ("the lead is significant at 5%." if sig else "the lead is NOT significant at 5%: "
                            "the data cannot separate these two.")
                     )
-            if n and not (p < ALPHA and b_ > c_):
+            if not n:
+                untested.append(m)
+            elif not (p < ALPHA and b_ > c_):
                 tied_with_best.append(m)
         if tied_with_best:
             options = [best, *tied_with_best]
@@ -548,8 +553,10 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                     f"{cheapest} (" + ("no training" if known[cheapest] == 0 else
                                        f"training {fmt_duration(known[cheapest])}") + ")."
                 )
-        else:
+        elif not untested:
             lines.append(f"Every other method is significantly worse than {best} on the shared problems.")
+        if untested:
+            lines.append(f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}.")
         out.append(Recommendation(model, lines + ([thin] if thin else [])))
     return out
 
