@@ -117,6 +117,7 @@ def study_dir(tmp_path_factory) -> Path:
                    looping=r(50, 60), run=run_record("lora", seed, runtime=1800.0, sps=20.0))
     _write_json(root / a / "lora" / "seed1" / "diagnostics.json",
                 {"summary": {"effective rank": 3.5, "update norm": 0.25}, "layers": [1, 2, 3]})
+    _write_json(root / a / "lora" / "seed2" / "diagnostics.json", {"summary": {"effective rank": 4.0, "update norm": 0.25}})
     write_cell(root, a, "dora", 1, status="failed", reason="CUDA out of memory. Tried to allocate 2.00 GiB")
     # tiny-b: bigger, trained on CPU; full FT clearly better than zero-shot
     big = 360_000_000
@@ -244,7 +245,7 @@ def test_qualitative_repetition_strict_diagnostics(report_dir):
     assert "| 20 | 10.0 | 10.0 |" in loops  # 10 looping gsm8k outputs per seed, 2 seeds, 200 outputs
     strict = next(x for x in md.splitlines() if re.match(r"\| tiny-a \| full \| gsm8k \| 46\.7 \|", x))
     assert strict.endswith("| 30.0 | +16.7 |")  # 10 of 28 correct answers unmarked
-    assert "| effective rank | update norm |" in md and "| tiny-a | lora | 1 | 3.5 | 0.25 |" in md
+    assert "| effective rank | update norm |" in md and "| tiny-a | lora | 2 | 3.5 / 4 | 0.25 |" in md
 
 
 def test_header_and_failed_cells(report_dir):
@@ -367,3 +368,12 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     for img in probe["images"]:
         complete, width, height = img.split(":")
         assert complete == "true" and int(width) > 100 and int(height) > 100, img
+
+
+def test_markdown_cells_are_escaped():
+    from tinyslm.report.render import Section, Table, to_html, to_markdown
+
+    doc = [Section("S", [Table(["a", "b"], [["x | y", "<script>alert(1)</script>\nnext"]])])]
+    md = to_markdown("T", doc)
+    assert "| x \\| y | &lt;script>alert(1)&lt;/script> next |" in md
+    assert "<script>" not in to_html("T", doc)

@@ -75,6 +75,14 @@ def _study_lines(col: Collection) -> list[str]:
         name = s.get("name") or cfg.get("name") or Path(s["_dir"]).name
         desc = f": {s['description']}" if s.get("description") else ""
         lines.append(f"Study '{name}' in {s['_dir']}{desc} (study.json updated {s.get('updated_at', '?')}).")
+        settings = [f"seeds {cfg['seeds']}"] if cfg.get("seeds") else []
+        for part in ("train", "eval", "hardware"):
+            items = (cfg.get(part) or {}).items() if isinstance(cfg.get(part), dict) else []
+            shown = [f"{k}={v}" for k, v in items if v is not None and not isinstance(v, dict)]
+            if shown:
+                settings.append(f"{part}: " + ", ".join(shown))
+        if settings:
+            lines.append("Settings: " + "; ".join(settings) + ".")
     return lines
 
 
@@ -172,8 +180,8 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
     diag = diagnostics_table(col)
     if diag is not None:
         sections.append(Section("Diagnostics", [Table(*diag, notes=[
-            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); numbers averaged over seeds "
-            "(\u00b1 sample sd where they differ)."])]))
+            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); where seeds differ, each seed's "
+            "value in seed order, separated by '/'."])]))
 
     failed = [c for c in col.cells if not c.finished]
     if failed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 
 from tinyslm.report.figures import Figure
@@ -27,6 +28,7 @@ class Bullets:
 
 
 Block = str | Bullets | Table | Figure
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 @dataclass
@@ -37,7 +39,9 @@ class Section:
 
 
 def _md_cell(s: str) -> str:
-    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Table-safe: pipes escaped, one line, and a tag-like '<' as an entity so model output is never read
+    as HTML (a '<' before a digit or space, as in p<0.05, stays readable)."""
+    return _TAG_START.sub("&lt;", str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "))
 
 
 def _md_table(t: Table) -> list[str]:

@@ -17,7 +17,6 @@ The statistics, in one place so that the README can describe them exactly:
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -442,7 +441,7 @@ def qualitative_examples(groups: dict[tuple[str, str, str], Group], k: int = 3) 
 
 
 def diagnostics_table(col: Collection) -> tuple[list[str], Rows] | None:
-    """diagnostics.json summaries per model x method (numbers averaged over seeds), when any exist."""
+    """diagnostics.json summaries per model x method (each seed's value where they differ), when any exist."""
     per: dict[tuple[str, str], list[dict]] = defaultdict(list)
     keys: list[str] = []
     for c in col.cells:
@@ -455,15 +454,9 @@ def diagnostics_table(col: Collection) -> tuple[list[str], Rows] | None:
     for (model, method), sums in sorted(per.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))):
         row = [model, method, str(len(sums))]
         for k in keys:
-            vals = [s[k] for s in sums if k in s and s[k] is not None]
-            nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            if not vals:
-                row.append("\u2014")
-            elif len(nums) == len(vals) and all(math.isfinite(v) for v in nums):
-                row.append(fmt_num(mean(nums)) if len(nums) == 1 or len(set(nums)) == 1 else
-                           f"{mean(nums):.4g} \u00b1 {sample_sd(nums):.2g}")
-            else:
-                row.append(fmt_num(vals[0]) if len({str(v) for v in vals}) == 1 else "varies")
+            vals = [fmt_num(s[k]) for s in sums if s.get(k) is not None]
+            # one value when the seeds agree, else each seed's (a mean of p-values or counts would mislead)
+            row.append("\u2014" if not vals else vals[0] if len(set(vals)) == 1 else " / ".join(vals))
         rows.append(row)
     return ["Model", "Method", "Runs", *keys], rows
 
