@@ -168,8 +168,8 @@ def throughput(col: Collection) -> Figure | None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return Figure("throughput.png", "Throughput per model and method: training samples/s (trained methods) and "
-                  "generated tokens/s during evaluation (mean over benchmarks and seeds). Devices differ between "
-                  "runs only if the header says so.", _png(fig))
+                  "generated tokens/s during evaluation (mean over benchmarks and seeds). Bars compare only between "
+                  "runs on the same device: see the Device column of Table 3.", _png(fig))
 
 
 def all_figures(col: Collection, groups: dict[tuple[str, str, str], Group]) -> list[Figure]:
