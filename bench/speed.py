@@ -1,26 +1,56 @@
-"""Speed, measured side by side: tiny-slm's decoding engine against HF ``generate`` in one invocation.
+"""Speed, measured side by side in one invocation: tiny-slm against the Hugging Face anchor it replaces.
 
-    python bench/speed.py --quick                 # CPU, the real smollm2-135m-instruct, ~5 minutes
-    python bench/speed.py --device cuda --shapes smollm2-135m,qwen2.5-0.5b --batch-size 64
+    python bench/speed.py --quick                        # CPU, ~10 minutes on 2 idle cores
+    python bench/speed.py --device cuda --shapes smollm2-135m,qwen2.5-0.5b --tokenizer T --data-dir D
 
-Both engines decode the same GSM8K prompts at the same batch size, greedily, with the same stop rule
-(EOS, end of the answer line, a new "Question:"), so they produce the same tokens (checked here too)
-and the ratio of their real (non-pad) tokens/s is the speed-up. With ``--shapes`` a model is also
-built from the named architecture with random weights (hub weights cannot reach a GPU box here).
-Random weights never write an answer line, so those rows all run to ``--max-new-tokens``: that case
+Two halves, each printed as a table; the run ends with one JSON line of ratios and the absolute figures
+behind them (the keys of the first shape and target set at top level, every case under ``cases``).
+
+**Evaluation.** Our decode loop (``--engine fast``) against HF ``generate`` on the same GSM8K prompts at
+the same batch size, greedily, with the same stop rule, so both produce the same tokens (checked, the
+``same tokens`` column). Speed = generated (non-pad) tokens/s. A shape whose real weights are installed
+offline (``smollm2-135m`` -> the ``smollm2-135m-instruct`` alias) is evaluated with them; other shapes get
+random weights, which never write an answer line, so every row runs to ``--max-new-tokens``: that
 measures the per-step cost only, not the gain from dropping finished rows.
 
-Prints a table and ends with one JSON line of ratios and the absolute figures behind them.
-Training throughput (HF Trainer + PEFT against tiny-slm-train) is not measured here yet.
+**Training.** For each method (full, LoRA, DoRA) and target set, the anchor, HF ``Trainer`` (+ ``peft``
+``get_peft_model`` for LoRA/DoRA), against ``tinyslm.train.train``, each in its own process (so peak
+memory is per run and neither inherits the other's state), on
+
+* the same weights: a model built from the shape's config with random weights (seed 0), saved once to a
+  temporary directory with the SmolLM2 tokenizer; the hub is unreachable on the benchmark machines, and
+  throughput does not depend on the weights' values;
+* the same data: the first rows of GSM8K train, encoded by :func:`tinyslm.datasets.encode_examples`
+  (the evaluation prompt + target, completion-only labels), in the order tiny-slm's recipe takes them, so
+  optimizer step ``s`` sees the same rows on both sides (the anchor's sampler is made sequential over
+  rows pre-arranged in that order). The ``loss@1`` column shows it: both sides' first-step losses agree,
+  and with full fine-tuning (no dropout) so do the last step's: both do the same optimisation;
+* the same protocol: effective batch, micro-batch and gradient accumulation, AdamW, lr (tiny-slm's
+  per-method default), cosine schedule with the same warmup steps, weight decay 0.01, clipping at 1.0,
+  LoRA r=8, alpha=32, dropout 0.05, bf16 autocast with fp32 master weights on CUDA, fp32 on CPU.
+
+The anchor is what a user would write: ``DataCollatorForSeq2Seq`` padding each micro-batch to its
+longest row, the model's own loss over full-vocabulary logits. tiny-slm sorts each step's rows by length
+into micro-batches and projects only the positions that predict target tokens onto the vocabulary.
+
+Timing: wall time from the end of the ``--warmup-steps`` untimed steps to the end of the last step, so
+model loading, first-step costs (allocator warm-up, lazy initialisation) and saving are excluded; samples/s and real (non-pad)
+tokens/s over that window. Both sides see the same rows, so their token counts are equal. Peak memory:
+CUDA max allocated, or the process's peak resident set size on CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,17 +59,81 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tinyslm.generation import ENGINES, eos_ids  # noqa: E402
 
-SHAPES = {  # the real architectures of the study's models, for random-weight throughput runs
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "smollm2-360m": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-                         num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True),
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+# The real architectures of the study's models (from their hub config.json), for random-weight runs.
+# "tiny" is a 2-layer toy for checking the benchmark itself in seconds; its figures mean nothing.
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
+                                   max_position_embeddings=8192)),
+    "smollm2-360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                                   num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
+                                   tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
+                                   max_position_embeddings=8192)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                                   tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                                   max_position_embeddings=32768)),
+    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True,
+                           initializer_range=0.2)),  # a large init: losses differ from row to row
 }
+REAL_WEIGHTS = {"smollm2-135m": "smollm2-135m-instruct"}  # shape -> offline alias with the real weights
+METHODS = ("full", "lora", "dora")
+TOKENIZER_ALIAS = "smollm2-135m-instruct"
 
 
-def gsm8k_prompts(tokenizer, data_dir: Path, n: int) -> list[list[int]]:
+# ---------------------------------------------------------------------------------------------------
+# Models and data shared by both halves.
+
+
+def load_bench_tokenizer(path: str | None) -> Any:
+    """``--tokenizer DIR``, else the installed SmolLM2 alias's (a GPU box has no alias: pass a copied one)."""
+    from tinyslm.models import is_installed, load_tokenizer, resolve_model
+
+    if path:
+        return load_tokenizer(path)
+    if not is_installed(TOKENIZER_ALIAS):
+        sys.exit(f"the {TOKENIZER_ALIAS} alias is not installed here; pass --tokenizer DIR (a copy of its "
+                 "tokenizer files)")
+    return load_tokenizer(resolve_model(TOKENIZER_ALIAS))
+
+
+def build_random_model(shape: str, tokenizer: Any, dest: Path) -> Path:
+    """Save a seeded random-weight model of ``shape`` (float32) with ``tokenizer`` to ``dest``, for both sides."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch, kwargs = SHAPES[shape]
+    config = AutoConfig.for_model(arch, **kwargs, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+class ModelDirs:
+    """``model_dirs[shape]``: the shape's random-weight checkpoint, built on first use (a 0.5B model takes a while)."""
+
+    def __init__(self, tokenizer: Any, root: Path) -> None:
+        self.tokenizer, self.root, self.built = tokenizer, root, {}
+
+    def __getitem__(self, shape: str) -> Path:
+        if shape not in self.built:
+            self.built[shape] = build_random_model(shape, self.tokenizer, self.root / f"model-{shape}")
+        return self.built[shape]
+
+
+def data_dir_default() -> str:
+    return os.environ.get("TINYSLM_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: our decode loop against HF generate.
+
+
+def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int) -> list[list[int]]:
     from tinyslm.benchmarks import get_benchmark, load_examples
     from tinyslm.prompts import build_prompt
 
@@ -47,7 +141,9 @@ def gsm8k_prompts(tokenizer, data_dir: Path, n: int) -> list[list[int]]:
     return [tokenizer(build_prompt(tokenizer, e, "number"), add_special_tokens=False)["input_ids"] for e in examples]
 
 
-def run_engine(name, model, tokenizer, rows, batch_size, max_new_tokens, stop_ids, device) -> tuple[list, float]:
+def run_engine(name: str, model: Any, tokenizer: Any, rows: list[list[int]], batch_size: int,
+               max_new_tokens: int, stop_ids: list[int], device: str) -> tuple[list[list[int]], float]:
+    """Decode ``rows`` in length-sorted batches with one engine; the generated ids per row and the wall time."""
     decode = ENGINES[name]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out: list = [None] * len(rows)
@@ -65,57 +161,335 @@ def run_engine(name, model, tokenizer, rows, batch_size, max_new_tokens, stop_id
     return out, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--shapes", default="", help="comma-separated random-weight shapes ({}); default: the real "
-                                                 "offline smollm2-135m-instruct".format(", ".join(SHAPES)))
-    ap.add_argument("--n", type=int, default=64, help="GSM8K prompts")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--quick", action="store_true", help="a CPU run in a few minutes: 32 prompts, batch 16")
-    args = ap.parse_args()
-    if args.quick:
-        args.n, args.batch_size = 32, 16
-    from tinyslm.models import load_model
+def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) -> dict[str, dict]:
+    """The evaluation table; returns per-case figures keyed by shape."""
+    from transformers import AutoModelForCausalLM
 
-    model, tok = load_model("smollm2-135m-instruct", device=args.device)
-    tok.padding_side = "left"
-    rows = gsm8k_prompts(tok, Path(args.data_dir), args.n)
-    cases = [("smollm2-135m-instruct (real)", model)]
-    for shape in filter(None, args.shapes.split(",")):
-        from transformers import LlamaConfig, LlamaForCausalLM
+    from tinyslm.models import is_installed, load_model
 
-        torch.manual_seed(0)
-        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-        m = LlamaForCausalLM(LlamaConfig(**SHAPES[shape])).to(device=args.device, dtype=dtype).eval()
-        cases.append((f"{shape} (random weights)", m))
-
-    print(f"device={args.device} prompts={len(rows)} batch={args.batch_size} max_new_tokens={args.max_new_tokens}")
-    print(f"{'model':<32} {'engine':<6} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}")
-    summary: dict = {}
-    for label, m in cases:
-        stop = eos_ids(m, tok) if m is model else eos_ids(model, tok)
+    tokenizer.padding_side = "left"
+    rows = gsm8k_prompts(tokenizer, Path(args.data_dir), args.n)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    print(f"\n== evaluation: device={args.device} prompts={len(rows)} batch={args.eval_batch_size} "
+          f"max_new_tokens={args.max_new_tokens}")
+    print(f"{'model':<36} {'engine':<11} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}")
+    summary: dict[str, dict] = {}
+    for shape in args.shapes:
+        alias = REAL_WEIGHTS.get(shape)
+        if alias and is_installed(alias) and not args.random_eval:
+            model, _ = load_model(alias, dtype=dtype, device=args.device)
+            label = f"{alias} (real)"
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dirs[shape], dtype=dtype).to(args.device)
+            label = f"{shape} (random weights)"
+        model.eval()
+        stop = eos_ids(model, tokenizer)
         res = {}
         for engine in ("hf", "fast"):
-            gen, wall = run_engine(engine, m, tok, rows, args.batch_size, args.max_new_tokens, stop, args.device)
+            gen, wall = run_engine(engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop,
+                                   args.device)
             res[engine] = (gen, wall, sum(len(g) for g in gen))
         same = res["fast"][0] == res["hf"][0]
-        for engine in ("hf", "fast"):
-            gen, wall, n = res[engine]
-            ratio = res["hf"][1] / wall
-            print(f"{label:<32} {engine:<6} {wall:8.1f} {n:8d} {n / wall:8.1f} {ratio:7.2f}x {str(same):>11}")
-        key = label.split(" ")[0]
-        summary[key] = {
+        for engine, name in (("hf", "HF generate"), ("fast", "ours")):
+            _, wall, n = res[engine]
+            print(f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
+                  f"{str(same):>11}")
+        summary[shape] = {
+            "model": label,
             "hf_generate_tokens_per_s": round(res["hf"][2] / res["hf"][1], 2),
-            "ours_tokens_per_s": round(res["fast"][2] / res["fast"][1], 2),
+            "ours_eval_tokens_per_s": round(res["fast"][2] / res["fast"][1], 2),
             "eval_speedup_vs_hf_generate": round(res["hf"][1] / res["fast"][1], 3),
             "identical_tokens": same,
         }
-    first = next(iter(summary.values()))
-    print(json.dumps({"device": args.device, "batch_size": args.batch_size, "n_prompts": len(rows),
-                      "eval_speedup_vs_hf_generate": first["eval_speedup_vs_hf_generate"], "cases": summary}))
+        del model
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: HF Trainer + PEFT against tinyslm.train, each run in a worker process.
+
+
+def step_ordered_rows(tokenizer: Any, spec: dict) -> list:
+    """The encoded rows in the order tiny-slm's recipe consumes them (epoch 0), ``steps x batch`` of them.
+
+    Exactly what ``train()`` does: the first ``limit`` GSM8K train rows, :func:`encode_examples`, then
+    :func:`epoch_order` with the run's seed. Step ``s`` takes rows ``[s * batch, (s + 1) * batch)``.
+    """
+    from tinyslm.datasets import encode_examples, load_training_set
+    from tinyslm.train import epoch_order
+
+    tset = load_training_set("gsm8k-train", data_dir=spec["data_dir"], limit=spec["limit"])
+    rows, _ = encode_examples(tokenizer, tset.examples, tset.answer_style, spec["max_length"])
+    need = spec["steps"] * spec["batch_size"]
+    if len(rows) < need:
+        raise SystemExit(f"only {len(rows)} usable rows for {spec['steps']} steps of {spec['batch_size']}")
+    order = epoch_order(len(rows), spec["seed"], 0)
+    return [rows[i] for i in order[:need]]
+
+
+def _peak_mib(device: str) -> float:
+    from tinyslm.train import peak_memory_mib
+
+    return peak_memory_mib(torch.device(device))[0]
+
+
+def anchor_worker(spec: dict) -> dict:
+    """HF Trainer (+ peft) as a user would set it up; returns step end times, losses and peak memory."""
+    from torch.utils.data import SequentialSampler
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from tinyslm.datasets import IGNORE_INDEX
+    from tinyslm.train import PROTOCOL, parse_target_modules
+
+    cuda = spec["device"] == "cuda"
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    tokenizer.padding_side = "right"
+    rows = step_ordered_rows(tokenizer, spec)
+    dataset = [{"input_ids": r.input_ids, "attention_mask": [1] * len(r.input_ids), "labels": r.labels} for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    method = spec["method"]
+    if method != "full":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=parse_target_modules(spec["targets"]),
+                          use_dora=method == "dora", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+
+    class StepClock(TrainerCallback):
+        """Wall time at the end of every optimizer step (after the GPU has finished it)."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+
+    class InOrderTrainer(Trainer):
+        """Takes the rows as given (tiny-slm's order), so that both sides train on the same batches."""
+
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> SequentialSampler:
+            return SequentialSampler(self.train_dataset)
+
+    targs = TrainingArguments(
+        output_dir=str(Path(spec["out"]) / "hf"),
+        per_device_train_batch_size=spec["micro_batch_size"],
+        gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"],
+        max_steps=spec["steps"],
+        learning_rate=PROTOCOL[method]["lr"],
+        lr_scheduler_type="cosine",
+        warmup_steps=spec["lr_warmup_steps"],
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        bf16=cuda,
+        use_cpu=not cuda,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=spec["seed"],
+        remove_unused_columns=False,
+    )
+    clock = StepClock()
+    trainer = InOrderTrainer(
+        model=model,
+        args=targs,
+        train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX),
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"step_ends": clock.ends, "losses": losses, "peak_mem_mib": _peak_mib(spec["device"])}
+
+
+def ours_worker(spec: dict) -> dict:
+    """``tinyslm.train.train`` on the same model, data and settings; step times from its metrics.jsonl."""
+    from tinyslm.io import read_jsonl
+    from tinyslm.train import TrainConfig, train
+
+    out = Path(spec["out"]) / "ours"
+    cfg = TrainConfig(
+        model=spec["model_dir"], method=spec["method"], output=str(out), dataset="gsm8k-train",
+        data_dir=spec["data_dir"], limit=spec["limit"], max_steps=spec["steps"], target_modules=spec["targets"],
+        batch_size=spec["batch_size"], micro_batch_size=spec["micro_batch_size"], max_length=spec["max_length"],
+        seed=spec["seed"], device=spec["device"], save_every=10**9, overwrite=True, progress=False,
+    )
+    run = train(cfg)
+    if run.get("status") != "finished":
+        raise SystemExit(f"tiny-slm training did not finish: {run.get('status')} {run.get('reason', '')}")
+    assert run["schedule"]["warmup_steps"] == spec["lr_warmup_steps"], "lr schedules differ"
+    metrics = list(read_jsonl(out / "metrics.jsonl"))
+    return {"step_ends": [m["elapsed_s"] for m in metrics], "losses": [m["loss"] for m in metrics],
+            "peak_mem_mib": run["peak_mem_mib"]}
+
+
+WORKERS = {"anchor": anchor_worker, "ours": ours_worker}
+
+
+def run_worker(kind: str, spec: dict) -> dict:
+    """Run one side in a fresh interpreter; its output is shown only if it fails."""
+    result = Path(spec["out"]) / f"{kind}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec),
+           "--result", str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{kind} worker failed ({spec['method']}, {spec['targets']}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return json.loads(result.read_text())
+
+
+def throughput(res: dict, rows: list, spec: dict) -> dict:
+    """samples/s and real tokens/s between the end of the warm-up steps and the end of the last step."""
+    w, b = spec["warmup_steps"], spec["batch_size"]
+    ends = res["step_ends"]
+    if len(ends) != spec["steps"]:
+        raise SystemExit(f"expected {spec['steps']} step times, got {len(ends)}")
+    wall = ends[-1] - ends[w - 1]
+    tokens = sum(len(r.input_ids) for r in rows[w * b :])
+    samples = (spec["steps"] - w) * b
+    return {"samples_per_s": round(samples / wall, 3), "tokens_per_s": round(tokens / wall, 1),
+            "timed_s": round(wall, 2), "peak_mem_mib": round(res["peak_mem_mib"], 1),
+            "loss_first": round(res["losses"][0], 4), "loss_last": round(res["losses"][-1], 4)}
+
+
+def bench_train(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs, work: Path) -> dict[str, dict]:
+    """The training table; returns per-case figures keyed by ``shape/targets``."""
+    steps = args.warmup_steps + args.train_steps
+    print(f"\n== training: device={args.device} batch={args.batch_size} micro={args.micro_batch_size} "
+          f"max_length={args.max_length} steps={args.warmup_steps} warm-up + {args.train_steps} timed "
+          f"({'bf16 autocast' if args.device == 'cuda' else 'fp32'})")
+    print(f"{'shape':<14} {'targets':<10} {'method':<6} {'side':<11} {'samples/s':>9} {'real tok/s':>10} "
+          f"{'speed-up':>8} {'peak MiB':>9} {'loss@1':>8} {f'loss@{steps}':>8}")
+    summary: dict[str, dict] = {}
+    for shape in args.shapes:
+        for targets in args.targets:
+            case: dict[str, Any] = {}
+            for method in args.methods:
+                spec = {
+                    "model_dir": str(model_dirs[shape]), "method": method, "targets": targets, "data_dir": args.data_dir,
+                    "limit": steps * args.batch_size, "steps": steps, "warmup_steps": args.warmup_steps,
+                    "lr_warmup_steps": math.ceil(0.03 * steps), "batch_size": args.batch_size,
+                    "micro_batch_size": args.micro_batch_size, "max_length": args.max_length, "seed": args.seed,
+                    "device": args.device, "out": str(work / f"{shape}-{targets}-{method}"),
+                }
+                Path(spec["out"]).mkdir(parents=True, exist_ok=True)
+                rows = step_ordered_rows(tokenizer, spec)
+                anchor = throughput(run_worker("anchor", spec), rows, spec)
+                ours = throughput(run_worker("ours", spec), rows, spec)
+                ratio = ours["samples_per_s"] / anchor["samples_per_s"]
+                for side, r, x in (("HF Trainer", anchor, 1.0), ("ours", ours, ratio)):
+                    print(f"{shape:<14} {targets:<10} {method:<6} {side:<11} {r['samples_per_s']:9.3f} "
+                          f"{r['tokens_per_s']:10.1f} {x:7.2f}x {r['peak_mem_mib']:9.0f} {r['loss_first']:8.4f} {r['loss_last']:8.4f}")
+                case[f"hf_trainer_{method}"] = anchor
+                case[f"ours_{method}"] = ours
+                case[f"{method}_speedup_vs_hf_trainer_{method}"] = round(ratio, 3)
+            if "full" in args.methods:
+                for method in args.methods:
+                    case[f"{method}_speedup_vs_hf_trainer_full"] = round(
+                        case[f"ours_{method}"]["samples_per_s"] / case["hf_trainer_full"]["samples_per_s"], 3)
+            summary[f"{shape}/{targets}"] = case
+    return summary
+
+
+def flat_figures(eval_summary: dict, train_summary: dict) -> dict[str, Any]:
+    """The first case of each half as flat keys: the ratios and the absolute figures behind them."""
+    flat: dict[str, Any] = {}
+    if eval_summary:
+        first = next(iter(eval_summary.values()))
+        flat.update({k: first[k] for k in ("eval_speedup_vs_hf_generate", "hf_generate_tokens_per_s",
+                                           "ours_eval_tokens_per_s", "identical_tokens")})
+    if train_summary:
+        for key, value in next(iter(train_summary.values())).items():
+            if isinstance(value, dict):
+                flat[f"{key}_samples_per_s"] = value["samples_per_s"]
+                flat[f"{key}_tokens_per_s"] = value["tokens_per_s"]
+            else:
+                flat[key] = value
+    return flat
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--shapes", default="smollm2-135m",
+                    help=f"comma-separated architectures ({', '.join(SHAPES)}; default smollm2-135m)")
+    ap.add_argument("--parts", default="eval,train", help="eval, train or both (default)")
+    ap.add_argument("--tokenizer", help="tokenizer directory (default: the installed smollm2-135m-instruct alias)")
+    ap.add_argument("--data-dir", default=data_dir_default(), help="offline data (default $TINYSLM_DATA_DIR)")
+    ap.add_argument("--seed", type=int, default=1234)
+    g = ap.add_argument_group("evaluation")
+    g.add_argument("--n", type=int, default=64, help="GSM8K test prompts (default 64)")
+    g.add_argument("--eval-batch-size", type=int, default=16, help="decoding batch, both engines (default 16)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--random-eval", action="store_true", help="evaluate random weights even where real ones exist")
+    g = ap.add_argument_group("training")
+    g.add_argument("--methods", default="full,lora,dora", help="comma-separated (default full,lora,dora)")
+    g.add_argument("--targets", action="append",
+                   help="LoRA/DoRA target modules: all-linear (default) or e.g. q,v; repeat for several sets")
+    g.add_argument("--batch-size", type=int, default=64, help="effective batch (default 64)")
+    g.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward pass (default 8)")
+    g.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
+    g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
+    g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a CPU run in about 10 minutes: smollm2-135m, eval 16 prompts x 64 new tokens at batch "
+                         "16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
+    ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.device, args.n, args.eval_batch_size, args.max_new_tokens = "cpu", 16, 16, 64
+        args.batch_size, args.micro_batch_size, args.max_length = 8, 4, 256
+        args.warmup_steps, args.train_steps = 1, 2
+    args.targets = args.targets or ["all-linear"]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    bad = [s for s in args.shapes if s not in SHAPES] + [m for m in args.methods if m not in METHODS]
+    bad += sorted(args.parts - {"eval", "train"})
+    if bad:
+        ap.error(f"unknown: {', '.join(bad)}")
+    if args.batch_size % args.micro_batch_size or args.warmup_steps < 1 or args.train_steps < 1:
+        ap.error("--batch-size must be a multiple of --micro-batch-size; warm-up and timed steps >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU here")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        result = WORKERS[args.worker](json.loads(args.spec))
+        Path(args.result).write_text(json.dumps(result))
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars would interleave with the tables
+    tokenizer = load_bench_tokenizer(args.tokenizer)
+    with tempfile.TemporaryDirectory(prefix="tinyslm-bench-") as tmp:
+        work = Path(tmp)
+        model_dirs = ModelDirs(tokenizer, work)
+        eval_summary = bench_eval(args, tokenizer, model_dirs) if "eval" in args.parts else {}
+        train_summary = bench_train(args, tokenizer, model_dirs, work) if "train" in args.parts else {}
+    settings = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "eval": {"n_prompts": args.n, "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens},
+                "train": {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+                          "max_length": args.max_length, "warmup_steps": args.warmup_steps,
+                          "timed_steps": args.train_steps}}
+    print(json.dumps({**flat_figures(eval_summary, train_summary), "settings": settings,
+                      "cases": {"eval": eval_summary, "train": train_summary}}))
 
 
 if __name__ == "__main__":
