@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TINYSLM_DATA_DIR ?= ../shared/data
 export TINYSLM_DATA_DIR
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?= runs/quick
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -23,8 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/tiny-slm-eval --model smollm2-135m-instruct --benchmark gsm8k,svamp --limit 20 --output $(DEMO_OUT)
-	@echo "Results: $(DEMO_OUT)/<benchmark>/results.json, per-problem predictions in predictions.jsonl"
+	$(BIN)/tiny-slm run configs/quick.yaml --output $(DEMO_OUT)
 
 test: setup lint
 	$(BIN)/python -m pytest -q

@@ -183,11 +183,17 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
     summary = json.loads((root / "study.json").read_text())
     assert {c["id"]: c["status"] for c in summary["cells"]} == dict.fromkeys(ids, "finished")
 
-    # A second run finds everything done: nothing is retrained or re-evaluated.
+    # A second run finds everything done: nothing is retrained or re-evaluated, only the report is written.
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != "study.json"}
-    res2 = study.run_study(cfg, str(root), progress=False, report=False)
+    with_report = _write(tmp_path / "r.yaml", _tiny_study(tiny_model_dir, data_dir, report={"enabled": True}))
+    res2 = study.run_study(with_report, str(root), progress=False)
     assert all(r["skipped"] for r in res2["cells"].values())
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    assert res2["report"] == str(root / "report" / "report.html")
+    rows = (root / "report" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 * 2  # header + five methods x two benchmarks
+    md = (root / "report" / "report.md").read_text()
+    assert all(m in md for m in ("zero-shot", "few-shot-1", "full", "lora", "dora"))
 
     # A changed setting is refused for the cells it touches, never mixed with the old results.
     changed = _write(tmp_path / "s2.yaml", _tiny_study(tiny_model_dir, data_dir, train={"limit": 8, "max_steps": 2}))

@@ -532,7 +532,10 @@ def run_study(
                 _diagnose(cfg, root / cell.model_name / cell.label / f"seed{cell.seed}", diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
     if report and cfg.report.enabled and only is None:
-        result["report"] = str(write_report(cfg, root))
+        try:
+            result["report"] = str(write_report(cfg, root))
+        except UserError as e:  # e.g. every cell failed: the cell summary below still says why
+            print(f"no report: {e}", file=sys.stderr)
     return result
 
 
