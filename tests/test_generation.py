@@ -53,12 +53,19 @@ def test_generate_returns_every_prompt_once(tiny_model_dir, real_tokenizer, data
 
 @pytest.mark.slow
 def test_fast_engine_matches_generate_on_the_real_model(real_tokenizer, data_dir):
-    """Token-for-token equality with HF generate on SmolLM2-135M-Instruct, fp32 CPU, GSM8K prompts."""
+    """Token-for-token equality with HF generate on SmolLM2-135M-Instruct, fp32 CPU, 50 GSM8K prompts.
+
+    96 new tokens is where most answers are still being written (so rows leave the fast engine's batch at
+    many different steps, the case to get right) while the test stays near a minute on one core.
+    """
     from tinyslm.models import load_model
 
+    n = 50
     model, tok = load_model("smollm2-135m-instruct")
-    prompts = _prompts(tok, data_dir, 12)
-    fast = dict(generate(model, tok, prompts, max_new_tokens=160, batch_size=6, engine="fast"))
-    ref = dict(generate(model, tok, prompts, max_new_tokens=160, batch_size=6, engine="hf"))
-    assert [fast[i].text for i in range(12)] == [ref[i].text for i in range(12)]
-    assert [fast[i].n_tokens for i in range(12)] == [ref[i].n_tokens for i in range(12)]
+    prompts = _prompts(tok, data_dir, n)
+    kw = dict(max_new_tokens=96, batch_size=16)
+    fast = dict(generate(model, tok, prompts, engine="fast", **kw))
+    ref = dict(generate(model, tok, prompts, engine="hf", **kw))
+    assert [fast[i].n_tokens for i in range(n)] == [ref[i].n_tokens for i in range(n)]
+    assert [fast[i].text for i in range(n)] == [ref[i].text for i in range(n)]
+    assert len({fast[i].n_tokens for i in range(n)}) > 5, "rows should stop at many different steps"
