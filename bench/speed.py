@@ -91,8 +91,13 @@ def load_bench_tokenizer(path: str | None) -> Any:
     """``--tokenizer DIR``, else the installed SmolLM2 alias's (a GPU box has no alias: pass a copied one)."""
     from tinyslm.models import is_installed, load_tokenizer, resolve_model
 
-    if path:
-        return load_tokenizer(path)
+    if path:  # tokenizer files only (no config.json), so not through load_tokenizer's checkpoint check
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
     if not is_installed(TOKENIZER_ALIAS):
         sys.exit(f"the {TOKENIZER_ALIAS} alias is not installed here; pass --tokenizer DIR (a copy of its "
                  "tokenizer files)")
@@ -185,6 +190,9 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
         model.eval()
         stop = eos_ids(model, tokenizer)
         res = {}
+        for engine in ("hf", "fast"):  # untimed warm-up: first-call costs would fall on whichever runs first
+            run_engine(engine, model, tokenizer, rows[: args.eval_batch_size], args.eval_batch_size, 2, stop,
+                       args.device)
         for engine in ("hf", "fast"):
             gen, wall = run_engine(engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop,
                                    args.device)
@@ -483,11 +491,14 @@ def main(argv: list[str] | None = None) -> None:
         model_dirs = ModelDirs(tokenizer, work)
         eval_summary = bench_eval(args, tokenizer, model_dirs) if "eval" in args.parts else {}
         train_summary = bench_train(args, tokenizer, model_dirs, work) if "train" in args.parts else {}
-    settings = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "eval": {"n_prompts": args.n, "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens},
-                "train": {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-                          "max_length": args.max_length, "warmup_steps": args.warmup_steps,
-                          "timed_steps": args.train_steps}}
+    settings: dict[str, Any] = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if eval_summary:
+        settings["eval"] = {"n_prompts": args.n, "batch_size": args.eval_batch_size,
+                            "max_new_tokens": args.max_new_tokens}
+    if train_summary:
+        settings["train"] = {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+                             "max_length": args.max_length, "warmup_steps": args.warmup_steps,
+                             "timed_steps": args.train_steps}
     print(json.dumps({**flat_figures(eval_summary, train_summary), "settings": settings,
                       "cases": {"eval": eval_summary, "train": train_summary}}))
 
