@@ -165,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_args(rp)
     rp.set_defaults(func=cmd_report)
 
+    a = sub.add_parser("analyze", help="forgetting and stability diagnostics of a training run -> RUN_DIR/diagnostics.json",
+                       description="Compare a fine-tuned run with its base model: general-knowledge probes, weight "
+                                   "displacement, intruder dimensions, sharpness, repetition and arithmetic errors "
+                                   "in its outputs, gradient-norm spikes.")
+    from tinyslm.diagnostics.command import add_analyze_args, cmd_analyze
+
+    add_analyze_args(a)
+    a.set_defaults(func=cmd_analyze)
+
     s = sub.add_parser("score", help="(re)score a predictions JSONL made by any tool",
                        description="Each input line needs id, output and reference; the output repeats every line "
                                    "with extracted, correct and strict_correct added. A JSON summary goes to stdout.")
