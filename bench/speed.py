@@ -1,6 +1,6 @@
 """Speed, measured side by side in one invocation: tiny-slm against the Hugging Face anchor it replaces.
 
-    python bench/speed.py --quick                        # CPU, ~10 minutes on 2 idle cores
+    python bench/speed.py --quick                        # CPU, meant to take < 10 minutes on 2 idle cores
     python bench/speed.py --device cuda --shapes smollm2-135m,qwen2.5-0.5b --tokenizer T --data-dir D
 
 Two halves, each printed as a table; the run ends with one JSON line of ratios and the absolute figures
@@ -230,7 +230,8 @@ def step_ordered_rows(tokenizer: Any, spec: dict) -> list:
     rows, _ = encode_examples(tokenizer, tset.examples, tset.answer_style, spec["max_length"])
     need = spec["steps"] * spec["batch_size"]
     if len(rows) < need:
-        raise SystemExit(f"only {len(rows)} usable rows for {spec['steps']} steps of {spec['batch_size']}")
+        raise SystemExit(f"only {len(rows)} of the first {spec['limit']} GSM8K train rows fit --max-length "
+                         f"{spec['max_length']} with a target token left; raise --max-length")
     order = epoch_order(len(rows), spec["seed"], 0)
     return [rows[i] for i in order[:need]]
 
@@ -396,6 +397,9 @@ def bench_train(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs,
                 anchor = throughput(run_worker("anchor", spec), rows, spec)
                 ours = throughput(run_worker("ours", spec), rows, spec)
                 ratio = ours["samples_per_s"] / anchor["samples_per_s"]
+                if abs(ours["loss_first"] - anchor["loss_first"]) > 1e-2 * abs(anchor["loss_first"]):
+                    print(f"warning: first-step losses differ ({anchor['loss_first']} vs {ours['loss_first']}): "
+                          "the two sides did not train on the same rows", file=sys.stderr)
                 for side, r, x in (("HF Trainer", anchor, 1.0), ("ours", ours, ratio)):
                     print(f"{shape:<14} {targets:<10} {method:<6} {side:<11} {r['samples_per_s']:9.3f} "
                           f"{r['tokens_per_s']:10.1f} {x:7.2f}x {r['peak_mem_mib']:9.0f} {r['loss_first']:8.4f} {r['loss_last']:8.4f}")
@@ -451,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
     g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
     ap.add_argument("--quick", action="store_true",
-                    help="a CPU run in about 10 minutes: smollm2-135m, eval 16 prompts x 64 new tokens at batch "
+                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 16 prompts x 64 new tokens at batch "
                          "16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
     ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
