@@ -321,6 +321,7 @@ def summarize(result: dict) -> dict[str, Any]:
         "λmax base": _round(_get(s, "base", "eigenvalue")),
         "λmax tuned": _round(_get(s, "tuned", "eigenvalue")),
         "λmax space": "adapter" if "adapter" in str(s.get("space", "")) else ("all" if s else None),
+        "λmax converged": bool(_get(s, "base", "converged") and _get(s, "tuned", "converged")) if s else None,
         "repetition rate": _round(_get(result, "repetition_rate", "overall", "rate")),
         "arithmetic error rate": _round(_get(result, "arithmetic_error_rate", "overall", "rate")),
         "grad-norm spikes": _get(result, "grad_norm_spikes", "count"),

@@ -8,8 +8,8 @@ How: power iteration on Hessian-vector products. ``Hv`` is the gradient of ``⟨
 backward pass through the graph of ``∇L`` (``torch.autograd.grad`` with ``create_graph=True``), so the
 Hessian itself (n² entries) is never formed. Each iteration sets ``v ← Hv / ‖Hv‖`` and reads the Rayleigh
 quotient ``λ = vᵀHv``; it stops when λ changes by less than ``tol`` (relative) or after ``iters``
-iterations. Power iteration finds the eigenvalue of largest *magnitude*; near a minimum that is the top
-(positive) one, and a negative result means the loss is far from a minimum along that direction.
+iterations. Power iteration finds the eigenvalue of largest *magnitude*; when that is negative or does not
+settle, a second, shifted run finds the most positive one (see :func:`top_hessian_eigenvalue`).
 
 The loss is the training loss on a fixed batch: the first rows of the run's dataset, encoded exactly as
 training encodes them (:mod:`tinyslm.datasets`), token-weighted completion-only cross-entropy
@@ -26,6 +26,47 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
+def power_iteration(
+    matvec: Callable[[list[Any]], list[Any]], v: list[Any], *, shift: float, iters: int, tol: float
+) -> dict[str, Any]:
+    """Power iteration on ``H + shift·I`` given ``matvec(v) = Hv``; Rayleigh quotients reported without the shift.
+
+    Converged: the estimate λ changed by less than ``tol·|λ|`` *and* ``v`` is nearly an eigenvector,
+    ``‖Hv − λv‖ ≤ √tol·|λ|`` (the Rayleigh quotient's error is about the residual squared). The residual
+    test matters: with two eigenvalues of opposite sign and equal size the estimate stops changing at a
+    mixture of both, which is no eigenvalue; that run stops as ``stalled``. ``norm``, the last ``‖Hv‖`` for a
+    unit ``v``, tends to the spectral radius in every case.
+    """
+    history: list[float] = []
+    converged = stalled = False
+    norm = float("nan")
+    v = _normalise(v)
+    for _ in range(iters):
+        hv = [h.detach() + shift * x for h, x in zip(matvec(v), v, strict=True)]
+        estimate = _dot(hv, v)
+        norm = math.sqrt(_dot(hv, hv))
+        history.append(estimate - shift)
+        if not math.isfinite(estimate) or norm == 0:  # norm 0: v is in the null space, λ = 0 along it
+            break
+        # Judged on the unshifted eigenvalue: relative to the shifted one, any λ much smaller than the shift
+        # would pass at once. The residual is the same with or without the shift.
+        scale = max(abs(history[-1]), 1e-12)
+        if len(history) > 1 and abs(history[-1] - history[-2]) <= tol * scale:
+            residual = math.sqrt(max(norm**2 - estimate**2, 0.0))
+            converged = residual <= math.sqrt(tol) * scale
+            stalled = not converged
+            break
+        v = [h / norm for h in hv]
+    return {
+        "eigenvalue": history[-1] if history else float("nan"),
+        "iterations": len(history),
+        "converged": converged,
+        "stalled": stalled,
+        "history": history,
+        "norm": norm,
+    }
+
+
 def top_hessian_eigenvalue(
     loss_fn: Callable[[], Any],
     params: Sequence[Any],
@@ -34,11 +75,13 @@ def top_hessian_eigenvalue(
     tol: float = 1e-3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """λmax of the Hessian of ``loss_fn()`` w.r.t. ``params`` by power iteration on Hessian-vector products.
+    """λmax, the largest (most positive) eigenvalue of the Hessian of ``loss_fn()`` w.r.t. ``params``.
 
-    Returns the eigenvalue estimate, the iterations run, whether the relative change of the estimate fell
-    below ``tol``, and every iteration's estimate (the convergence history). The start vector is Gaussian,
-    drawn with ``seed`` on the CPU, so results repeat.
+    Power iteration finds the eigenvalue of largest magnitude (``dominant``). When that one converges and is
+    positive, it is λmax. Otherwise (a negative dominant eigenvalue, or a ± pair of equal size, which is what
+    a LoRA adapter at B = 0 has: its Hessian is [[0, C], [Cᵀ, D]]) a second power iteration runs on
+    ``H + ρI``, with ρ the dominant magnitude, whose top eigenvalue λmax + ρ now dominates. ``iters`` and
+    ``tol`` apply to each phase. The start vector is Gaussian, drawn with ``seed`` on the CPU, so results repeat.
     """
     import torch
 
@@ -46,39 +89,42 @@ def top_hessian_eigenvalue(
     if not params:
         raise ValueError("no parameters to take the Hessian over")
     gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
-    v = _normalise(v)
+    start = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
-    history: list[float] = []
-    converged = False
-    for _ in range(iters):
-        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
-        estimate = float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v, strict=True)))
-        history.append(estimate)
-        if not math.isfinite(estimate):
-            break
-        if len(history) > 1 and abs(estimate - history[-2]) <= tol * max(abs(estimate), 1e-12):
-            converged = True
-            break
-        if all(float(h.abs().max()) == 0 for h in hv):  # Hv = 0: v is in the null space, λ = 0 along it
-            break
-        v = _normalise([h.detach() for h in hv])
-    del grads
+
+    def hvp(v: list[Any]) -> list[Any]:
+        return list(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
+
+    dominant = power_iteration(hvp, start, shift=0.0, iters=iters, tol=tol)
+    result = {"dominant": dominant, "shift": None, "shifted": None}
+    top = dominant
+    if not (dominant["converged"] and dominant["eigenvalue"] >= 0) and math.isfinite(dominant["norm"]):
+        shift = abs(dominant["eigenvalue"]) if dominant["converged"] else dominant["norm"]
+        top = power_iteration(hvp, start, shift=shift, iters=iters, tol=tol)
+        result.update(shift=shift, shifted=top)
     return {
-        "eigenvalue": history[-1] if history else float("nan"),
-        "iterations": len(history),
-        "converged": converged,
-        "relative_change": abs(history[-1] - history[-2]) / max(abs(history[-1]), 1e-12)
-        if len(history) > 1
-        else None,
-        "history": history,
+        "eigenvalue": top["eigenvalue"],
+        "converged": top["converged"],
+        "iterations": dominant["iterations"] + (top["iterations"] if top is not dominant else 0),
+        "relative_change": _relative_change(top["history"]),
         "loss": float(loss.detach()),
+        **result,
     }
 
 
+def _relative_change(history: list[float]) -> float | None:
+    if len(history) < 2:
+        return None
+    return abs(history[-1] - history[-2]) / max(abs(history[-1]), 1e-12)
+
+
+def _dot(a: list[Any], b: list[Any]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b, strict=True)))
+
+
 def _normalise(vs: list[Any]) -> list[Any]:
-    norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in vs))
+    norm = math.sqrt(_dot(vs, vs))
     return [x / norm for x in vs] if norm > 0 else vs
 
 
