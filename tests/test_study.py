@@ -268,3 +268,17 @@ def test_bad_benchmark_fails_before_any_cell(tmp_path, tiny_model_dir, data_dir,
     assert main(["run", str(cfg), "--output", str(tmp_path / "out")]) == 2
     assert "gsm9k" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_diagnostics_run_on_trained_cells_when_asked(tmp_path, tiny_model_dir, data_dir):
+    cfg = _write(
+        tmp_path / "s.yaml",
+        _tiny_study(tiny_model_dir, data_dir, methods=["zero-shot", "lora"],
+                    diagnostics={"enabled": True, "probe_limit": 2}),
+    )
+    root = tmp_path / "out"
+    study.run_study(cfg, str(root), progress=False, report=False)
+    name = tiny_model_dir.name
+    diag = json.loads((root / f"{name}/lora/seed7/diagnostics.json").read_text())
+    assert {"forgetting", "weight_displacement", "intruder_dimensions", "sharpness", "summary"} <= set(diag)
+    assert not (root / f"{name}/zero-shot/seed7/diagnostics.json").exists()  # nothing to compare untrained

@@ -558,7 +558,8 @@ def _diagnose(cfg: StudyConfig, out: Path, diag: DiagnosticsSection, progress: b
 
     print(f"diagnostics: {out}", file=sys.stderr, flush=True)
     try:
-        diagnostics.analyze(out, probe_limit=diag.probe_limit, device=cfg.hardware.device, progress=progress)
+        diagnostics.analyze(out, probe_limit=diag.probe_limit, device=cfg.hardware.device, progress=progress,
+                            data_dir=cfg.data_dir)
     except Exception as e:  # recorded beside the cell, the report just lacks that row
         atomic_write_text(out / "diagnostics.error.txt", traceback.format_exc())
         print(f"    diagnostics failed: {_failure_reason(e)}", file=sys.stderr)
