@@ -316,8 +316,9 @@ def anchor_worker(spec: dict) -> dict:
         processing_class=tokenizer,
         callbacks=[clock],
     )
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    from tinyslm.train import reset_peak_memory
+
+    reset_peak_memory(torch.device(spec["device"]))  # the same window as tinyslm.train's: the loop, not the load
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"step_ends": clock.ends, "losses": losses, "peak_mem_mib": _peak_mib(spec["device"])}

@@ -89,7 +89,7 @@ def run_record(method: str, seed: int, *, runtime: float, processes: int = 1, de
                trainable: int = 1_000_000, total: int = 135_000_000, sps: float = 10.0) -> dict:
     return {"status": "finished", "method": method, "model": "x", "runtime_s": runtime, "train_s": runtime * 0.9,
             "samples_per_s": sps, "tokens_per_s": sps * 100, "peak_mem_mib": 2048.0,
-            "peak_mem_kind": "cuda_max_allocated" if device.startswith("cuda") else "cpu_max_rss",
+            "peak_mem_kind": "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss",
             "device": device, "precision": "bf16 autocast, fp32 master weights",
             "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
             "schedule": {"num_processes": processes}, "config": {"seed": seed, "method": method},

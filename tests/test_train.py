@@ -43,16 +43,7 @@ def _run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: a second intra-op thread only adds synchronisation (and on a loaded 2-core
-    machine it makes each step several times slower). Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +291,7 @@ def test_each_method_trains_and_its_loss_falls(method, tiny_model_dir, small_jso
         assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["peak_mem_mib"] > 0
     assert m[0]["lr"] == pytest.approx(1e-2) and m[-1]["lr"] < m[0]["lr"], "cosine decay"
     assert run["data"]["completion_only"] is True and run["data"]["truncated_examples"] == 0
-    assert run["data"]["stop_token"] == "<|im_end|>" and run["peak_mem_kind"] == "cpu_max_rss"
+    assert run["data"]["stop_token"] == "<|im_end|>" and run["peak_mem_kind"] == "cpu_peak_rss"
     assert run["schedule"]["gradient_accumulation_steps"] == 2 and run["precision"] == "fp32"
     p = run["parameters"]
     final = out / "final"

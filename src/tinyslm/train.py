@@ -548,14 +548,41 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 # Telemetry helpers.
 
 
+def reset_peak_memory(device: Any) -> bool:
+    """Start a fresh peak-memory window; returns whether the CPU peak could be reset.
+
+    CUDA: the allocator's peak statistics. CPU: the kernel's resident-set high-water mark (VmHWM), reset
+    by writing 5 to /proc/self/clear_refs (Linux >= 4.0). Without the reset, a process that ran other work
+    first (the study runs cells one after another in one process) would report that work's peak.
+    """
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory_mib(device: Any) -> tuple[float, str]:
-    """Peak memory of this process: CUDA max allocated on GPU, else the process's peak resident set size."""
+    """Peak memory since :func:`reset_peak_memory`: CUDA max allocated on GPU; on CPU the resident-set
+    high-water mark (``cpu_peak_rss``), or where /proc is missing the process's lifetime peak
+    (``cpu_max_rss_process``, an upper bound)."""
     import torch
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10, "cpu_peak_rss"
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_max_rss"
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_max_rss_process"
 
 
 class Reporters:
@@ -827,8 +854,8 @@ def _train(cfg: TrainConfig) -> dict:
         restore_rng(ckpts[-1], rank, cfg.seed + rank + start_step)
     else:
         torch.manual_seed(cfg.seed + rank)  # dropout masks: reproducible, different per rank
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    if not reset_peak_memory(accelerator.device):  # the peak then covers the whole process so far
+        run["peak_mem_kind"] = "cpu_max_rss_process"
     bar = _progress(total_steps, start_step, cfg.progress and main)
     metrics = JsonlAppender(out / "metrics.jsonl") if main else None
     t_start = time.perf_counter()
@@ -1006,9 +1033,13 @@ def save_final(model: Any, tokenizer: Any, dest: Path, cfg: TrainConfig) -> None
     its base) or the full model, with the tokenizer; written to a temp dir and renamed into place."""
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    extra: dict[str, Any] = {}
     if cfg.method != "full":
         model.peft_config["default"].base_model_name_or_path = adapter_base_ref(cfg.model)
-    model.save_pretrained(tmp, safe_serialization=True)
+        # We never resize or target the embeddings; without this peft looks the base up on the Hub to check
+        # (a network call, and a warning offline or for an alias).
+        extra["save_embedding_layers"] = False
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
