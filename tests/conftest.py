@@ -10,6 +10,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (and on a loaded 2-core machine it
+    makes each step several times slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``; the thread count is restored for the other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The offline benchmark files (`../shared/data` beside the checkout, or $TINYSLM_DATA_DIR)."""

@@ -31,16 +31,7 @@ from tinyslm.diagnostics.sharpness import top_hessian_eigenvalue
 from tinyslm.errors import UserError
 from tinyslm.textstats import arithmetic_errors, find_equations
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,21 +18,14 @@ import yaml
 from tinyslm import study
 from tinyslm.cli import main
 from tinyslm.errors import UserError
+from tinyslm.io import umask as _umask
 from tinyslm.train import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation on a loaded 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path: Path, cfg: dict) -> Path:
@@ -180,6 +173,7 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
     assert json.loads((lora / "eval/gsm8k/results.json").read_text())["model_ref"].endswith("merged")
     few = json.loads((root / f"{name}/few-shot-1/seed7/eval/gsm8k/results.json").read_text())
     assert few["shots"] == 1 and len(few["exemplar_ids"]) == 1
+    assert (root / ids[0] / "cell.json").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
     summary = json.loads((root / "study.json").read_text())
     assert {c["id"]: c["status"] for c in summary["cells"]} == dict.fromkeys(ids, "finished")
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tinyslm.errors import UserError
+from tinyslm.io import umask
 
 if TYPE_CHECKING:
     import torch
@@ -387,15 +388,9 @@ def build_alias_cache(
     return alias_model_dir(alias)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _chmod_like_umask(root: Path) -> None:
     """Give the cache ordinary permissions: mkdtemp and some writers create private (0700/0600) entries."""
-    mask = _umask()
+    mask = umask()
     for path in [root, *root.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
