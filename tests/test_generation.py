@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from tinyslm.generation import _decode_batch_fast, _decode_batch_hf, generate
+from tinyslm.generation import (
+    MIN_SHARED_PREFIX,
+    _decode_batch_fast,
+    _decode_batch_hf,
+    generate,
+    shared_prefix_length,
+)
 
 
 def _prompts(tokenizer, data_dir, n: int) -> list[str]:
@@ -30,6 +36,7 @@ def test_fast_equals_hf_when_rows_stop_at_different_steps(real_tokenizer, data_d
     model = LlamaForCausalLM(cfg).eval()
     tok.padding_side = "left"
     rows = [tok(p, add_special_tokens=False)["input_ids"] for p in _prompts(tok, data_dir, 6)]
+    assert shared_prefix_length(rows) >= MIN_SHARED_PREFIX  # the chat template's system turn: computed once
     kw = dict(max_new_tokens=24, pad_id=tok.pad_token_id, device="cpu")
     free = _decode_batch_hf(model, tok, rows, stop_ids=[tok.eos_token_id], **kw)
     # Make some tokens that the rows emit at different steps act as stop tokens, so that rows leave the
@@ -39,6 +46,35 @@ def test_fast_equals_hf_when_rows_stop_at_different_steps(real_tokenizer, data_d
     ref = _decode_batch_hf(model, tok, rows, stop_ids=stops, **kw)
     assert fast == ref
     assert len({len(g) for g in fast}) > 1, "the rows should have stopped at different steps"
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter row keeps its last token
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0  # a lone row has nothing to share
+
+
+@torch.inference_mode()
+def test_fast_equals_hf_with_a_long_shared_prefix(tiny_model_dir, real_tokenizer, data_dir):
+    """Few-shot prompts: hundreds of shared tokens, suffixes of different lengths padded after the prefix."""
+    from transformers import AutoModelForCausalLM
+
+    from tinyslm.benchmarks import Example
+    from tinyslm.prompts import build_prompt
+
+    tok = real_tokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    shots = [Example(id=f"s{i}", question=f"What is {i} plus {i}?", reference=str(2 * i),
+                     solution=f"{i} + {i} = {2 * i}\n#### {2 * i}") for i in range(3)]
+    qs = ["How many legs do 3 cats have?", "Tom had 5 apples and ate 2 of them. How many apples are left now?",
+          "What is 7 times 6?"]
+    rows = [tok(build_prompt(tok, Example(id=str(i), question=q, reference="0"), "number", shots),
+                add_special_tokens=False)["input_ids"] for i, q in enumerate(qs)]
+    assert shared_prefix_length(rows) > 100 and len({len(r) for r in rows}) == 3
+    tok.padding_side = "left"
+    kw = dict(max_new_tokens=12, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, device="cpu")
+    assert _decode_batch_fast(model, tok, rows, **kw) == _decode_batch_hf(model, tok, rows, **kw)
 
 
 def test_generate_returns_every_prompt_once(tiny_model_dir, real_tokenizer, data_dir):

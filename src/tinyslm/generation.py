@@ -92,24 +92,60 @@ def _returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
+# A shared prefix shorter than this is recomputed per row: one extra forward pass would cost more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (the one whose logits
+    start decoding)."""
+    if len(rows) < 2:
+        return 0
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return max(n, 0)
+
+
 def _decode_batch_fast(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
                        pad_id: int, device) -> list[list[int]]:
-    """Greedy-decode one left-padded batch; each row's ids end at (and include) its stop token.
+    """Greedy-decode one batch; each row's ids end at (and include) its stop token.
 
-    Rows that stop are dropped from the batch and from the KV cache, so later steps cost only what is
-    still being generated.
+    Two savings over ``model.generate``, neither of which changes what is computed for a row:
+
+    * **Shared prefix, computed once.** Prompts of one benchmark start alike (system prompt, instruction,
+      and with k shots every exemplar: ~90% of a 3-shot GSM8K prompt). That prefix goes through the model
+      once at batch 1, its KV cache is repeated across the batch, and only each row's own suffix is
+      prefilled, left-padded *after* the prefix (padding sits in the middle, masked out; position ids
+      count real tokens only, so every row sees the positions it would see alone).
+    * **Finished rows leave.** Rows that stop are dropped from the batch and from the KV cache, so later
+      steps cost only what is still being generated.
     """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_arg(model)
     stop_set = set(stop_ids)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    shared = shared_prefix_length(rows)
+    cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix = torch.tensor([rows[0][:shared]], device=device)
+        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+        cache = _returned_cache(out)
+        cache.batch_repeat_interleave(len(rows))
+    else:
+        shared = 0
+    suffixes = [r[shared:] for r in rows]
+    width = max(len(r) for r in suffixes)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    own = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(suffixes):
+        ids[i, width - len(r):] = torch.tensor(r)
+        own[i, width - len(r):] = 1
+    mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own], dim=-1)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    kwargs = {cache_kw: cache} if cache is not None else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kwargs)
     cache = _returned_cache(out)
     alive = list(range(len(rows)))  # original row of each current batch row
     gen: list[list[int]] = [[] for _ in rows]
