@@ -109,6 +109,7 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
+@torch.inference_mode()  # generate() has it too; this keeps any direct caller (the bench) from building a graph
 def _decode_batch_fast(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
                        pad_id: int, device) -> list[list[int]]:
     """Greedy-decode one batch; each row's ids end at (and include) its stop token.
