@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import shlex
 import sys
 import time
@@ -214,6 +215,10 @@ class Cell:
     def id(self) -> str:
         return f"{self.model_name}/{self.label}/seed{self.seed}"
 
+    def dir(self, root: Path) -> Path:
+        """The cell's run directory: its id under the study directory."""
+        return root / self.id
+
     @property
     def trained(self) -> bool:
         return self.method in TRAIN_METHODS
@@ -311,8 +316,6 @@ def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
 
 
 def read_cell(out: Path) -> dict | None:
-    import json
-
     f = out / CELL_FILE
     if not f.exists():
         return None
@@ -329,7 +332,7 @@ def read_cell(out: Path) -> dict | None:
 def run_cell(cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True, retry_failed: bool = False) -> dict:
     """Run (or skip, or resume) one cell; returns its cell.json record. Never raises for a cell's own failure
     (the record says ``failed`` and why); KeyboardInterrupt propagates after recording ``interrupted``."""
-    out = root / cell.model_name / cell.label / f"seed{cell.seed}"
+    out = cell.dir(root)
     prev = read_cell(out)
     spec = cell_spec(cfg, cell, out)
     rec: dict[str, Any] = {
@@ -516,7 +519,7 @@ def run_study(
             raise UserError(f"no cell '{only}' in {config_path} (list them with --dry-run)")
     check_inputs(cfg)
     root.mkdir(parents=True, exist_ok=True)
-    records = {c.id: read_cell(root / c.model_name / c.label / f"seed{c.seed}") for c in plan_cells(cfg)}
+    records = {c.id: read_cell(c.dir(root)) for c in plan_cells(cfg)}
     t0 = time.perf_counter()
     for i, cell in enumerate(cells, 1):
         print(f"[{i}/{len(cells)}] {cell.id}", file=sys.stderr, flush=True)
@@ -529,7 +532,7 @@ def run_study(
         for cell in cells:
             rec = records.get(cell.id) or {}
             if cell.trained and rec.get("status") == "finished":
-                _diagnose(cfg, root / cell.model_name / cell.label / f"seed{cell.seed}", diag, progress)
+                _diagnose(cfg, cell.dir(root), diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
     if report and cfg.report.enabled and only is None:
         try:
@@ -619,7 +622,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 cmd = ["tiny-slm", "run", str(args.config), "--output", str(root), "--cell", c.id, "--no-progress"]
                 print(shlex.join(cmd))
             else:
-                rec = read_cell(root / c.model_name / c.label / f"seed{c.seed}") or {}
+                rec = read_cell(c.dir(root)) or {}
                 status = rec.get("status", "pending")
                 reason = f"  ({rec['reason']})" if rec.get("reason") else ""
                 print(f"  {c.id:<50} {status}{reason}")
