@@ -6,8 +6,9 @@
 Two halves, each printed as a table; the run ends with one JSON line of ratios and the absolute figures
 behind them (the keys of the first shape and target set at top level, every case under ``cases``).
 
-**Evaluation.** Our decode loop (``--engine fast``) against HF ``generate`` on the same GSM8K prompts at
-the same batch size, greedily, with the same stop rule, so both produce the same tokens (checked, the
+**Evaluation.** What ``tiny-slm-eval`` runs (``--engine fast``: continuous batching over a slot KV cache,
+``--eval-batch-size`` slots) against HF ``generate`` in length-sorted fixed batches of the same size, on the
+same GSM8K prompts, greedily, with the same stop rule, so both produce the same tokens (checked, the
 ``same tokens`` column). Speed = generated (non-pad) tokens/s. A shape whose real weights are installed
 offline (``smollm2-135m`` -> the ``smollm2-135m-instruct`` alias) is evaluated with them; other shapes get
 random weights, which never write an answer line, so every row runs to ``--max-new-tokens``: that
@@ -57,7 +58,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tinyslm.generation import ENGINES, eos_ids  # noqa: E402
+from tinyslm.generation import decode_rows, eos_ids  # noqa: E402
 
 # The real architectures of the study's models (from their hub config.json), for random-weight runs.
 # "tiny" is a 2-layer toy for checking the benchmark itself in seconds; its figures mean nothing.
@@ -148,19 +149,18 @@ def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int) -> list[list[int]]:
 
 def run_engine(name: str, model: Any, tokenizer: Any, rows: list[list[int]], batch_size: int,
                max_new_tokens: int, stop_ids: list[int], device: str) -> tuple[list[list[int]], float]:
-    """Decode ``rows`` in length-sorted batches with one engine; the generated ids per row and the wall time."""
-    decode = ENGINES[name]
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    """Decode ``rows`` with one engine at the same batch size; the generated ids per row and the wall time.
+
+    ``hf`` decodes length-sorted fixed batches through ``model.generate``; ``fast`` is what ``tiny-slm-eval``
+    runs (continuous batching with ``batch_size`` slots on Llama-family models).
+    """
     out: list = [None] * len(rows)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        gen = decode(model, tokenizer, [rows[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                     pad_id=tokenizer.pad_token_id, device=device)
-        for i, g in zip(idx, gen, strict=True):
-            out[i] = g
+    for i, g in decode_rows(model, tokenizer, rows, engine=name, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, stop_ids=stop_ids):
+        out[i] = g
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return out, time.perf_counter() - t0
@@ -456,14 +456,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
     g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
     ap.add_argument("--quick", action="store_true",
-                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 16 prompts x 64 new tokens at batch "
-                         "16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
+                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 32 prompts x 256 new tokens at "
+                         "batch 16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
     ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.device, args.n, args.eval_batch_size, args.max_new_tokens = "cpu", 16, 16, 64
+        args.device, args.n, args.eval_batch_size, args.max_new_tokens = "cpu", 32, 16, 256
         args.batch_size, args.micro_batch_size, args.max_length = 8, 4, 256
         args.warmup_steps, args.train_steps = 1, 2
     args.targets = args.targets or ["all-linear"]
