@@ -139,12 +139,14 @@ def data_dir_default() -> str:
 # Evaluation: our decode loop against HF generate.
 
 
-def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int) -> list[list[int]]:
-    from tinyslm.benchmarks import get_benchmark, load_examples
+def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int, shots: int = 0) -> list[list[int]]:
+    """The first ``n`` GSM8K test prompts as ``tiny-slm-eval`` builds them (``shots`` exemplars, seed 1234)."""
+    from tinyslm.benchmarks import get_benchmark, load_examples, plan_fewshot
     from tinyslm.prompts import build_prompt
 
-    examples = load_examples(get_benchmark("gsm8k"), data_dir).examples[:n]
-    return [tokenizer(build_prompt(tokenizer, e, "number"), add_special_tokens=False)["input_ids"] for e in examples]
+    plan = plan_fewshot(load_examples(get_benchmark("gsm8k"), data_dir), shots, 1234, data_dir)
+    return [tokenizer(build_prompt(tokenizer, e, "number", plan.exemplars), add_special_tokens=False)["input_ids"]
+            for e in plan.eval_examples[:n]]
 
 
 def run_engine(name: str, model: Any, tokenizer: Any, rows: list[list[int]], batch_size: int,
@@ -173,9 +175,9 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
     from tinyslm.models import is_installed, load_model
 
     tokenizer.padding_side = "left"
-    rows = gsm8k_prompts(tokenizer, Path(args.data_dir), args.n)
+    rows = gsm8k_prompts(tokenizer, Path(args.data_dir), args.n, args.shots)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    print(f"\n== evaluation: device={args.device} prompts={len(rows)} batch={args.eval_batch_size} "
+    print(f"\n== evaluation: device={args.device} prompts={len(rows)} shots={args.shots} batch={args.eval_batch_size} "
           f"max_new_tokens={args.max_new_tokens}")
     print(f"{'model':<36} {'engine':<11} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}")
     summary: dict[str, dict] = {}
@@ -445,6 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--n", type=int, default=64, help="GSM8K test prompts (default 64)")
     g.add_argument("--eval-batch-size", type=int, default=16, help="decoding batch, both engines (default 16)")
     g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--shots", type=int, default=0, help="few-shot exemplars in each prompt (default 0)")
     g.add_argument("--random-eval", action="store_true", help="evaluate random weights even where real ones exist")
     g = ap.add_argument_group("training")
     g.add_argument("--methods", default="full,lora,dora", help="comma-separated (default full,lora,dora)")
@@ -498,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         train_summary = bench_train(args, tokenizer, model_dirs, work) if "train" in args.parts else {}
     settings: dict[str, Any] = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if eval_summary:
-        settings["eval"] = {"n_prompts": args.n, "batch_size": args.eval_batch_size,
+        settings["eval"] = {"n_prompts": args.n, "shots": args.shots, "batch_size": args.eval_batch_size,
                             "max_new_tokens": args.max_new_tokens}
     if train_summary:
         settings["train"] = {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tinyslm import decoder
 from tinyslm.decoder import CASCADE_MIN_PREFIX, SlotDecoder, unsupported_reason
 from tinyslm.generation import decode_rows, shared_prefix_length
 
@@ -62,9 +63,13 @@ def _stops_at_various_steps(model, tok, rows, max_new_tokens) -> list[int]:
     return sorted(picks)
 
 
-@pytest.mark.parametrize("shared", [0, 20, CASCADE_MIN_PREFIX + 10])  # no prefix, copied into slots, read once
+@pytest.mark.parametrize(("shared", "cpu_flash"), [
+    (0, True), (20, True),  # no prefix; a short one copied into the slots
+    (CASCADE_MIN_PREFIX + 10, True), (CASCADE_MIN_PREFIX + 10, False),  # read once: CPU flash op, or plain math (GPUs)
+])
 @torch.inference_mode()
-def test_decoder_logits_equal_the_models_forward(shared):
+def test_decoder_logits_equal_the_models_forward(shared, cpu_flash, monkeypatch):
+    monkeypatch.setattr(decoder, "CPU_FLASH_LSE", cpu_flash and decoder.CPU_FLASH_LSE)
     model = _model()
     rows = _rows(3, shared=shared)
     p = shared_prefix_length(rows)

@@ -1,4 +1,7 @@
-"""The fast decoding loop gives exactly the tokens of `model.generate` (greedy), rows stopping at any time."""
+"""The decoding engines give exactly the tokens of `model.generate` (greedy), rows stopping at any time.
+
+`_decode_batch_fast` is the fallback for architectures the slot decoder does not cover (tested here on
+Llama all the same); `generate(engine="fast")` runs continuous batching (tests/test_decoder.py)."""
 
 from __future__ import annotations
 
@@ -105,3 +108,25 @@ def test_fast_engine_matches_generate_on_the_real_model(real_tokenizer, data_dir
     assert [fast[i].n_tokens for i in range(n)] == [ref[i].n_tokens for i in range(n)]
     assert [fast[i].text for i in range(n)] == [ref[i].text for i in range(n)]
     assert len({fast[i].n_tokens for i in range(n)}) > 5, "rows should stop at many different steps"
+
+
+@pytest.mark.slow
+def test_fast_engine_matches_generate_on_the_real_model_few_shot(data_dir):
+    """The same with 3-shot prompts (as `tiny-slm-eval --shots 3` builds them): ~640 shared tokens, long
+    enough that the fast engine keeps the prefix in one place and merges its attention with each row's."""
+    from tinyslm.benchmarks import get_benchmark, load_examples, plan_fewshot
+    from tinyslm.decoder import CASCADE_MIN_PREFIX
+    from tinyslm.models import load_model
+    from tinyslm.prompts import build_prompt
+
+    n = 24
+    model, tok = load_model("smollm2-135m-instruct")
+    plan = plan_fewshot(load_examples(get_benchmark("gsm8k"), data_dir), 3, 1234, data_dir)
+    prompts = [build_prompt(tok, e, "number", plan.exemplars) for e in plan.eval_examples[:n]]
+    rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert shared_prefix_length(rows) >= CASCADE_MIN_PREFIX
+    kw = dict(max_new_tokens=64, batch_size=8)
+    fast = dict(generate(model, tok, prompts, engine="fast", **kw))
+    ref = dict(generate(model, tok, prompts, engine="hf", **kw))
+    assert [fast[i].text for i in range(n)] == [ref[i].text for i in range(n)]
+    assert [fast[i].n_tokens for i in range(n)] == [ref[i].n_tokens for i in range(n)]

@@ -315,6 +315,24 @@ def test_each_method_trains_and_its_loss_falls(method, tiny_model_dir, small_jso
         assert any("lora_magnitude_vector" in k for k in keys) == (method == "dora")
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_completion_only_logits_train_as_the_full_logits_loss(method, tiny_model_dir, small_jsonl, tmp_path,
+                                                              monkeypatch):
+    """The fast path (only positions that predict target tokens go through the output head) against the
+    plain one (the model's logits at every position): 20 optimizer steps, same losses within 1e-3 relative."""
+    import tinyslm.train as train_mod
+
+    kw = dict(epochs=20, lr=1e-3, limit=4, batch_size=4, micro_batch_size=2)
+    fast = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "fast", method, **kw))
+    monkeypatch.setattr(train_mod, "supports_logits_to_keep", lambda model: False)
+    plain = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "plain", method, **kw))
+    assert fast["status"] == plain["status"] == "finished"
+    a, b = _metrics(tmp_path / "fast"), _metrics(tmp_path / "plain")
+    assert len(a) == len(b) == 20
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-3)
+    assert a[-1]["loss"] < a[0]["loss"], "the 20 steps should train"
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, small_jsonl, data_dir, tmp_path_factory) -> Path:
     """One finished LoRA run with --merge and --eval (shared by the tests below)."""

@@ -65,14 +65,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=_int_at_least(0), default=0,
                    help="worked examples in the prompt, drawn by --seed from a training split (the paper: 0 and 5)")
     p.add_argument("--limit", type=_int_at_least(1), help="score only the first N problems of each benchmark")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="prompts decoded together (default 16)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="prompts decoded at once (default 16): rows of a fixed batch, or slots refilled as answers finish")
     p.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, help="generation budget per problem (default 256)")
     p.add_argument("--seed", type=int, default=1234, help="seed for exemplar choice (default 1234)")
     p.add_argument("--data-dir", help="directory with the offline benchmark files (default: $TINYSLM_DATA_DIR; "
                                       "neither set = load from the Hugging Face Hub)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16")
     p.add_argument("--engine", choices=["fast", "hf"], default="fast",
-                   help="decoding loop: fast (drops finished rows from the batch) or hf (model.generate); same tokens")
+                   help="decoding loop: fast (continuous batching over a slot KV cache) or hf (model.generate); same tokens")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.add_argument("--overwrite", action="store_true", help="replace finished results in --output (default: keep and resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

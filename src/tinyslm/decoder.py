@@ -28,12 +28,15 @@ import sys
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # A shared prompt prefix at least this long is read once per step for the whole batch instead of per row
 # (measured on a 2-core CPU, SmolLM2-135M shapes: 2.5x faster attention at 640 prefix tokens, 10-30% slower
 # at 58, where the second attention call costs more than the rows' prefix reads).
 CASCADE_MIN_PREFIX = 128
+# PyTorch's CPU flash-attention op returns the log-sum-exp the prefix merge needs (a private op: checked).
+CPU_FLASH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 # CPU weights are repacked for oneDNN (a second copy of them) only up to this size: 135M-500M models in fp32.
 MAX_PACKED_BYTES = 4 << 30
 
@@ -69,7 +72,7 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
 
     On CPU, PyTorch's flash-attention kernel (what ``scaled_dot_product_attention`` runs there, and
     ``generate`` with it) returns both; elsewhere they are computed directly."""
-    if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    if q.device.type == "cpu" and CPU_FLASH_LSE:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
         return out, lse
     s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
@@ -206,8 +209,10 @@ class SlotDecoder:
         n, _, t, d = q.shape
         kv, g = self.n_kv, self.group
         qg = q.reshape(n, kv, g * t, d)  # head h = kv_head * g + j, as transformers' repeat_kv orders them
-        out, lse = _attention_lse(qg, keys, values, bias, self.scaling)
-        if self.cascade and self.prefix_k is not None:
+        if not (self.cascade and self.prefix_k is not None):
+            out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=bias, scale=self.scaling)
+        else:
+            out, lse = _attention_lse(qg, keys, values, bias, self.scaling)
             qa = qg.transpose(0, 1).reshape(1, kv, n * g * t, d)
             op, lp = _attention_lse(qa, self.prefix_k[i][None], self.prefix_v[i][None], None, self.scaling)
             op = op.view(kv, n, g * t, d).transpose(0, 1)
