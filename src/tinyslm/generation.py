@@ -1,16 +1,15 @@
-"""Batched greedy decoding: prompts in, texts out.
+"""Greedy decoding: prompts in, texts out.
 
-Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch, and
-rows of similar length share a batch so little compute goes to padding), left-padded, and decoded
-greedily. A row stops at EOS, at the end of its answer line (``#### X`` or a ``\\boxed{}``), or when it
-starts a new ``Question:``; the run-on text is cut from the returned output.
+A row stops at EOS, at the end of its answer line (``#### X`` or a ``\\boxed{}``), or when it starts a new
+``Question:``; the run-on text is cut from the returned output. Engines, all giving the same tokens:
 
-Two engines give the same tokens:
-
-* ``fast`` (default): our own loop over the model's forward with a KV cache. A row that has stopped
-  leaves the batch at once (its cache rows are dropped), so the batch shrinks as answers finish
-  instead of decoding padding until the longest answer is done. Math answers vary from 30 to 300 tokens, so most of a batch is finished most of the time.
-* ``hf``: ``model.generate`` with a stopping criterion: the reference the fast engine is tested against.
+* ``fast`` (default) on Llama-family models: continuous batching over :class:`tinyslm.decoder.SlotDecoder`.
+  ``batch_size`` rows decode at once; a row that stops hands its slot to the next prompt (longest first),
+  and the prompts' shared prefix is computed once for the whole run.
+* ``fast`` on other architectures: length-sorted fixed batches through the model's own forward with
+  transformers' KV cache; the batch's shared prefix is computed once and finished rows are dropped.
+* ``hf``: ``model.generate`` on the same length-sorted, left-padded batches with a stopping criterion: the
+  reference the others are tested against.
 """
 
 from __future__ import annotations

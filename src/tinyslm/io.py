@@ -43,6 +43,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict:
+    """A JSON file that must hold one object; ``ValueError`` naming the file and the fault otherwise
+    (unreadable, not JSON, or not an object). Each caller decides what a bad file means for it."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return obj
+
+
 def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterator[dict]:
     """Yield the records of a JSONL file.
 

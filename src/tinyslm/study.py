@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shlex
 import sys
 import time
@@ -36,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tinyslm.errors import UserError
-from tinyslm.io import atomic_write_json, atomic_write_text
+from tinyslm.io import atomic_write_json, atomic_write_text, read_json_object
 
 ICL_METHODS = ("zero-shot", "few-shot")
 TRAIN_METHODS = ("full", "lora", "dora")
@@ -320,8 +319,8 @@ def read_cell(out: Path) -> dict | None:
     if not f.exists():
         return None
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(f)
+    except ValueError:
         return None  # a damaged record is rewritten; the run files beside it decide what is redone
 
 

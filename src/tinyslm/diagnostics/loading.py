@@ -13,13 +13,13 @@ parameters carry gradients for the Hessian; it is only ever run in eval mode (no
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tinyslm.errors import UserError
+from tinyslm.io import read_json_object
 
 PEFT_METHODS = ("lora", "dora")
 METHODS = ("full", *PEFT_METHODS)
@@ -54,11 +54,9 @@ def read_run_dir(run_dir: str | Path, base: str | None = None) -> RunInfo:
     if not run_json.is_file():
         raise UserError(f"{d} has no run.json; pass a run directory written by tiny-slm-train --output")
     try:
-        run = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {run_json} ({e})") from None
-    if not isinstance(run, dict):
-        raise UserError(f"{run_json} is not a JSON object")
+        run = read_json_object(run_json)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     status = run.get("status", "unknown")
     if status != "finished":
         raise UserError(

@@ -17,7 +17,6 @@ it instead of crashing on it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.errors import UserError
-from tinyslm.io import read_jsonl
+from tinyslm.io import read_json_object, read_jsonl
 
 TRAINED_METHODS = ("full", "lora", "dora")
 ZERO_SHOT = "zero-shot"
@@ -132,12 +131,9 @@ class _Unreadable(Exception):
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise _Unreadable(f"cannot read {path}: {e}") from None
-    if not isinstance(obj, dict):
-        raise _Unreadable(f"{path}: expected a JSON object")
-    return obj
+        return read_json_object(path)
+    except ValueError as e:
+        raise _Unreadable(str(e)) from None
 
 
 def _read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
