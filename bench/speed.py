@@ -459,14 +459,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
     g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
     ap.add_argument("--quick", action="store_true",
-                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 32 prompts x 256 new tokens at "
+                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 24 prompts x 256 new tokens at "
                          "batch 16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
     ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.device, args.n, args.eval_batch_size, args.max_new_tokens = "cpu", 32, 16, 256
+        args.device, args.n, args.eval_batch_size, args.max_new_tokens = "cpu", 24, 16, 256
         args.batch_size, args.micro_batch_size, args.max_length = 8, 4, 256
         args.warmup_steps, args.train_steps = 1, 2
     args.targets = args.targets or ["all-linear"]
