@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tinyslm.models import base_model
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # A shared prompt prefix at least this long is read once per step for the whole batch instead of per row
 # (measured on a 2-core CPU, SmolLM2-135M shapes: 2.5x faster attention at 640 prefix tokens, 10-30% slower
@@ -41,14 +43,9 @@ CPU_FLASH_LSE = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for
 MAX_PACKED_BYTES = 4 << 30
 
 
-def _base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (adapter layers stay in place inside it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def unsupported_reason(model: Any, capacity: int) -> str | None:
     """Why this decoder cannot run ``model`` for sequences of ``capacity`` tokens; ``None`` if it can."""
-    base = _base_model(model)
+    base = base_model(model)
     cfg = base.config
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {cfg.model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
@@ -98,7 +95,7 @@ class SlotDecoder:
 
     def __init__(self, model: Any, *, slots: int, capacity: int, device: torch.device | str,
                  prefix: list[int] | None = None) -> None:
-        base = _base_model(model)
+        base = base_model(model)
         self.base, self.inner = base, base.model
         cfg = base.config
         attn0 = self.inner.layers[0].self_attn

@@ -24,6 +24,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from tinyslm.decoder import SlotDecoder, unsupported_reason
+from tinyslm.models import base_model
 
 # The end of an answer line: "#### 42" or a closed \boxed{...} followed by a newline.
 ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n|\\boxed\{.*\}[^\n]*\n")
@@ -85,8 +86,7 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 def _cache_arg(model) -> str:
     """transformers 5.2x calls the KV cache ``cache``; earlier releases call it ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
 def _returned_cache(out):
@@ -199,7 +199,7 @@ def _decode_batch_hf(model, tokenizer, rows: list[list[int]], *, max_new_tokens:
 
 
 BATCH_ENGINES = {"fast": _decode_batch_fast, "hf": _decode_batch_hf}
-ENGINE_NAMES = ("fast", "hf")
+ENGINE_NAMES = tuple(BATCH_ENGINES)
 
 
 @torch.inference_mode()

@@ -841,6 +841,12 @@ def load_model(
     return model, tokenizer
 
 
+def base_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (its adapter layers stay in place inside it); the model
+    itself when it is not wrapped. Its ``forward`` signature and ``config`` are the architecture's."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_chat_model(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Chat models are prompted through their chat template; base models get plain text."""
     return bool(getattr(tokenizer, "chat_template", None))

@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tinyslm.dropout import use_uniform_mask_dropout
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, read_jsonl
 
@@ -369,8 +368,9 @@ def count_parameters(model: Any) -> dict[str, Any]:
 
 def supports_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward can project only chosen positions onto the vocabulary (most can)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    from tinyslm.models import base_model
+
+    return "logits_to_keep" in inspect.signature(type(base_model(model)).forward).parameters
 
 
 def target_loss_sum(model: Any, batch: dict[str, Any], keep_logits: bool) -> Any:
@@ -734,6 +734,8 @@ def _train(cfg: TrainConfig) -> dict:
     )
     model, tokenizer = load_for_training(cfg)
     if accelerator.device.type == "cpu":
+        from tinyslm.dropout import use_uniform_mask_dropout  # imports torch: not at module import (--help)
+
         use_uniform_mask_dropout(model)  # same dropout, drawn ~2x faster than bernoulli_ on CPU (dropout.py)
     rows, enc_stats = encode_examples(tokenizer, tset.examples, tset.answer_style, cfg.max_length)
     steps_per_epoch = len(rows) // cfg.batch_size
