@@ -477,6 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad += sorted(args.parts - {"eval", "train"})
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
+    if args.n < 1 or args.shots < 0 or args.eval_batch_size < 1 or args.max_new_tokens < 1:
+        ap.error("--n, --eval-batch-size and --max-new-tokens must be >= 1, --shots >= 0")
     if args.batch_size % args.micro_batch_size or args.warmup_steps < 1 or args.train_steps < 1:
         ap.error("--batch-size must be a multiple of --micro-batch-size; warm-up and timed steps >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
