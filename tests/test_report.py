@@ -25,8 +25,8 @@ from tinyslm.evaluate import summarize
 from tinyslm.report import main as report_main
 from tinyslm.report import write_report
 from tinyslm.report.collect import collect
-from tinyslm.report.tables import build_groups, comparisons, cost_table, recommendations
-from tinyslm.stats import mcnemar_exact
+from tinyslm.report.tables import build_groups, compare, comparisons, cost_table, recommendations
+from tinyslm.stats import holm_adjust, mcnemar_exact
 
 N_GSM, N_SVAMP = 60, 40
 LOOP = "so the answer is so the answer is so the answer is so the answer is so the answer is"
@@ -198,7 +198,7 @@ def test_accuracy_table_in_markdown(report_dir):
     md = (report_dir / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| tiny-a |")]
     lora_gsm = next(x for x in rows if "| lora | gsm8k |" in x)
-    assert "NEGATIVE TRANSFER (2/2 seeds p<0.05)" in lora_gsm
+    assert "NEGATIVE TRANSFER (2/2 seeds Holm p<0.05)" in lora_gsm
     assert "25.8 ± 1.2" in lora_gsm  # mean and sd of 25.0% and 26.7%
     full_gsm = next(x for x in rows if "| full | gsm8k |" in x)
     assert "n.s." in full_gsm and "NEGATIVE" not in full_gsm and "2/0, p=0.500" in full_gsm
@@ -377,3 +377,114 @@ def test_markdown_cells_are_escaped():
     md = to_markdown("T", doc)
     assert "| x \\| y | &lt;script>alert(1)&lt;/script> next |" in md
     assert "<script>" not in to_html("T", doc)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Holm adjustment: the family is every McNemar test of one model (Table 2) / the best method's tests
+# (recommendation); the verdicts use the adjusted p-values.
+
+
+def _flip_study(root: Path) -> Path:
+    """One model, one seed: full FT loses 6 gsm8k problems (raw p = 2/2**6 = 0.031 < 0.05) and 2 svamp
+    problems (p = 0.5). Two tests in the family: Holm gives 0.031 * 2 = 0.0625 and max(0.0625, 0.5) = 0.5."""
+    write_cell(root, "flip", "zero-shot", 1, patterns={"gsm8k": r(0, 30), "svamp": r(0, 20)})
+    write_cell(root, "flip", "full", 1, patterns={"gsm8k": r(0, 24), "svamp": r(0, 18)},
+               run=run_record("full", 1, runtime=60.0))
+    return root
+
+
+def test_negative_transfer_flips_to_ns_under_holm(tmp_path):
+    groups = build_groups(collect([_flip_study(tmp_path / "s")]))
+    comps = comparisons(groups)
+    gsm = comps[("flip", "full", "gsm8k")]
+    t = gsm.tests[0]
+    assert (t.losses, t.wins) == (6, 0) and t.p == pytest.approx(0.03125) and t.p < 0.05
+    assert t.p_adj == pytest.approx(0.0625)
+    assert comps[("flip", "full", "svamp")].tests[0].p_adj == pytest.approx(0.5)
+    assert gsm.verdict == "n.s." and not gsm.negative_transfer
+    # The same comparison tested alone (a family of one) is significant: the adjustment made the difference.
+    alone = compare(groups[("flip", "full", "gsm8k")], groups[("flip", "zero-shot", "gsm8k")])
+    assert alone.negative_transfer and alone.tests[0].p_adj == pytest.approx(0.03125)
+    out = tmp_path / "out"
+    write_report([tmp_path / "s"], out)
+    md = (out / "report.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| flip | full | gsm8k |"))
+    assert "6/0, p=0.031, Holm p=0.062" in row and "n.s." in row and "NEGATIVE" not in row
+    assert "No trained method is significantly below" in md
+    assert "Holm-adjusted p" in md
+
+
+def test_family_spans_every_method_benchmark_and_seed_of_a_model(study_dir):
+    """tiny-a has 12 tests (5-shot, full, LoRA x gsm8k, svamp x 2 seeds): adjusted p = Holm over all 12."""
+    comps = comparisons(build_groups(collect([study_dir])))
+    fam = [t for (m, _, _), c in comps.items() if m == "tiny-a" for t in c.tests]
+    assert len(fam) == 12
+    want = holm_adjust([t.p for t in fam])
+    assert [t.p_adj for t in fam] == pytest.approx(want)
+    lora = comps[("tiny-a", "lora", "gsm8k")].tests[0]
+    assert lora.p_adj == pytest.approx(12 * mcnemar_exact(15, 0))  # the smallest p of 12, times 12
+    # tiny-b's tests (full on gsm8k and svamp) are a family of their own: 2 tests, not 12
+    b = comps[("tiny-b", "full", "gsm8k")].tests[0]
+    assert b.p_adj == pytest.approx(2 * b.p)
+
+
+def test_recommendation_not_beaten_list_uses_holm(tmp_path):
+    """Zero-shot is best (30/60); 5-shot loses 6 problems to it (raw p = 0.031: beaten without adjustment),
+    full loses 1 (p = 1). Two comparisons with the best: 5-shot's Holm p = 0.0625, so it is not beaten."""
+    root = tmp_path / "s"
+    write_cell(root, "rec", "zero-shot", 1, patterns={"gsm8k": r(0, 30)})
+    write_cell(root, "rec", "few-shot-5", 1, shots=5, patterns={"gsm8k": r(0, 24)})
+    write_cell(root, "rec", "full", 1, patterns={"gsm8k": r(0, 29)}, run=run_record("full", 1, runtime=60.0))
+    col = collect([root])
+    text = " ".join(recommendations(col, build_groups(col))[0].text)
+    assert "Best pooled exact match: zero-shot 50.0%" in text
+    assert "Runner-up: full 48.3%" in text and "p=1.000" in text
+    assert "Not significantly worse than zero-shot (Holm-adjusted p ≥ 0.05): full, few-shot-5." in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Provenance in the header: digests in short form, warnings for mixed data files and versions.
+
+
+def _with_provenance(eval_dir: Path, bench: str, *, data_sha: str, model_sha: str = "a" * 64,
+                     torch_version: str = "2.x-test") -> None:
+    f = eval_dir / bench / "results.json"
+    res = json.loads(f.read_text())
+    res["versions"]["torch"] = torch_version
+    res["provenance"] = {
+        "model": {"ref": "m", "sha256": model_sha}, "adapter": None,
+        "data": {"benchmark": {"path": f"/data/{bench}.jsonl", "sha256": data_sha}},
+        "chat_template_sha256": "c" * 64,
+        "code": {"tiny_slm": "0.1.0", "git_commit": "d" * 40, "git_dirty": False},
+        "device": {"type": "cpu", "name": "Test CPU 9000", "threads": 2},
+    }
+    f.write_text(json.dumps(res))
+
+
+def test_header_shows_digests_and_warns_on_mixed_data_and_versions(tmp_path):
+    root = tmp_path / "s"
+    zs = write_cell(root, "m", "zero-shot", 1, patterns={"gsm8k": r(0, 5)})
+    fs = write_cell(root, "m", "few-shot-5", 1, shots=5, patterns={"gsm8k": r(0, 6)})
+    _with_provenance(zs / "eval", "gsm8k", data_sha="1" * 64)
+    _with_provenance(fs / "eval", "gsm8k", data_sha="1" * 64)
+    write_report([root], tmp_path / "same")
+    md = (tmp_path / "same" / "report.md").read_text()
+    assert "Base model weights (sha256, first 12 hex digits): m aaaaaaaaaaaa." in md
+    assert "Data files (sha256): gsm8k 111111111111." in md
+    assert "Chat templates (sha256): m cccccccccccc." in md
+    assert "Code: tiny-slm 0.1.0 at git dddddddddddd." in md and "Test CPU 9000, 2 threads" in md
+    assert "Warning:" not in md and "carry no provenance" not in md
+
+    _with_provenance(fs / "eval", "gsm8k", data_sha="2" * 64, torch_version="9.9")
+    write_report([root], tmp_path / "mixed")
+    md = (tmp_path / "mixed" / "report.md").read_text()
+    assert ("Warning: the gsm8k results were made from 2 different data files: "
+            "111111111111 (m zero-shot seed 1); 222222222222 (m few-shot-5 seed 1)") in md
+    assert "Warning: the cells were made with different package versions: torch: 2.x-test (m zero-shot seed 1); " \
+           "9.9 (m few-shot-5 seed 1)" in md
+
+
+def test_old_results_without_provenance_still_report(report_dir):
+    md = (report_dir / "report.md").read_text()
+    assert "result files carry no provenance record" in md  # unknown, counted, and not a warning
+    assert "Warning: the" not in md

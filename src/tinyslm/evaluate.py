@@ -6,7 +6,8 @@ and append each prediction as it comes, and finally write results.json atomicall
 
 Files per benchmark, under ``OUTPUT/<benchmark>/``:
 
-* ``run_config.json``: what the predictions depend on; a rerun with different settings is refused.
+* ``run_config.json``: what the predictions depend on, settings and the sha256 of the model, adapter, data
+  and chat template (``hashes``); a rerun with different settings or swapped files is refused.
 * ``predictions.jsonl``: one line per problem, streamed (so a killed run loses at most one batch).
 * ``results.json``: the summary, written once every planned problem has a prediction.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.benchmarks import (
+    FEWSHOT_POOLS,
     Example,
     FewShotPlan,
     LoadedBenchmark,
@@ -33,6 +35,16 @@ from tinyslm.benchmarks import (
 )
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from tinyslm.provenance import (
+    HashCache,
+    chat_template_sha256,
+    data_record,
+    describe_mismatch,
+    hash_mismatches,
+    model_provenance,
+    record,
+    resume_hashes,
+)
 from tinyslm.scoring import score_output
 from tinyslm.stats import wilson_interval
 
@@ -65,6 +77,11 @@ class BenchmarkPlan:
     examples: list[Example]  # what gets scored, after exemplar exclusion and --limit
     out_dir: Path
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # provenance of the data files, by role
+    provenance: dict[str, Any] = field(default_factory=dict)  # complete once the model has loaded
+
+# run_config.json's digests: compared by provenance.hash_mismatches (unknown = accepted), not by equality.
+HASHES = "hashes"
 
 
 def package_versions() -> dict[str, str]:
@@ -90,6 +107,7 @@ def pick_device(device: str) -> str:
 def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
     """Load data and choose exemplars for every benchmark; all bad input surfaces here, before the model."""
     data_dir = resolve_data_dir(cfg.data_dir)
+    cache = HashCache()
     plans = []
     for bench in parse_benchmark_list(cfg.benchmarks):
         loaded = load_examples(bench, data_dir)
@@ -106,7 +124,13 @@ def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
             "max_new_tokens": cfg.max_new_tokens,
             "prompt_version": PROMPT_VERSION,
         }
-        plans.append(BenchmarkPlan(loaded, fewshot, examples, Path(cfg.output) / bench.name, fingerprint))
+        data = {"benchmark": data_record(loaded.source, cache)}
+        if cfg.shots and bench.fewshot_pool in FEWSHOT_POOLS:
+            local, hub = FEWSHOT_POOLS[bench.fewshot_pool][:2]
+            data["fewshot_pool"] = data_record(str(data_dir / local) if data_dir else f"hub:{hub.path}", cache)
+        # The model's and template's digests join these once the model has loaded (run_eval).
+        fingerprint[HASHES] = {f"data/{role}": rec.get("sha256") for role, rec in data.items()}
+        plans.append(BenchmarkPlan(loaded, fewshot, examples, Path(cfg.output) / bench.name, fingerprint, data))
     return plans
 
 
@@ -123,12 +147,15 @@ def check_output(plan: BenchmarkPlan, overwrite: bool) -> bool:
         return True  # the old files are removed only once the model has loaded (evaluate_benchmark)
     if cfg_file.exists():
         old = _read_json(cfg_file)
-        if old != plan.fingerprint:
-            diff = sorted(k for k in set(old) | set(plan.fingerprint) if old.get(k) != plan.fingerprint.get(k))
+        settings = {k: v for k, v in plan.fingerprint.items() if k != HASHES}
+        old_settings = {k: v for k, v in old.items() if k != HASHES}
+        if old_settings != settings:
+            diff = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
             raise UserError(
                 f"{d} holds predictions made with different settings ({', '.join(diff)}); "
                 "pass --overwrite to replace them, or choose another --output"
             )
+        check_hashes(plan, old)
     if res_file.exists():
         res = _read_json(res_file)
         if res.get("n") == len(plan.examples):
@@ -138,6 +165,19 @@ def check_output(plan: BenchmarkPlan, overwrite: bool) -> bool:
             "(different --limit); pass --overwrite to replace it, or choose another --output"
         )
     return True
+
+
+def check_hashes(plan: BenchmarkPlan, old: dict | None = None) -> None:
+    """Refuse to add predictions to a directory whose earlier ones came from other weights, data or
+    template. run_config.json written before the digests existed has none: unknown, accepted."""
+    if old is None:
+        cfg_file = plan.out_dir / "run_config.json"
+        if not cfg_file.exists():
+            return
+        old = _read_json(cfg_file)
+    diffs = hash_mismatches(old.get(HASHES) if isinstance(old.get(HASHES), dict) else None, plan.fingerprint[HASHES])
+    if diffs:
+        raise UserError(describe_mismatch(plan.out_dir, diffs, "predictions"))
 
 
 def _read_json(path: Path) -> dict:
@@ -257,6 +297,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "wall_s": round(time.perf_counter() - t0, 3),
             "mean_output_tokens": sum(p["n_tokens"] for p in preds) / len(preds) if preds else 0.0,
             "versions": package_versions(),
+            "provenance": plan.provenance,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
@@ -306,6 +347,17 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         # Base parameters (an adapter's are not counted): the x axis of the report's accuracy-vs-size figure.
         "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
     }
+    # Digests of what was loaded (cached by path + mtime + size), checked against every pending benchmark's
+    # run_config.json before anything is written: a swapped checkpoint never adds to old predictions.
+    cache = HashCache()
+    model_rec, adapter_rec = model_provenance(cfg.model, cfg.adapter, cache)
+    template = chat_template_sha256(tokenizer)
+    for plan in pending:
+        plan.provenance = record(model=model_rec, adapter=adapter_rec, data=plan.data, chat_template=template,
+                                 device=device)
+        plan.fingerprint[HASHES] = resume_hashes(plan.provenance)
+        if not cfg.overwrite:
+            check_hashes(plan)
     for plan in pending:
         results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
     return results

@@ -702,6 +702,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     from tinyslm.datasets import IGNORE_INDEX, collate, encode_examples, load_training_set
     from tinyslm.evaluate import package_versions
+    from tinyslm.provenance import training_provenance
 
     cfg = resolve_config(cfg)
     out = Path(cfg.output).expanduser()
@@ -733,6 +734,10 @@ def _train(cfg: TrainConfig) -> dict:
         limit=cfg.limit,
     )
     model, tokenizer = load_for_training(cfg)
+    # weights/data/template digests; a resume from other files is refused here, before anything is written
+    provenance = training_provenance(
+        cfg.model, tset.source, tokenizer, str(accelerator.device), read_run(out) if mode == "resume" else None, out
+    )
     if accelerator.device.type == "cpu":
         from tinyslm.dropout import use_uniform_mask_dropout  # imports torch: not at module import (--help)
 
@@ -825,6 +830,7 @@ def _train(cfg: TrainConfig) -> dict:
         ],
         "argv": sys.argv,
         "versions": package_versions(),
+        "provenance": provenance,
         "started_at": (prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if prev and prev.get("wandb_run_id"):

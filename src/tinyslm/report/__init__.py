@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tinyslm.io import atomic_write_bytes, atomic_write_text
-from tinyslm.report.collect import Collection, collect, method_order
+from tinyslm.provenance import short
+from tinyslm.report.collect import Cell, Collection, collect, method_order
 from tinyslm.report.figures import all_figures
 from tinyslm.report.render import Bullets, Section, Table, to_html, to_markdown
 from tinyslm.report.tables import (
@@ -68,6 +69,116 @@ def _devices(col: Collection) -> list[str]:
     return [f"{k} ({', '.join(sorted(v))})" for k, v in sorted(out.items())]
 
 
+def _label(c: Cell) -> str:
+    return f"{c.model} {c.method}" + (f" seed {c.seed}" if c.seed is not None else "")
+
+
+def _names(labels: list[str], limit: int = 4) -> str:
+    """'a, b, c, d, +2 more': the cells behind a value, cut short."""
+    names = sorted(set(labels))
+    return ", ".join(names[:limit]) + (f", +{len(names) - limit} more" if len(names) > limit else "")
+
+
+def _listing(by_digest: dict[str, list[str]]) -> str:
+    """'abc123def456 (a, b, c, +2 more); 0123456789ab (d)': each digest with the cells made from it."""
+    return "; ".join(f"{short(d)} ({_names(labels)})"
+                     for d, labels in sorted(by_digest.items(), key=lambda kv: -len(kv[1])))
+
+
+def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
+    """Header bullets with the digests (short form) of the weights, data files and chat templates behind the
+    results, the code and hardware; and warnings when cells of one table came from different data files,
+    base weights, templates or package versions (a table of mixed provenance compares unlike things).
+
+    Results written before provenance was recorded have none: they are counted as unknown, never as a
+    difference."""
+    base: dict[str, dict[str, list[str]]] = {}  # model -> base weight digest -> cells
+    data: dict[str, dict[str, list[str]]] = {}  # "gsm8k", "few-shot pool", "training set x" -> digest -> cells
+    templates: dict[str, dict[str, list[str]]] = {}
+    code: dict[str, list[str]] = {}
+    hardware: dict[str, set[str]] = {}
+    versions: dict[str, dict[str, list[str]]] = {}  # package -> version -> cells
+    files = unknown = 0
+
+    def add(table: dict[str, dict[str, list[str]]], key: str, digest: object, label: str) -> None:
+        if isinstance(digest, str) and digest:
+            table.setdefault(key, {}).setdefault(digest, []).append(label)
+
+    def add_common(prov: dict, label: str, role: str, model: str) -> None:
+        add(templates, model, prov.get("chat_template_sha256"), label)
+        cr = prov.get("code") or {}
+        if cr.get("tiny_slm") or cr.get("git_commit"):
+            key = f"tiny-slm {cr.get('tiny_slm') or '?'}" + (
+                f" at git {short(cr['git_commit'])}" + (" with uncommitted changes" if cr.get("git_dirty") else "")
+                if cr.get("git_commit") else "")
+            code.setdefault(key, []).append(label)
+        dev = prov.get("device") or {}
+        if dev.get("name"):
+            hardware.setdefault(role, set()).add(f"{dev['name']}, {dev.get('threads', '?')} threads")
+
+    for c in col.cells:
+        label = _label(c)
+        sources = [(b.results, "evaluation") for b in c.benchmarks.values()] + ([(c.run, "training")] if c.run else [])
+        for res, role in sources:
+            files += 1
+            for pkg, ver in (res.get("versions") or {}).items():
+                versions.setdefault(pkg, {}).setdefault(str(ver), []).append(label)
+            prov = res.get("provenance")
+            if not isinstance(prov, dict):
+                unknown += 1
+                continue
+            add_common(prov, label, role, c.model)
+            model_digest = (prov.get("model") or {}).get("sha256")
+            if role == "training" or not c.trained or prov.get("adapter"):
+                add(base, c.model, model_digest, label)  # not the fine-tuned weights of full FT / merged
+            for drole, rec in (prov.get("data") or {}).items():
+                if not isinstance(rec, dict):
+                    continue
+                key = {"benchmark": str(res.get("benchmark") or "?"), "fewshot_pool": "few-shot pool",
+                       "training_set": f"training set {(res.get('data') or {}).get('dataset') or ''}".strip()
+                       }.get(drole, drole)
+                add(data, key, rec.get("sha256"), label)
+
+    lines: list[str] = []
+    if base:
+        lines.append("Base model weights (sha256, first 12 hex digits): "
+                     + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(base.items())) + ".")
+    if data:
+        lines.append("Data files (sha256): "
+                     + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(data.items())) + ".")
+    if templates:
+        lines.append("Chat templates (sha256): "
+                     + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(templates.items())) + ".")
+    if code:
+        lines.append("Code: " + "; ".join(sorted(code)) + ".")
+    if hardware:
+        lines.append("Hardware: " + "; ".join(f"{role} on {', '.join(sorted(v))}" for role, v in sorted(hardware.items()))
+                     + ".")
+    if unknown:
+        lines.append(f"{unknown} of {files} result files carry no provenance record (written before tiny-slm "
+                     "recorded it): their weights and data files are unknown.")
+
+    warnings: list[str] = []
+    for key, ds in sorted(data.items()):
+        if len(ds) > 1:
+            warnings.append(f"Warning: the {key} results were made from {len(ds)} different data files: "
+                            f"{_listing(ds)}. Cells built on different files are not comparable.")
+    for model, ds in sorted(base.items()):
+        if len(ds) > 1:
+            warnings.append(f"Warning: the {model} cells start from {len(ds)} different base weights: {_listing(ds)}.")
+    for model, ds in sorted(templates.items()):
+        if len(ds) > 1:
+            warnings.append(f"Warning: the {model} cells used {len(ds)} different chat templates: {_listing(ds)}.")
+    mixed = {pkg: vs for pkg, vs in versions.items() if len(vs) > 1}
+    if len(code) > 1:
+        mixed["tiny-slm code"] = code
+    if mixed:
+        warnings.append("Warning: the cells were made with different package versions: " + " | ".join(
+            f"{pkg}: " + "; ".join(f"{v} ({_names(cs)})" for v, cs in sorted(vs.items()))
+            for pkg, vs in sorted(mixed.items())) + ".")
+    return lines, warnings
+
+
 def _study_lines(col: Collection) -> list[str]:
     lines = []
     for s in col.studies:
@@ -105,7 +216,9 @@ def header(col: Collection, groups: dict) -> list:
         bullets.append("Devices: " + "; ".join(_devices(col)) + ".")
     if _versions(col):
         bullets.append("Versions: " + "; ".join(_versions(col)) + ".")
-    blocks: list = [Bullets(bullets)]
+    prov_lines, prov_warnings = provenance_lines(col)
+    bullets += prov_lines
+    blocks: list = [Bullets(bullets), *prov_warnings]
     ns = [n for g in groups.values() for n in g.ns]
     if ns and min(ns) < SMALL_N:
         n = min(ns)
@@ -128,8 +241,8 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
     sections.append(Section("Recommendations", [
         "Derived from the tables below: per model, the method with the highest exact match pooled over the "
         "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
-        f"same problems, \u03b1 = {ALPHA}; a multi-seed method counts a problem as solved when most seeds "
-        "solved it).",
+        f"same problems, \u03b1 = {ALPHA}, Holm-adjusted over the best method's comparisons within the model; a "
+        "multi-seed method counts a problem as solved when most seeds solved it).",
         *rec_blocks,
     ]))
 
@@ -145,8 +258,12 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
             "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
             "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
             "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
-            f"of the seeds below zero-shot with p < {ALPHA}. NEGATIVE TRANSFER = a trained method significantly "
-            "below zero-shot; n.s. = not significant.",
+            f"of the seeds below zero-shot with Holm-adjusted p < {ALPHA}. NEGATIVE TRANSFER = a trained method "
+            "significantly below zero-shot; n.s. = not significant.",
+            "Holm: all McNemar tests of one model in this table (every method \u00d7 benchmark \u00d7 seed against "
+            "zero-shot) are one family; the i-th smallest of its m p-values is multiplied by m \u2212 i + 1 (running "
+            "maximum, capped at 1), which keeps the chance of any false flag per model at 5%. Both p-values are "
+            "shown; the verdicts use the adjusted one.",
         ]),
         (f"Negative transfer found in {len(flagged)} case(s): " +
          "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged) + ".")

@@ -7,12 +7,15 @@ The statistics, in one place so that the README can describe them exactly:
   the mean accuracy with the per-seed n, i.e. the uncertainty from sampling *problems* (seeds re-use the
   same problems, so pooling them as k x n independent trials would make it look k times more certain);
 * a method against zero-shot: exact McNemar on the problems both answered (joined by id), once per seed
-  of the method (zero-shot is deterministic and run once). A method is called significantly below
-  (for a trained method: negative transfer) when its mean is below zero-shot and more than half of its
-  seeds are individually below with p < 0.05; every seed's p-value is printed;
+  of the method (zero-shot is deterministic and run once). The p-values of all these tests of one model
+  (every method x benchmark x seed) form one family and are Holm-adjusted (``stats.holm_adjust``). A
+  method is called significantly below (for a trained method: negative transfer) when its mean is below
+  zero-shot and more than half of its seeds are individually below with Holm-adjusted p < 0.05 (above
+  likewise); every seed's raw and adjusted p-value is printed;
 * best method per model: pooled correct / n over the benchmarks every compared method has (seed means);
-  its lead is tested with McNemar on the pooled problems, a problem counting as solved by a multi-seed
-  method when more than half of its seeds solved it.
+  its lead over each other method is tested with McNemar on the pooled problems, a problem counting as
+  solved by a multi-seed method when more than half of its seeds solved it; these tests of one model are
+  their own Holm family, and a method is "not significantly worse" unless its adjusted p < 0.05.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tinyslm.report.collect import (
     method_order,
     natural_key,
 )
-from tinyslm.stats import mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
+from tinyslm.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
 from tinyslm.textstats import has_repetition_loop
 
 ALPHA = 0.05
@@ -117,6 +120,12 @@ class PairedTest:
     losses: int  # baseline right, this method wrong
     wins: int  # this method right, baseline wrong
     p: float
+    p_adj: float | None = None  # Holm-adjusted within the model's family of tests (None: not adjusted yet)
+
+    @property
+    def p_used(self) -> float:
+        """The p-value the verdicts use: the adjusted one once the family is known."""
+        return self.p if self.p_adj is None else self.p_adj
 
 
 @dataclass
@@ -134,20 +143,38 @@ def _pick_baseline(baseline: Group, seed: int | None) -> BenchmarkRun:
     return baseline.runs[0][1]
 
 
-def compare(group: Group, baseline: Group) -> Comparison:
-    """``group`` against ``baseline`` (zero-shot) on the same problems, one McNemar test per seed."""
-    delta = 100 * (group.em - baseline.em)
+def paired_tests(group: Group, baseline: Group) -> list[PairedTest]:
+    """One McNemar test per seed of ``group`` against ``baseline`` on the problems both answered (raw p)."""
     tests = []
     for c, b in group.runs:
         base = _pick_baseline(baseline, c.seed)
         n, losses, wins = paired_counts(base.verdicts, b.verdicts)
         if n:
             tests.append(PairedTest(c.seed, n, losses, wins, mcnemar_exact(losses, wins)))
+    return tests
+
+
+def adjust_family(tests: list[PairedTest]) -> None:
+    """Holm-adjust a family of tests in place (``p_adj``)."""
+    for t, adj in zip(tests, holm_adjust([t.p for t in tests]), strict=True):
+        t.p_adj = adj
+
+
+def compare(group: Group, baseline: Group, tests: list[PairedTest] | None = None) -> Comparison:
+    """``group`` against ``baseline`` (zero-shot) on the same problems, one McNemar test per seed.
+
+    ``tests`` already Holm-adjusted within a larger family (``comparisons``: all tests of the model) are
+    judged by their adjusted p; without them this comparison's own seeds are the family.
+    """
+    delta = 100 * (group.em - baseline.em)
+    if tests is None:
+        tests = paired_tests(group, baseline)
+        adjust_family(tests)
     if not tests:
         return Comparison(delta, [], "no paired predictions", False)
     half = len(tests) / 2
-    below = sum(t.p < ALPHA and t.losses > t.wins for t in tests)
-    above = sum(t.p < ALPHA and t.wins > t.losses for t in tests)
+    below = sum(t.p_used < ALPHA and t.losses > t.wins for t in tests)
+    above = sum(t.p_used < ALPHA and t.wins > t.losses for t in tests)
     if delta < 0 and below > half:
         verdict = "significantly below"
     elif delta > 0 and above > half:
@@ -158,12 +185,19 @@ def compare(group: Group, baseline: Group) -> Comparison:
 
 
 def comparisons(groups: dict[tuple[str, str, str], Group]) -> dict[tuple[str, str, str], Comparison]:
-    out = {}
+    """Every group against its model's zero-shot; the tests of one model (all methods x benchmarks x seeds)
+    are one Holm family, and the verdicts use the adjusted p-values."""
+    pending: dict[tuple[str, str, str], tuple[Group, Group, list[PairedTest]]] = {}
+    families: dict[str, list[PairedTest]] = defaultdict(list)
     for key, g in groups.items():
         base = groups.get((g.model, ZERO_SHOT, g.benchmark))
         if g.method != ZERO_SHOT and g.runs and base is not None and base.runs:
-            out[key] = compare(g, base)
-    return out
+            tests = paired_tests(g, base)
+            pending[key] = (g, base, tests)
+            families[g.model] += tests
+    for tests in families.values():
+        adjust_family(tests)
+    return {key: compare(g, base, tests) for key, (g, base, tests) in pending.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,6 +214,11 @@ def signed(x: float, digits: int = 1) -> str:
 
 def fmt_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def fmt_p_pair(t: PairedTest) -> str:
+    """Raw and Holm-adjusted p side by side: 'p=0.031, Holm p=0.124'."""
+    return fmt_p(t.p) + ("" if t.p_adj is None else f", Holm {fmt_p(t.p_adj)}")
 
 
 def fmt_count(x: float | None) -> str:
@@ -269,7 +308,7 @@ def _s(x: Any) -> str:
 def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tuple[list[str], Rows]:
     """Table 2: exact match per model x method x benchmark, against the model's zero-shot."""
     cols = ["Model", "Method", "Benchmark", "Seeds", "n", "Exact match %", "95% CI", "\u0394 vs zero-shot (pp)",
-            "McNemar vs zero-shot (lost/won, p)", "Verdict"]
+            "McNemar vs zero-shot (lost/won, p, Holm-adjusted p)", "Verdict"]
     rows: Rows = []
     for key, g in groups.items():
         if not g.runs:
@@ -288,13 +327,13 @@ def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tu
         else:
             delta = signed(comp.delta_pp)
             test = "; ".join(
-                (f"s{t.seed}: " if len(comp.tests) > 1 else "") + f"{t.losses}/{t.wins}, {fmt_p(t.p)}"
+                (f"s{t.seed}: " if len(comp.tests) > 1 else "") + f"{t.losses}/{t.wins}, {fmt_p_pair(t)}"
                 for t in comp.tests
             ) or "\u2014"
             verdict = "NEGATIVE TRANSFER" if comp.negative_transfer else comp.verdict
             if len(comp.tests) > 1 and comp.verdict != "no paired predictions":
-                k = sum(t.p < ALPHA for t in comp.tests)
-                verdict += f" ({k}/{len(comp.tests)} seeds p<{ALPHA})"
+                k = sum(t.p_used < ALPHA for t in comp.tests)
+                verdict += f" ({k}/{len(comp.tests)} seeds Holm p<{ALPHA})"
         rows.append([g.model, g.method, g.benchmark, seeds_text(g),
                      str(ns[0]) if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}",
                      em, f"[{pct(lo)}, {pct(hi)}]", delta, test, verdict])
@@ -515,9 +554,15 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
 
         best_votes = _pooled_votes(mg[best], benches)
         tied_with_best, untested = [], []
+        # best against each other method: one Holm family per model (the methods without shared problems
+        # have no test and are not counted in it)
+        pairs = {m: paired_counts(best_votes, _pooled_votes(mg[m], benches)) for m in ranked[1:]}
+        tested = [m for m in ranked[1:] if pairs[m][0]]
+        raw = {m: mcnemar_exact(pairs[m][1], pairs[m][2]) for m in tested}
+        adj = dict(zip(tested, holm_adjust([raw[m] for m in tested]), strict=True))
         for m in ranked[1:]:
-            n, b_, c_ = paired_counts(best_votes, _pooled_votes(mg[m], benches))  # b_: best right only, c_: m right only
-            p = mcnemar_exact(b_, c_) if n else float("nan")
+            n, b_, c_ = pairs[m]  # b_: best right only, c_: m right only
+            p = adj.get(m, float("nan"))
             if m == ranked[1]:
                 gap = 100 * (acc[best] - acc[m])
                 if not n:
@@ -525,9 +570,11 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                                  "problems, so the lead cannot be tested.")
                 else:
                     sig = p < ALPHA and b_ > c_
+                    family = (f", Holm-adjusted over the {len(tested)} comparisons with {best}: {fmt_p(p)}"
+                              if len(tested) > 1 else "")
                     lines.append(
                         f"Runner-up: {m} {pct(acc[m])}%, {gap:.1f} pp behind; McNemar on {n} shared problems "
-                        f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(p)}, "
+                        f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(raw[m])}{family}, "
                         + ("the lead is significant at 5%." if sig else "the lead is NOT significant at 5%: "
                            "the data cannot separate these two.")
                     )
@@ -542,12 +589,14 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
             if known:
                 cheapest = min(known, key=lambda m: (known[m], method_order(m)))
                 lines.append(
-                    f"Not significantly worse than {best}: {', '.join(tied_with_best)}. Cheapest of these to obtain: "
+                    f"Not significantly worse than {best} (Holm-adjusted p \u2265 {ALPHA}): {', '.join(tied_with_best)}. "
+                    "Cheapest of these to obtain: "
                     f"{cheapest} (" + ("no training" if known[cheapest] == 0 else
                                        f"training {fmt_duration(known[cheapest])}") + ")."
                 )
         elif not untested:
-            lines.append(f"Every other method is significantly worse than {best} on the shared problems.")
+            lines.append(f"Every other method is significantly worse than {best} on the shared problems "
+                         f"(Holm-adjusted p < {ALPHA}).")
         if untested:
             lines.append(f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}.")
         out.append(Recommendation(model, lines + ([thin] if thin else [])))
