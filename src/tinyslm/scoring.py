@@ -819,7 +819,7 @@ def _boxed_parts(text: str, gold: str) -> list[str] | None:
             return left > 0 and is_equivalent(box, part, "math", timeout_s=left)
 
         if ordered:
-            return boxes if all(same(b, p) for b, p in zip(boxes, parts)) else None
+            return boxes if all(same(b, p) for b, p in zip(boxes, parts, strict=True)) else None
         unused = list(boxes)
         for part in parts:  # greedy matching is exact: equivalence is an equivalence relation
             hit = next((b for b in unused if same(b, part)), None)
