@@ -112,10 +112,10 @@ _ANSWER_IS = re.compile(
 # "page", so that is 2, then 100.
 _COMMA_SEPS = (",", r"\{,\}", r",\\!")
 _SPACE_SEPS = ("[ \u00a0\u2009\u202f]", r"\\,", r"\\!", r"\\ ", "~")
-_GROUPED = "|".join(
-    [rf"[1-9]\d{{0,2}}(?:{sep}\d{{3}})+(?!,?\d)" for sep in _COMMA_SEPS]
-    + [rf"[1-9]\d{{0,2}}(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS]
-)
+_GROUPED = r"[1-9]\d{0,2}(?:" + "|".join(
+    [rf"(?:{sep}\d{{3}})+(?!,?\d)" for sep in _COMMA_SEPS]
+    + [rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS]
+) + ")"
 # An integer part: a grouped number, or plain digits not followed by ",digit" (so "1,2" and "0,111" are
 # never read as their first part alone; :data:`_NUMBER_TOKEN` takes such runs whole, as non-numbers).
 _INT = rf"(?:{_GROUPED}|\d+(?!,?\d))"
@@ -610,7 +610,7 @@ _CHOICE = re.compile(r"\(?([A-E])\)?")
 _APART = "\u2063"  # INVISIBLE SEPARATOR: not whitespace, not in any answer
 _THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")
 _SPACE_GROUPED = re.compile(
-    r"(?<![\d.])(?:" + "|".join(rf"[1-9]\d{{0,2}}(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS) + ")"
+    r"(?<![\d.])[1-9]\d{0,2}(?:" + "|".join(rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS) + ")"
 )
 _SPACE_LIKE = r"(?:\s|\\[!,;:> ]|\\q?quad(?![A-Za-z])|~)+"
 _LIST_COMMA = re.compile(rf"(?<=\d),{_SPACE_LIKE}(?=\d{{3}}(?!\d))")
