@@ -1043,3 +1043,28 @@ def test_score_command_accepts_numeric_references_and_null_outputs(
     assert rc == 0
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [o["correct"] for o in out] == [True, False]
+
+
+def test_a_swallowed_deadline_fires_again() -> None:
+    """sympy has bare ``except:`` clauses, and Python ignores an exception raised in a gc callback or a
+    ``__del__``: one swallowed deadline must not leave a check unbounded."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer on this platform")
+
+    def stubborn() -> str:
+        end = time.monotonic() + 5
+        try:
+            while time.monotonic() < end:
+                pass
+        except BaseException:  # swallows the first deadline
+            pass
+        while time.monotonic() < end:
+            pass
+        return "finished"
+
+    start = time.monotonic()
+    assert scoring._with_alarm(stubborn, 0.2) is None
+    assert time.monotonic() - start < 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing left armed
+    assert scoring._with_alarm(lambda: "quick", 0.2) == "quick"
+    time.sleep(0.4)  # no stray alarm fires after a check that finished in time

@@ -58,7 +58,7 @@ _MAX_NUMBER_CHARS = 200  # longest string normalize_number will look at
 _MAX_DIGITS = 80  # most digits in one number
 _MAX_TEXT_ANSWER_CHARS = 200  # longest non-numeric answer compared as text
 _MAX_MATH_CHARS = 1000  # longest answer handed to the symbolic checker
-_MAX_BRACE_DEPTH = 40  # deepest {...} nesting handed to the symbolic checker
+_MAX_BRACE_DEPTH = 40  # deepest {...}, (...), [...] nesting handed to the symbolic checker
 _MAX_BOXED_CHARS = 5000  # longest \boxed{...} content scanned for its closing brace
 _MAX_BOXED_TRIES = 16  # how many \boxed occurrences (from the end) are tried
 _MAX_SPAN_CHARS = 1000  # longest answer span taken after a marker
@@ -349,9 +349,15 @@ def _last_number(text: str) -> str | None:
 
 
 def _first_marked(text: str, marker: re.Pattern[str], read: Callable[[str], str | None]) -> str | None:
-    """The answer after the FIRST occurrence of ``marker`` that states one (of the first 50)."""
+    """The answer after the FIRST occurrence of ``marker`` that states one (of the first 50).
+
+    A span ends where the marker comes again: in a loop "Final Answer: Final Answer: ..." no marker
+    states an answer, rather than each stating the 1,000-character rest of the line.
+    """
     for m in itertools.islice(marker.finditer(text), _MAX_MARKER_TRIES):
-        found = read(_span_after(text, m.end()))
+        span = _span_after(text, m.end())
+        again = marker.search(span)
+        found = read(span[: again.start()] if again else span)
         if found:
             return found
     return None
@@ -656,12 +662,13 @@ def _latex_key(s: str) -> str:
 
 
 def _brace_depth(s: str) -> int:
+    """Deepest nesting of ``{``, ``(`` and ``[`` (50,000 open parentheses reach sympy's recursion limit)."""
     depth = best = 0
     for c in s:
-        if c == "{":
+        if c in "{([":
             depth += 1
             best = max(best, depth)
-        elif c == "}":
+        elif c in "})]":
             depth -= 1
     return best
 
@@ -911,6 +918,9 @@ def _can_use_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
+_REFIRE_S = 0.1  # after the deadline, the alarm fires again this often until the check has stopped
+
+
 def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
     """Run ``fn`` with a SIGALRM deadline; None when it ran out of time.
 
@@ -920,28 +930,41 @@ def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
     its remaining time. Limitation of any signal deadline: it is checked between Python bytecodes, so a
     single huge C-level operation (a 10^9-digit power) would not be interrupted; :data:`_EXPLOSIVE` and
     the size guards keep such inputs away from sympy.
+
+    The alarm repeats every :data:`_REFIRE_S` seconds after the deadline: a :class:`_Deadline` raised
+    inside a bare ``except:`` (sympy has some), a ``__del__`` or a gc callback is swallowed, and one
+    swallowed alarm must not leave the check unbounded. ``active`` turns the handler into a no-op as soon
+    as ``fn`` has stopped, and both exits restore the previous handler and timer (once).
     """
+    active = [True]
+    restored = [False]
 
     def on_alarm(signum: int, frame: Any) -> None:
-        raise _Deadline
+        if active[0]:
+            raise _Deadline
+
+    def restore() -> None:
+        active[0] = False
+        if restored[0]:
+            return
+        restored[0] = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if old_delay > 0:
+            remaining = max(old_delay - (time.monotonic() - start), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
     start = time.monotonic()
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.01))
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.01), _REFIRE_S)
     try:
         try:
             return fn()
         finally:
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            finally:
-                signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
-    except _Deadline:
+            restore()
+    except _Deadline:  # also one that fired while the finally above was starting: restore once more
+        restore()
         return None
-    finally:
-        if old_delay > 0:
-            remaining = max(old_delay - (time.monotonic() - start), 0.001)
-            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
 
 def _symbolic_equal(pred: str, gold: str, timeout_s: float) -> bool:
