@@ -1068,3 +1068,23 @@ def test_a_swallowed_deadline_fires_again() -> None:
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing left armed
     assert scoring._with_alarm(lambda: "quick", 0.2) == "quick"
     time.sleep(0.4)  # no stray alarm fires after a check that finished in time
+
+
+def test_deep_parentheses_never_reach_the_symbolic_checker() -> None:
+    """Nesting counts (, [ and { alike: 5,000 open parentheses are no answer, decided without sympy."""
+    start = time.monotonic()
+    assert not is_equivalent("(" * 5000 + "1", "-2, 1", "math")
+    assert not score_output("The answer is " + "[(" * 2500, "5", "math")["correct"]
+    assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.parametrize(
+    ("output", "style", "text"),
+    [
+        ("Final Answer: Final Answer: $\\frac{2}{3}$", "math", "\\frac{2}{3}"),
+        ("The answer is The answer is 14.", "number", "14"),
+        ("Final Answer: The final answer is " * 200, "math", None),  # a loop states no answer
+    ],
+)
+def test_a_marked_span_ends_at_the_next_marker(output: str, style: str, text: str | None) -> None:
+    assert extract_answer(output, style).text == text
