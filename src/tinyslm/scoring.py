@@ -121,6 +121,7 @@ _GROUPED = r"[1-9]\d{0,2}(?:" + "|".join(
 _INT = rf"(?:{_GROUPED}|\d+(?!,?\d))"
 _NUM = rf"(?:{_INT}(?:\.\d+)?|\.\d+)"
 _NOT_DIGIT = re.compile(r"[^\d.]")  # deleting it from a grouped number leaves its digits
+_THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")  # MATH's 10,\!000, also written 11,\! 111
 
 # One number as written in running text: ratio/clock time, or an optionally signed, optionally
 # currency-prefixed integer/decimal/fraction/percentage, or a LaTeX \frac with digit arguments, or a
@@ -184,7 +185,7 @@ _BARE_BOX = re.compile(r"[^\s$]{1,100}")
 def _boxes_from_end(text: str) -> Iterator[_Box]:
     """The complete, non-empty boxes of ``text``, last first (see :func:`last_boxed`).
 
-    A box that encloses a later one (``\boxed{\boxed{5}}``) is the same answer and is not yielded again.
+    A box that encloses a later one (``\\boxed{\\boxed{5}}``) is the same answer and is not yielded again.
     """
     end = len(text)
     inner_start = len(text) + 1
@@ -475,7 +476,7 @@ _PAREN_NUMBER = re.compile(r"([-+−]?)\s*\((.*)\)")
 
 def _strip_number_markup(s: str) -> str:
     """Remove the LaTeX and markdown that can surround a number: $, \\$, \\(..\\), \\text{}, \\%, degrees."""
-    s = _LEFT_RIGHT.sub("", s.replace("{,}", ",").replace(",\\!", ","))
+    s = _LEFT_RIGHT.sub("", _THOUSANDS_COMMA.sub(",", s.replace("{,}", ",")))  # 10,\!000 and 11,\! 111
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for _ in range(3):
         s2 = _WRAPPERS.sub(r" \1 ", s)
@@ -614,7 +615,6 @@ _CHOICE = re.compile(r"\(?([A-E])\)?")
 # standing between two digits, or after a comma before a three-digit group, becomes :data:`_APART`, a
 # character the number grammar rejects: such an answer is no number, nor spelt like one.
 _APART = "\u2063"  # INVISIBLE SEPARATOR: not whitespace, not in any answer
-_THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")
 _SPACE_GROUPED = re.compile(
     r"(?<![\d.])[1-9]\d{0,2}(?:" + "|".join(rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS) + ")"
 )
