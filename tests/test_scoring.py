@@ -868,7 +868,15 @@ def test_boxed_list_with_comma_space_is_not_a_thousands_number() -> None:
 
 @pytest.mark.parametrize(
     ("pred", "gold"),
-    [("45,678", "45678"), ("45{,}678", "45678"), ("45,\\! 678", "45678"), ("45 678", "45678"), ("\\frac 3 4", "0.75")],
+    [
+        ("45,678", "45678"),
+        ("45{,}678", "45678"),
+        ("45,\\! 678", "45678"),
+        ("45 678", "45678"),
+        ("\\frac 3 4", "0.75"),
+        ("(3, 100)", "(3,100)"),  # inside brackets a comma always separates, with or without a space
+        ("\\left( 12, 345 \\right)", "(12,345)"),
+    ],
 )
 def test_math_grouped_numbers_still_equal(pred: str, gold: str) -> None:
     assert is_equivalent(pred, gold, "math")

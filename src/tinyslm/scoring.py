@@ -625,10 +625,15 @@ _COMMAND_DIGIT = re.compile(r"\\[A-Za-z]+\s*\d$")  # "\frac 1 2": 1 is an argume
 
 
 def _keep_digit_runs_apart(s: str) -> str:
-    """Remove thousands separators; mark the digits that other spacing separates (see :data:`_APART`)."""
+    """Remove thousands separators; mark the digits that other spacing separates (see :data:`_APART`).
+
+    A comma and a space are marked only outside brackets: inside them a comma always separates
+    ("(3, 100)" is the pair "(3,100)"), where at top level "3,100" would read as one number.
+    """
     s = _THOUSANDS_COMMA.sub("{,}", s)
     s = _SPACE_GROUPED.sub(lambda m: _NOT_DIGIT.sub("", m.group(0)), s)
-    s = _LIST_COMMA.sub("," + _APART, s)
+    depth = list(itertools.accumulate((c in "([{") - (c in ")]}") for c in s))
+    s = _LIST_COMMA.sub(lambda m: m.group(0) if depth[m.start()] > 0 else "," + _APART, s)
 
     def apart(m: re.Match[str], text: str = s) -> str:
         return m.group(0) if _COMMAND_DIGIT.search(text, max(0, m.start() - 40), m.start()) else _APART
