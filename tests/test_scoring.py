@@ -580,10 +580,13 @@ def test_fuzzed_strings_never_raise() -> None:
             score_output(text, "\\frac{1}{2}", "math")
 
 
-def test_model_text_never_reaches_eval(tmp_path: Path) -> None:
+def test_model_text_never_reaches_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """sympy's parse_expr eval()s its input; we only hand model text to math-verify's LaTeX parser."""
+    # A relative marker path: tmp_path holds digits ("pytest-5/"), which the payload's "answer" would
+    # then contain, and gold "5" would be matched by the path, not by an eval (a flaky failure).
+    monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
-    payload = f"__import__('os').system('touch {marker}')"
+    payload = "__import__('os').system('touch pwned')"
     for style in ANSWER_STYLES:
         assert not is_equivalent(payload, "5", style)
         assert not score_output(f"The answer is {payload}", "5", style)["correct"]
@@ -752,3 +755,344 @@ def test_every_math_gold_is_understood(data_dir: Path) -> None:
 
 def _sympy_parsed(gold: str) -> bool:
     return any(not isinstance(x, str) for x in scoring._parse_math(gold))
+
+
+# --------------------------------------------------------------------------------------------------
+# Thousands separators: a comma, {,} or ,\! and space-like separators (space, thin space, \, \ ~ \!)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2 500", Fraction(2500)),
+        ("4\u2009250", Fraction(4250)),  # thin space
+        ("7\u00a0300", Fraction(7300)),  # no-break space
+        ("12\\,600", Fraction(12600)),
+        ("12\\ 600", Fraction(12600)),
+        ("12~600", Fraction(12600)),
+        ("12\\!600", Fraction(12600)),
+        ("12{,}600", Fraction(12600)),
+        ("12,\\!600", Fraction(12600)),
+        ("3 000 250", Fraction(3000250)),
+        ("\\$6\\,400", Fraction(6400)),
+        ("2 500.75", Fraction(250075, 100)),
+        ("8 400 marbles", Fraction(8400)),
+    ],
+)
+def test_space_grouped_numbers(text: str, value: Fraction) -> None:
+    assert normalize_number(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "7 12",  # the group after a separator has exactly three digits
+        "7 1200",
+        "45 67",
+        "7\\,12",
+        "6 500 12",
+        "0,250",  # a leading group 0 is no thousands group
+        "0 250",
+        "05,250",
+        "4, 250",  # a comma and a space: a list
+        "4, 250, 600",
+        "4,250 600",  # one number uses one separator
+        "4,25",
+    ],
+)
+def test_not_grouped_numbers(text: str) -> None:
+    assert normalize_number(text) is None
+
+
+@pytest.mark.parametrize(
+    ("output", "gold"),
+    [
+        ("So the farm has 2 500 chickens.\n#### 2 500", "2500"),
+        ("The trip costs 12 600 dollars in total.", "12600"),  # unmarked: the last number
+        ("The answer is $4\\,250$.", "4250"),
+        ("The answer is 12{,}600.", "12600"),
+        ("They sold 3 000 250 tickets.", "3000250"),
+        ("#### 7\u2009300", "7300"),
+    ],
+)
+def test_grouped_numbers_are_one_answer_in_number_style(output: str, gold: str) -> None:
+    assert score_output(output, gold, "number")["correct"]
+
+
+@pytest.mark.parametrize(
+    ("output", "gold"),
+    [
+        ("The trip costs 12 600 dollars in total.", "12600"),
+        ("So we need $6{,}400$ tiles... wait, we need 6{,}400 tiles.", "6400"),
+        ("We count 12\\,600 paths", "12600"),
+        ("The answer is 12\\,600.", "12600"),
+    ],
+)
+def test_grouped_numbers_are_one_answer_in_math_style(output: str, gold: str) -> None:
+    assert score_output(output, gold, "math")["correct"]
+
+
+@pytest.mark.parametrize(
+    ("output", "gold", "style"),
+    [
+        ("She ran 2 100-meter races.", "2100", "number"),  # 100 belongs to "100-meter"
+        ("The numbers are 4, 250 and 6.", "4250", "number"),
+        ("#### 0,250", "250", "number"),
+        ("#### 0,250", "250", "math"),
+        ("The values are 7 and 1 2.", "12", "number"),
+    ],
+)
+def test_lists_and_short_groups_are_not_grouped_numbers(output: str, gold: str, style: str) -> None:
+    assert not score_output(output, gold, style)["correct"]
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("45, 678", "45678"),  # a comma followed by a space is a list, in LaTeX too
+        ("45, 678", "45,678"),
+        ("0,250", "250"),
+        ("7 12", "712"),
+        ("1 2", "3"),  # math-verify alone reads "1 2" as 3
+        ("7\\,12", "712"),
+    ],
+)
+def test_math_lists_are_not_numbers(pred: str, gold: str) -> None:
+    assert not is_equivalent(pred, gold, "math")
+
+
+def test_boxed_list_with_comma_space_is_not_a_thousands_number() -> None:
+    assert not score_output("So the two answers are $\\boxed{45, 678}$.", "45678", "math")["correct"]
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [
+        ("45,678", "45678"),
+        ("45{,}678", "45678"),
+        ("45,\\! 678", "45678"),
+        ("45 678", "45678"),
+        ("\\frac 3 4", "0.75"),
+        ("(3, 100)", "(3,100)"),  # inside brackets a comma always separates, with or without a space
+        ("\\left( 12, 345 \\right)", "(12,345)"),
+    ],
+)
+def test_math_grouped_numbers_still_equal(pred: str, gold: str) -> None:
+    assert is_equivalent(pred, gold, "math")
+
+
+# --------------------------------------------------------------------------------------------------
+# An escaped dollar is a currency sign, never a math delimiter
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "text", "marked"),
+    [
+        ("Final Answer: The final answer is $\\$14.50$. I hope it is correct.", "\\$14.50", True),
+        ("The pen costs \\$3 and the book \\$11, so she pays \\$14 in all.", "\\$14", False),
+        ("The price is \\$3 per pound, so the cost is $4 \\cdot \\$3 = \\$12$.", "4 \\cdot \\$3 = \\$12", False),
+    ],
+)
+def test_escaped_dollar_is_currency_in_math_style(output: str, text: str, marked: bool) -> None:
+    assert extract_answer(output, "math") == Extraction(text, marked)
+
+
+def test_escaped_dollar_answer_is_right_in_math_style() -> None:
+    assert score_output("Final Answer: The final answer is $\\$14.50$. I hope it is correct.", "14.50", "math")[
+        "strict_correct"
+    ]
+    assert score_output("The pen costs \\$3 and the book \\$11, so she pays \\$14 in all.", "\\$14", "math")["correct"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Final-answer sentences ("... is N") in the math style
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "text"),
+    [
+        ("Final Answer: The smallest such $k$ is 12. I hope it is correct.", "12"),
+        ("Final Answer: The value of $x$ is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+        ("Final Answer: The area of the triangle is -7.5.", "-7.5"),
+        ("The final answer is: the number of ways is 210.", "210"),
+        # nothing answer-like after "is": the sentence stays as it is
+        ("Final Answer: The sum is odd.", "The sum is odd"),
+    ],
+)
+def test_math_final_answer_sentence(output: str, text: str) -> None:
+    assert extract_answer(output, "math") == Extraction(text, True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The last marker wins: a final-answer line after the last box overrides the box
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "style", "text"),
+    [
+        ("Here $\\boxed{15}$ counts the pairs.\n\nFinal Answer: The final answer is $16$. I hope it is correct.",
+         "math", "16"),
+        ("So $n = \\boxed{4}$ at first, and after the correction:\nThe final answer is 9.", "math", "9"),
+        ("The total is \\boxed{24}.\n#### 25", "math", "25"),
+        ("The total is \\boxed{24}, then I double-check.\nThe final answer is 26.", "number", "26"),
+        # a box after the final-answer line is later still
+        ("The final answer is 3. Let me box it: $\\boxed{4}$.", "math", "4"),
+        # "the answer is" (not "final") after a box is prose, not an answer line
+        ("So $\\boxed{12}$. Note that the answer is independent of $x$.", "math", "12"),
+        ("So $\\boxed{12}$.\n\nFinal answer: we are done with this problem.", "math", "12"),
+        ("So \\boxed{12}.\nFinal answer: we are done with this problem.", "number", "12"),
+    ],
+)
+def test_last_marker_wins(output: str, style: str, text: str) -> None:
+    assert extract_answer(output, style) == Extraction(text, True)
+
+
+# --------------------------------------------------------------------------------------------------
+# One box per part of a multi-part gold
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "gold", "extracted"),
+    [
+        ("The roots are $x = \\boxed{-5}$ and $x = \\boxed{3}$.", "-5, 3", "-5, 3"),
+        ("The roots are $x = \\boxed{3}$ and $x = \\boxed{-5}$.", "-5, 3", "3, -5"),  # a list is a set
+        ("The solutions are $\\boxed{(2, 7)}$ and $\\boxed{(0, -1)}$.", "(0,-1), (2,7)", "(2, 7), (0, -1)"),
+        ("So $\\boxed{\\frac{1}{2}}$ and $\\boxed{4}$.", "\\{4, \\tfrac12\\}", "\\frac{1}{2}, 4"),
+        # the final k boxes: an earlier intermediate box does not count
+        ("First $\\boxed{10}$ is the discriminant; the roots are $\\boxed{-5}$, $\\boxed{3}$.", "3, -5", "-5, 3"),
+        # a tuple is ordered: r first, then theta
+        ("$r = \\boxed{6}$ and $\\theta = \\boxed{\\frac{\\pi}{3}}$", "\\left( 6, \\frac{\\pi}{3} \\right)",
+         "6, \\frac{\\pi}{3}"),
+    ],
+)
+def test_one_box_per_part(output: str, gold: str, extracted: str) -> None:
+    s = score_output(output, gold, "math")
+    assert s == {"extracted": extracted, "marked": True, "correct": True, "strict_correct": True}
+
+
+@pytest.mark.parametrize(
+    ("output", "gold"),
+    [
+        ("The roots are $\\boxed{-5}$ and $\\boxed{4}$.", "-5, 3"),  # one part wrong
+        ("The roots are $\\boxed{3}$ and $\\boxed{3}$.", "-5, 3"),  # one box cannot state two parts
+        ("The root is $\\boxed{3}$.", "-5, 3"),  # fewer boxes than parts
+        ("$\\boxed{-5}$, then $\\boxed{3}$, then $\\boxed{8}$.", "-5, 3"),  # the final two boxes are 3, 8
+        ("$\\theta = \\boxed{\\frac{\\pi}{3}}$ and $r = \\boxed{6}$", "\\left( 6, \\frac{\\pi}{3} \\right)"),
+        ("$\\boxed{1}$ and $\\boxed{2}$", "[1, 2)"),  # an interval is one part
+        ("$\\boxed{58}$ and $\\boxed{500}$", "58,500"),  # a number is one part
+        ("$\\boxed{10}$ and $\\boxed{000}$", "10,\\!000"),
+    ],
+)
+def test_one_box_per_part_rejects(output: str, gold: str) -> None:
+    s = score_output(output, gold, "math")
+    assert not s["correct"] and not s["strict_correct"]
+    assert s["extracted"] == last_boxed(output)  # otherwise the last box is the answer
+
+
+def test_one_box_per_part_only_for_boxes() -> None:
+    """The rule reads boxes: an answer taken from a final-answer line is compared as it stands."""
+    output = "$\\boxed{-5}$ and $\\boxed{3}$.\nFinal Answer: The final answer is $3$."
+    assert score_output(output, "-5, 3", "math") == {
+        "extracted": "3", "marked": True, "correct": False, "strict_correct": False
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny-slm score: bad prediction files are one error line naming file:line
+# --------------------------------------------------------------------------------------------------
+
+
+def _score_cli(tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from tinyslm.cli import main
+
+    src = tmp_path / "theirs.jsonl"
+    src.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    rc = main(["score", "--benchmark", "gsm8k", "--predictions", str(src), "--output", str(tmp_path / "out.jsonl")])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"id": "p1", "output": "#### 4", "reference": "4"}', "",
+          '{"id": "p2", "output": "#### 9", "reference": "9"}', '{"id": "p1", "output": "#### 5", "reference": "5"}'],
+         "theirs.jsonl:4: duplicate id 'p1' (first on line 1)"),
+        (['{"id": 7, "output": "#### 4", "reference": "4"}', '{"id": "7", "output": "#### 4", "reference": "4"}'],
+         "theirs.jsonl:2: duplicate id '7' (first on line 1)"),
+        (['{"id": "p1", "output": "#### 4", "reference": "4"}', '{"id": "p2", "output": "None", "reference": null}'],
+         "theirs.jsonl:2: reference is null (id 'p2')"),
+        (['{"id": "p1", "output": "#### 4", "reference": "  "}'], "theirs.jsonl:1: reference must be a non-empty"),
+        (['{"id": "p1", "output": "#### 4", "reference": ["4"]}'], "theirs.jsonl:1: reference must be a non-empty"),
+        (['{"id": null, "output": "#### 4", "reference": "4"}'], "theirs.jsonl:1: id must be"),
+        (['{"id": "p1", "output": {"text": "4"}, "reference": "4"}'], "theirs.jsonl:1: output must be a string"),
+        (['{"id": "p1", "output": "#### 4", "reference": "4"}', "[1, 2]"], "theirs.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_score_command_rejects_bad_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[str], message: str
+) -> None:
+    rc, err = _score_cli(tmp_path, lines, capsys)
+    assert rc == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists()  # nothing half-scored is written
+
+
+def test_score_command_accepts_numeric_references_and_null_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = ['{"id": 1, "output": "#### 4", "reference": 4}', '{"id": 2, "output": null, "reference": "9"}']
+    rc, _ = _score_cli(tmp_path, lines, capsys)
+    assert rc == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["correct"] for o in out] == [True, False]
+
+
+def test_a_swallowed_deadline_fires_again() -> None:
+    """sympy has bare ``except:`` clauses, and Python ignores an exception raised in a gc callback or a
+    ``__del__``: one swallowed deadline must not leave a check unbounded."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("no setitimer on this platform")
+
+    def stubborn() -> str:
+        end = time.monotonic() + 5
+        try:
+            while time.monotonic() < end:
+                pass
+        except BaseException:  # swallows the first deadline
+            pass
+        while time.monotonic() < end:
+            pass
+        return "finished"
+
+    start = time.monotonic()
+    assert scoring._with_alarm(stubborn, 0.2) is None
+    assert time.monotonic() - start < 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing left armed
+    assert scoring._with_alarm(lambda: "quick", 0.2) == "quick"
+    time.sleep(0.4)  # no stray alarm fires after a check that finished in time
+
+
+def test_deep_parentheses_never_reach_the_symbolic_checker() -> None:
+    """Nesting counts (, [ and { alike: 5,000 open parentheses are no answer, decided without sympy."""
+    start = time.monotonic()
+    assert not is_equivalent("(" * 5000 + "1", "-2, 1", "math")
+    assert not score_output("The answer is " + "[(" * 2500, "5", "math")["correct"]
+    assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.parametrize(
+    ("output", "style", "text"),
+    [
+        ("Final Answer: Final Answer: $\\frac{2}{3}$", "math", "\\frac{2}{3}"),
+        ("The answer is The answer is 14.", "number", "14"),
+        ("Final Answer: The final answer is " * 200, "math", None),  # a loop states no answer
+    ],
+)
+def test_a_marked_span_ends_at_the_next_marker(output: str, style: str, text: str | None) -> None:
+    assert extract_answer(output, style).text == text

@@ -364,24 +364,60 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
 
 
 def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any]:
-    """Score outputs made by any tool: IN lines hold id, output, reference; OUT adds the verdicts."""
+    """Score outputs made by any tool: IN lines hold id, output, reference; OUT adds the verdicts.
+
+    Every line is checked before anything is scored or written, and a bad one is a :class:`UserError`
+    naming ``file:line``: a duplicate id (it would be counted twice in n), a null or empty reference (it
+    would be scored against the text "None"), a field of the wrong type.
+    """
     from tinyslm.benchmarks import get_benchmark
 
     bench = get_benchmark(benchmark)
     src = Path(predictions)
     if not src.is_file():
         raise UserError(f"predictions file not found: {src}")
-    try:
-        rows = list(read_jsonl(src))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    for i, r in enumerate(rows, 1):
-        missing = [k for k in ("id", "output", "reference") if k not in r]
-        if missing:
-            raise UserError(f"{src}: record {i} lacks field(s) {', '.join(missing)}")
-        s = score_output(str(r["output"] or ""), str(r["reference"]), bench.answer_style)
-        r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
+    rows = _read_predictions(src)
     if not rows:
         raise UserError(f"{src}: no predictions")
+    for r in rows:
+        s = score_output("" if r["output"] is None else str(r["output"]), str(r["reference"]), bench.answer_style)
+        r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return summarize(benchmark, rows, {"predictions": str(src), "output": str(output)})
+
+
+def _read_predictions(src: Path) -> list[dict]:
+    """The records of a predictions file for :func:`rescore_file`, each checked; errors name file:line."""
+    rows: list[dict] = []
+    first_line: dict[str, int] = {}
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read predictions file {src}: {e}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{src}:{lineno}"
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(r, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(r).__name__}")
+        missing = [k for k in ("id", "output", "reference") if k not in r]
+        if missing:
+            raise UserError(f"{where}: record lacks field(s) {', '.join(missing)}")
+        rid, ref, out = r["id"], r["reference"], r["output"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            raise UserError(f"{where}: id must be a non-empty string or an integer, got {rid!r}")
+        if str(rid) in first_line:
+            raise UserError(f"{where}: duplicate id {rid!r} (first on line {first_line[str(rid)]}); each problem is scored once")
+        first_line[str(rid)] = lineno
+        if ref is None:
+            raise UserError(f"{where}: reference is null (id {rid!r}); every prediction needs its gold answer")
+        if isinstance(ref, bool) or not isinstance(ref, (str, int, float)) or not str(ref).strip():
+            raise UserError(f"{where}: reference must be a non-empty string or a number (id {rid!r}), got {ref!r:.80}")
+        if out is not None and (isinstance(out, bool) or not isinstance(out, (str, int, float))):
+            raise UserError(f"{where}: output must be a string or null (id {rid!r}), got {type(out).__name__}")
+        rows.append(r)
+    return rows

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -58,7 +58,7 @@ _MAX_NUMBER_CHARS = 200  # longest string normalize_number will look at
 _MAX_DIGITS = 80  # most digits in one number
 _MAX_TEXT_ANSWER_CHARS = 200  # longest non-numeric answer compared as text
 _MAX_MATH_CHARS = 1000  # longest answer handed to the symbolic checker
-_MAX_BRACE_DEPTH = 40  # deepest {...} nesting handed to the symbolic checker
+_MAX_BRACE_DEPTH = 40  # deepest {...}, (...), [...] nesting handed to the symbolic checker
 _MAX_BOXED_CHARS = 5000  # longest \boxed{...} content scanned for its closing brace
 _MAX_BOXED_TRIES = 16  # how many \boxed occurrences (from the end) are tried
 _MAX_SPAN_CHARS = 1000  # longest answer span taken after a marker
@@ -102,21 +102,48 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 
+# Thousands separators. Digits are grouped by a comma (``1,000``), by LaTeX's ``{,}`` or ``,\!``
+# (MATH writes ``10,\!000``), or by a space: a plain, no-break or thin space, or LaTeX's ``\,``,
+# ``\ ``, ``~``, ``\!``. A grouped number is a leading group of 1-3 digits that does not start with 0,
+# then groups of EXACTLY three digits with one and the same separator, not followed by a further digit:
+# ``1 000`` and ``10\,000`` are one number each, ``3 1000``, ``1 2`` and ``0,111`` are not. A comma
+# followed by a space is a list (``1, 2, 3``; ``32, 349``), never a separator. After a space-like
+# separator the last group must not run into a hyphenated word: in "2 100-page books" the 100 belongs to
+# "page", so that is 2, then 100.
+_COMMA_SEPS = (",", r"\{,\}", r",\\!")
+_SPACE_SEPS = ("[ \u00a0\u2009\u202f]", r"\\,", r"\\!", r"\\ ", "~")
+_GROUPED = r"[1-9]\d{0,2}(?:" + "|".join(
+    [rf"(?:{sep}\d{{3}})+(?!,?\d)" for sep in _COMMA_SEPS]
+    + [rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS]
+) + ")"
+# An integer part: a grouped number, or plain digits not followed by ",digit" (so "1,2" and "0,111" are
+# never read as their first part alone; :data:`_NUMBER_TOKEN` takes such runs whole, as non-numbers).
+_INT = rf"(?:{_GROUPED}|\d+(?!,?\d))"
+_NUM = rf"(?:{_INT}(?:\.\d+)?|\.\d+)"
+_NOT_DIGIT = re.compile(r"[^\d.]")  # deleting it from a grouped number leaves its digits
+_THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")  # MATH's 10,\!000, also written 11,\! 111
+
 # One number as written in running text: ratio/clock time, or an optionally signed, optionally
-# currency-prefixed integer/decimal/fraction/percentage, or a LaTeX \frac with digit arguments.
+# currency-prefixed integer/decimal/fraction/percentage, or a LaTeX \frac with digit arguments, or a
+# run of digits and commas that is no grouped number ("0,111", "1,2,3": taken whole so that neither
+# "111" nor "3" is read out of it; it is then no number at all).
 # The look-behind keeps "16-3" from yielding "-3" and "v2"/"1.2.3" from yielding numbers mid-token.
-_NUM = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
 _NUMBER_TOKEN = re.compile(
     r"(?<![\w.])(?:"
     r"\d{1,2}(?::\d{2}){1,2}\s?[ap]\.?m\.?(?![a-z])"  # 3:30 p.m.
     r"|\d+(?::\d+)+(?!\d)"  # 2:3, 14:55
     rf"|[-−]?(?:\\?\$)?[-−]?(?:\\[dt]?frac\{{\d+\}}\{{\d+\}}|\\[dt]?frac\d\d|{_NUM}(?:/{_NUM})?)(?:\s?\\?%)?"
+    r"|\d+(?:,\d+)+"  # 0,111 / 1,2,3: not a number
     r")",
     re.IGNORECASE,
 )
 # A LaTeX math span: $$..$$, $..$, \(..\), \[..\] (bounded, so a stray "$" cannot make a scan quadratic).
+# An escaped dollar "\$" is a currency sign, never a delimiter: it neither opens nor closes a span, and
+# "$\$18.90$" is the span "\$18.90".
+_IN_DOLLARS = r"(?:[^$\\]|\\.){1,1000}?"
 _MATH_SPAN = re.compile(
-    r"\$\$(?P<a>[^$]{1,1000}?)\$\$|\$(?P<b>[^$]{1,1000}?)\$|\\\((?P<c>.{1,1000}?)\\\)|\\\[(?P<d>.{1,1000}?)\\\]",
+    rf"(?<!\\)\$\$(?P<a>{_IN_DOLLARS})\$\$|(?<!\\)\$(?P<b>{_IN_DOLLARS})\$"
+    r"|\\\((?P<c>.{1,1000}?)\\\)|\\\[(?P<d>.{1,1000}?)\\\]",
     re.DOTALL,
 )
 _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "a.m", "p.m", "no", "approx"})
@@ -146,6 +173,46 @@ def _cut_run_on(output: str) -> str:
     return output[: h.start()] if h else output
 
 
+class _Box(NamedTuple):
+    content: str
+    start: int  # where "\boxed" starts
+    end: int  # just after the closing brace
+
+
+_BARE_BOX = re.compile(r"[^\s$]{1,100}")
+
+
+def _boxes_from_end(text: str) -> Iterator[_Box]:
+    """The complete, non-empty boxes of ``text``, last first (see :func:`last_boxed`).
+
+    A box that encloses a later one (``\\boxed{\\boxed{5}}``) is the same answer and is not yielded again.
+    """
+    end = len(text)
+    inner_start = len(text) + 1
+    for _ in range(_MAX_BOXED_TRIES):
+        pos_b, pos_f = text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end)
+        pos = max(pos_b, pos_f)
+        if pos < 0:
+            return
+        end = pos
+        i = pos + (len("\\boxed") if pos == pos_b else len("\\fbox"))
+        j = i
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        box = None
+        if j < len(text) and text[j] == "{":
+            content = _balanced(text, j)
+            if content is not None and content.strip():
+                box = _Box(content.strip(), pos, j + len(content) + 2)
+        elif j > i and pos == pos_b:
+            m = _BARE_BOX.match(text, j)
+            if m:
+                box = _Box(m.group(0), pos, m.end())
+        if box is not None and box.end <= inner_start:
+            inner_start = box.start
+            yield box
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, else None.
 
@@ -158,26 +225,8 @@ def last_boxed(text: str) -> str | None:
     """
     if not isinstance(text, str) or not text:
         return None
-    end = len(text)
-    for _ in range(_MAX_BOXED_TRIES):
-        pos_b, pos_f = text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end)
-        pos = max(pos_b, pos_f)
-        if pos < 0:
-            return None
-        end = pos
-        i = pos + (len("\\boxed") if pos == pos_b else len("\\fbox"))
-        j = i
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            content = _balanced(text, j)
-            if content is not None and content.strip():
-                return content.strip()
-        elif j > i and pos == pos_b:
-            m = re.match(r"[^\s$]{1,100}", text[j:])
-            if m:
-                return m.group(0)
-    return None
+    box = next(_boxes_from_end(text), None)
+    return None if box is None else box.content
 
 
 def _balanced(text: str, open_at: int) -> str | None:
@@ -246,15 +295,47 @@ def _number_from_span(span: str) -> str | None:
     return None
 
 
-def _math_from_span(span: str) -> str | None:
-    """The LaTeX answer a marked span states: the first math span if it opens one, else its first sentence."""
-    s = span.strip().lstrip(":").strip().strip("*").strip()
+def _leading_math(s: str) -> str | None:
+    """The content of the math span ``s`` opens with (``$x$ ...`` -> ``x``), else None."""
     if s.startswith(("$", "\\(", "\\[")):
         m = _MATH_SPAN.match(s)
         if m:
-            inner = next(g for g in m.groups() if g is not None).strip()
-            return inner or None
-    s = _clean_text_answer(_first_sentence(s))
+            return next(g for g in m.groups() if g is not None).strip()
+    return None
+
+
+# What an answer stated after "is" starts with: a math span, a LaTeX command, a number, a bracket
+# opening one. "it is correct" or "is positive" do not qualify (they stay whole sentences).
+_STATED = re.compile(r"(?:\$|\\|[-−+]?\.?\d|[-−]\s*[\\$]|[(\[]\s*[-−]?[\d\\$.])")
+_IS = re.compile(r"\bis\b", re.IGNORECASE)
+
+
+def _stated_after_is(sentence: str) -> str | None:
+    """The answer of a sentence "The largest $n$ is 34": what follows its last "is" outside math spans."""
+    masked = _MATH_SPAN.sub(lambda m: "_" * len(m.group(0)), sentence)
+    last = _last_match(_IS, masked)
+    if last is None:
+        return None
+    rest = sentence[last.end() :].strip().lstrip(":").strip()
+    if not _STATED.match(rest):
+        return None
+    inner = _leading_math(rest)
+    return inner if inner is not None else _clean_text_answer(rest)
+
+
+def _math_from_span(span: str) -> str | None:
+    """The LaTeX answer a marked span states.
+
+    The first math span if the span opens with one; else, in a sentence such as "The largest $n$ is 34"
+    (the Minerva prompt's "Final Answer:" line, written freely), what follows its last "is"; else its
+    first sentence.
+    """
+    s = span.strip().lstrip(":").strip().strip("*").strip()
+    inner = _leading_math(s)
+    if inner is not None:
+        return inner or None
+    sentence = _first_sentence(s)
+    s = _stated_after_is(sentence) or _clean_text_answer(sentence)
     return s or None
 
 
@@ -269,12 +350,78 @@ def _last_number(text: str) -> str | None:
 
 
 def _first_marked(text: str, marker: re.Pattern[str], read: Callable[[str], str | None]) -> str | None:
-    """The answer after the FIRST occurrence of ``marker`` that states one (of the first 50)."""
+    """The answer after the FIRST occurrence of ``marker`` that states one (of the first 50).
+
+    A span ends where the marker comes again: in a loop "Final Answer: Final Answer: ..." no marker
+    states an answer, rather than each stating the 1,000-character rest of the line.
+    """
     for m in itertools.islice(marker.finditer(text), _MAX_MARKER_TRIES):
-        found = read(_span_after(text, m.end()))
+        span = _span_after(text, m.end())
+        again = marker.search(span)
+        found = read(span[: again.start()] if again else span)
         if found:
             return found
     return None
+
+
+class _Found(NamedTuple):
+    extraction: Extraction
+    text: str  # the output with run-on text cut (see :func:`_cut_run_on`)
+    box: _Box | None  # the box the answer was read from, when it was
+
+
+# A final-answer line, the kind that overrides an earlier box: "Final Answer: ...", "The final answer
+# is ...", "#### ...". A plain "the answer is" after a box is too often prose ("the answer is the same
+# for every n") to override it.
+_FINAL_ANSWER = re.compile(
+    r"\bfinal\s+answer\s*:\s*(?:\**\s*)?(?:the\s+final\s+answer\s+is\b\s*:?)?"
+    r"|\b(?:the\s+)?final\s+answer\s+is\b\s*:?|####",
+    re.IGNORECASE,
+)
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?:[ ,]+[A-Za-z]{2,}){2}")  # three words in a row, not \commands
+
+
+def _late_number(span: str) -> str | None:
+    found = _number_from_span(span)
+    return found if found and _DIGIT.search(found) else None
+
+
+def _late_math(span: str) -> str | None:
+    found = _math_from_span(span)
+    return found if found and not _PROSE.search(found) else None
+
+
+def _extract(output: str, style: str) -> _Found:
+    _check_style(style)
+    if not isinstance(output, str):
+        output = "" if output is None else str(output)
+    text = _cut_run_on(output)
+    number = style == "number"
+    read = _number_from_span if number else _math_from_span
+
+    if number:
+        found = _first_marked(text, _HASH_MARKER, _number_from_span)
+        if found is not None:
+            return _Found(Extraction(found, True), text, None)
+    box = next(_boxes_from_end(text), None)
+    if box is not None:
+        late = _first_marked(text[box.end :], _FINAL_ANSWER, _late_number if number else _late_math)
+        if late is not None:
+            return _Found(Extraction(late, True), text, None)
+        found = (_number_from_span(box.content) or box.content) if number else box.content
+        return _Found(Extraction(found, True), text, box)
+    found = _first_marked(text, _ANSWER_IS, read)
+    if found is None and not number:
+        found = _first_marked(text, _HASH_MARKER, read)
+    if found is not None:
+        return _Found(Extraction(found, True), text, None)
+    if not number:
+        span = _last_match(_MATH_SPAN, text)
+        if span is not None:
+            inner = next(g for g in span.groups() if g is not None).strip()
+            if inner:
+                return _Found(Extraction(inner, False), text, None)
+    return _Found(Extraction(_last_number(text), False), text, None)
 
 
 def extract_answer(output: str, style: str) -> Extraction:
@@ -283,7 +430,9 @@ def extract_answer(output: str, style: str) -> Extraction:
     Run-on text is dropped first (see :func:`_cut_run_on`). Then, for ``"number"``: the FIRST ``#### X``,
     else the LAST ``\\boxed{X}``, else the first "The answer is X", else (unmarked) the last number.
     For ``"math"``: the LAST ``\\boxed{X}``, else the first "The answer is X" / ``#### X``, else
-    (unmarked) the last ``$...$`` span, else the last number.
+    (unmarked) the last ``$...$`` span, else the last number. In both styles a final-answer line
+    ("The final answer is X", "Final Answer: ...", ``#### X``) written AFTER the last box overrides
+    it: the last marker wins (lm-eval's Minerva prompt asks for a box in the solution and then that line).
 
     Why first ``####`` but last ``\\boxed``: ``#### X`` is the GSM8K answer LINE; the generation is
     normally stopped right after it, and whatever follows is a small model repeating itself or writing
@@ -292,36 +441,7 @@ def extract_answer(output: str, style: str) -> Extraction:
     results, and a later run-on problem is already cut off. "The answer is" follows ``####`` (first),
     which is also what lm-evaluation-harness's strict-match filter takes.
     """
-    _check_style(style)
-    if not isinstance(output, str):
-        output = "" if output is None else str(output)
-    text = _cut_run_on(output)
-
-    if style == "number":
-        found = _first_marked(text, _HASH_MARKER, _number_from_span)
-        if found is None:
-            boxed = last_boxed(text)
-            if boxed is not None:
-                found = _number_from_span(boxed) or boxed
-        if found is None:
-            found = _first_marked(text, _ANSWER_IS, _number_from_span)
-        if found is not None:
-            return Extraction(found, True)
-        return Extraction(_last_number(text), False)
-
-    found = last_boxed(text)
-    if found is None:
-        found = _first_marked(text, _ANSWER_IS, _math_from_span) or _first_marked(
-            text, _HASH_MARKER, _math_from_span
-        )
-    if found is not None:
-        return Extraction(found, True)
-    span = _last_match(_MATH_SPAN, text)
-    if span is not None:
-        inner = next(g for g in span.groups() if g is not None).strip()
-        if inner:
-            return Extraction(inner, False)
-    return Extraction(_last_number(text), False)
+    return _extract(output, style).extraction
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,7 +461,7 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ\b|\\degree\b")
 _NUMBER_FULL = re.compile(
     r"(?P<sign>[-+−]?)\s*(?:[$€£¥₹])?\s*(?P<sign2>[-−]?)\s*"
     r"(?:\\frac\{(?P<fn>\d+)\}\{(?P<fd>\d+)\}|\\frac(?P<fn1>\d)(?P<fd1>\d)"
-    r"|(?P<num>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?P<exp>[eE][-+]?\d{1,2})?"
+    rf"|(?P<num>{_NUM})(?P<exp>[eE][-+]?\d{{1,2}})?"
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?)"
     r"\s*%?(?P<rest>.*)",
     re.DOTALL,
@@ -356,14 +476,14 @@ _PAREN_NUMBER = re.compile(r"([-+−]?)\s*\((.*)\)")
 
 def _strip_number_markup(s: str) -> str:
     """Remove the LaTeX and markdown that can surround a number: $, \\$, \\(..\\), \\text{}, \\%, degrees."""
-    s = _LEFT_RIGHT.sub("", s.replace("{,}", ","))
+    s = _LEFT_RIGHT.sub("", _THOUSANDS_COMMA.sub(",", s.replace("{,}", ",")))  # 10,\!000 and 11,\! 111
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for _ in range(3):
         s2 = _WRAPPERS.sub(r" \1 ", s)
         if s2 == s:
             break
         s = s2
-    s = _SPACING.sub("", s)
+    s = _SPACING.sub(" ", s)  # a space, not nothing: "1\,000" is 1000 (grouped), "1\,2" is no number
     s = _DEGREES.sub("", s)
     s = s.replace("\\%", "%").replace("\\$", "$").replace("\\(", "").replace("\\)", "")
     s = s.replace("$", "").replace("**", "")  # a currency sign carries no value
@@ -401,7 +521,7 @@ def _parse_number(text: str, units: bool) -> _Num | None:
             return None
         value, decimal = Fraction(int(num), int(den)), False
     else:
-        num = m.group("num").replace(",", "")
+        num = _NOT_DIGIT.sub("", m.group("num"))
         den = m.group("den")
         if len(num) + len(den or "") > _MAX_DIGITS:
             return None
@@ -488,14 +608,49 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)")
 _CHOICE = re.compile(r"\(?([A-E])\)?")
 
 
+# Digit runs that spacing alone keeps apart. LaTeX ignores spaces, and the key below drops them all;
+# done blindly, that turns the list "32, 349" into the number 32,349 and "1 2" into 12. So first a comma
+# followed by \! is made MATH's thousands comma ("10,\!000", also written "11,\! 111"), digit groups
+# split by a space-like separator are joined (the rule of :data:`_GROUPED`), and then any spacing still
+# standing between two digits, or after a comma before a three-digit group, becomes :data:`_APART`, a
+# character the number grammar rejects: such an answer is no number, nor spelt like one.
+_APART = "\u2063"  # INVISIBLE SEPARATOR: not whitespace, not in any answer
+_SPACE_GROUPED = re.compile(
+    r"(?<![\d.])[1-9]\d{0,2}(?:" + "|".join(rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS) + ")"
+)
+_SPACE_LIKE = r"(?:\s|\\[!,;:> ]|\\q?quad(?![A-Za-z])|~)+"
+_LIST_COMMA = re.compile(rf"(?<=\d),{_SPACE_LIKE}(?=\d{{3}}(?!\d))")
+_SPACED_DIGITS = re.compile(rf"(?<=\d){_SPACE_LIKE}(?=\d)")
+_COMMAND_DIGIT = re.compile(r"\\[A-Za-z]+\s*\d$")  # "\frac 1 2": 1 is an argument, the space is LaTeX's
+
+
+def _keep_digit_runs_apart(s: str) -> str:
+    """Remove thousands separators; mark the digits that other spacing separates (see :data:`_APART`).
+
+    A comma and a space are marked only outside brackets: inside them a comma always separates
+    ("(3, 100)" is the pair "(3,100)"), where at top level "3,100" would read as one number.
+    """
+    s = _THOUSANDS_COMMA.sub("{,}", s)
+    s = _SPACE_GROUPED.sub(lambda m: _NOT_DIGIT.sub("", m.group(0)), s)
+    depth = list(itertools.accumulate((c in "([{") - (c in ")]}") for c in s))
+    s = _LIST_COMMA.sub(lambda m: m.group(0) if depth[m.start()] > 0 else "," + _APART, s)
+
+    def apart(m: re.Match[str], text: str = s) -> str:
+        return m.group(0) if _COMMAND_DIGIT.search(text, max(0, m.start() - 40), m.start()) else _APART
+
+    return _SPACED_DIGITS.sub(apart, s)
+
+
 def _latex_key(s: str) -> str:
     """A normalised LaTeX string for the cheap "same answer, other spelling" test (Hendrycks-style).
 
     Drops ``\\left``/``\\right``, spacing commands, ``$``, ``\\%``, degrees, unit text (``\\text{ cm}``),
     ``\\text{}`` wrappers, a trailing period, a leading ``x =``, and all whitespace; unifies ``\\dfrac``/
-    ``\\tfrac`` with ``\\frac``; reduces a choice ``(C)`` to ``C``.
+    ``\\tfrac`` with ``\\frac``; reduces a choice ``(C)`` to ``C``. Thousands separators are removed, but
+    digits that spacing keeps apart stay apart (see :data:`_APART`).
     """
-    s = _LATEX_UNITS.sub("", s.strip())
+    s = _keep_digit_runs_apart(s.strip())
+    s = _LATEX_UNITS.sub("", s)
     s = _DEGREES.sub("", s)
     s = _LATEX_DROP.sub("", s)
     s = _SPACING.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
@@ -512,12 +667,13 @@ def _latex_key(s: str) -> str:
 
 
 def _brace_depth(s: str) -> int:
+    """Deepest nesting of ``{``, ``(`` and ``[`` (50,000 open parentheses reach sympy's recursion limit)."""
     depth = best = 0
     for c in s:
-        if c == "{":
+        if c in "{([":
             depth += 1
             best = max(best, depth)
-        elif c == "}":
+        elif c in "})]":
             depth -= 1
     return best
 
@@ -539,6 +695,8 @@ def _math_equivalent(pred: str, gold: str, timeout_s: float) -> bool:
     g_num, p_num = _parse_number(g_key, units=False), _parse_number(p_key, units=False)
     if g_num is not None and p_num is not None:
         return _numbers_match(p_num, g_num)  # decisive: both are plain numbers
+    if (g_num is not None and _APART in p_key) or (p_num is not None and _APART in g_key):
+        return False  # one number against digits kept apart ("1 2", "32, 349"); math-verify reads "1 2" as 3
     if _brace_depth(pred) > _MAX_BRACE_DEPTH or _brace_depth(gold) > _MAX_BRACE_DEPTH:
         return False
     if _EXPLOSIVE.search(pred) or _EXPLOSIVE.search(gold):
@@ -583,10 +741,107 @@ def score_output(output: str, reference: str, style: str) -> dict:
 
     ``strict_correct`` is True only when the answer was marked (``####``, ``\\boxed``, "The answer is")
     AND correct: the format-following score, comparable to lm-evaluation-harness's strict-match.
+
+    One box per part (math style): when the answer came from the last box, is wrong as it stands, and
+    the gold has k >= 2 parts (see :func:`_gold_parts`), the output's final k boxes are compared with
+    the parts: as a set for a list or set gold ("-2, 1" by ``\\boxed{-2}`` and ``\\boxed{1}``), in order
+    for a tuple gold. If they match, the answer is correct and ``extracted`` lists those boxes.
     """
-    ext = extract_answer(output, style)
-    correct = is_equivalent(ext.text, reference, style)
-    return {"extracted": ext.text, "marked": ext.marked, "correct": correct, "strict_correct": correct and ext.marked}
+    found = _extract(output, style)
+    ext = found.extraction
+    extracted, correct = ext.text, is_equivalent(ext.text, reference, style)
+    if not correct and style == "math" and found.box is not None:
+        parts = _boxed_parts(found.text, reference)
+        if parts is not None:
+            extracted, correct = ", ".join(parts), True
+    return {"extracted": extracted, "marked": ext.marked, "correct": correct, "strict_correct": correct and ext.marked}
+
+
+_MAX_PARTS = 8  # most parts a gold may be split into for the one-box-per-part rule
+_PARTS_TIMEOUT_S = 5.0  # wall time for all the comparisons of that rule together
+_OPENERS, _CLOSERS = frozenset("([{"), frozenset(")]}")
+_THREE_DIGITS = re.compile(r"\d{3}(?!\d)")
+
+
+def _split_top_level(s: str) -> list[str] | None:
+    """``s`` cut at its commas outside any bracket (``\\{`` and ``\\}`` count as brackets); None if unbalanced.
+
+    A comma between digits with a three-digit group after it and no space ("58,500") is a thousands
+    separator, not a cut.
+    """
+    parts, depth, start, k = [], 0, 0, 0
+    while k < len(s):
+        c = s[k]
+        if c == "\\" and k + 1 < len(s) and s[k + 1] in "{}":
+            c, k = s[k + 1], k + 1
+        if c in _OPENERS:
+            depth += 1
+        elif c in _CLOSERS:
+            depth -= 1
+            if depth < 0:
+                return None
+        elif c == "," and depth == 0 and not (k > 0 and s[k - 1].isdigit() and _THREE_DIGITS.match(s, k + 1)):
+            parts.append(s[start:k])
+            start = k + 1
+        k += 1
+    parts.append(s[start:])
+    return None if depth else [x.strip() for x in parts]
+
+
+def _closes_at_end(s: str, open_len: int) -> bool:
+    """True when the bracket opening ``s`` (``open_len`` characters) is closed by its last character(s)."""
+    return _split_top_level(s[open_len:-open_len]) is not None
+
+
+def _gold_parts(gold: str) -> tuple[list[str], bool] | None:
+    """The parts of a gold with k >= 2 of them, and whether their order matters; None for a one-part gold.
+
+    A bare list at top level ("-2, 1", "(1,2), (3,4)") and a set ``\\{1, 2\\}`` are unordered; a tuple
+    ``(3, \\frac{\\pi}{2})`` is ordered. Intervals (``[1, 2)``, ``[0, 1]``) and numbers ("58,500",
+    ``10,\\!000``) are one part.
+    """
+    g = _THOUSANDS_COMMA.sub("{,}", _LEFT_RIGHT.sub("", gold)).strip().strip("$").strip()
+    if len(g) > _MAX_MATH_CHARS or _parse_number(_latex_key(g), units=False) is not None:
+        return None
+    ordered = False
+    if g.startswith("\\{") and g.endswith("\\}") and _closes_at_end(g, 2):
+        g = g[2:-2]
+    elif g.startswith("(") and g.endswith(")") and _closes_at_end(g, 1):
+        g, ordered = g[1:-1], True
+    parts = _split_top_level(g)
+    if parts is None or not 2 <= len(parts) <= _MAX_PARTS or not all(parts):
+        return None
+    return parts, ordered
+
+
+def _boxed_parts(text: str, gold: str) -> list[str] | None:
+    """The final k boxes of ``text`` (in text order) when they state the k parts of ``gold``, else None."""
+    try:
+        split = _gold_parts(gold)
+        if split is None:
+            return None
+        parts, ordered = split
+        boxes = [b.content for b in itertools.islice(_boxes_from_end(text), len(parts))][::-1]
+        if len(boxes) < len(parts):
+            return None
+        deadline = time.monotonic() + _PARTS_TIMEOUT_S
+
+        def same(box: str, part: str) -> bool:
+            left = deadline - time.monotonic()
+            return left > 0 and is_equivalent(box, part, "math", timeout_s=left)
+
+        if ordered:
+            return boxes if all(same(b, p) for b, p in zip(boxes, parts, strict=True)) else None
+        unused = list(boxes)
+        for part in parts:  # greedy matching is exact: equivalence is an equivalence relation
+            hit = next((b for b in unused if same(b, part)), None)
+            if hit is None:
+                return None
+            unused.remove(hit)
+        return boxes
+    except Exception:
+        logger.warning("multi-box check failed; counted as wrong (gold=%.80r)", gold, exc_info=True)
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -668,6 +923,9 @@ def _can_use_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
+_REFIRE_S = 0.1  # after the deadline, the alarm fires again this often until the check has stopped
+
+
 def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
     """Run ``fn`` with a SIGALRM deadline; None when it ran out of time.
 
@@ -677,28 +935,41 @@ def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
     its remaining time. Limitation of any signal deadline: it is checked between Python bytecodes, so a
     single huge C-level operation (a 10^9-digit power) would not be interrupted; :data:`_EXPLOSIVE` and
     the size guards keep such inputs away from sympy.
+
+    The alarm repeats every :data:`_REFIRE_S` seconds after the deadline: a :class:`_Deadline` raised
+    inside a bare ``except:`` (sympy has some), a ``__del__`` or a gc callback is swallowed, and one
+    swallowed alarm must not leave the check unbounded. ``active`` turns the handler into a no-op as soon
+    as ``fn`` has stopped, and both exits restore the previous handler and timer (once).
     """
+    active = [True]
+    restored = [False]
 
     def on_alarm(signum: int, frame: Any) -> None:
-        raise _Deadline
+        if active[0]:
+            raise _Deadline
+
+    def restore() -> None:
+        active[0] = False
+        if restored[0]:
+            return
+        restored[0] = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if old_delay > 0:
+            remaining = max(old_delay - (time.monotonic() - start), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
     start = time.monotonic()
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.01))
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.01), _REFIRE_S)
     try:
         try:
             return fn()
         finally:
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            finally:
-                signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
-    except _Deadline:
+            restore()
+    except _Deadline:  # also one that fired while the finally above was starting: restore once more
+        restore()
         return None
-    finally:
-        if old_delay > 0:
-            remaining = max(old_delay - (time.monotonic() - start), 0.001)
-            signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
 
 def _symbolic_equal(pred: str, gold: str, timeout_s: float) -> bool:
