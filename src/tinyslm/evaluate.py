@@ -32,7 +32,7 @@ from tinyslm.benchmarks import (
     resolve_data_dir,
 )
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
 from tinyslm.scoring import score_output
 from tinyslm.stats import wilson_interval
 
@@ -306,8 +306,16 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         # Base parameters (an adapter's are not counted): the x axis of the report's accuracy-vs-size figure.
         "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
     }
-    for plan in pending:
-        results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
+    # One process per output directory, from the first write on (a second one gets the holder's PID, never
+    # a second copy of every prediction). Each benchmark's state is checked again under the lock: another
+    # process may have written there while this one loaded the model.
+    with exclusive_lock(cfg.output, "--output"):
+        for plan in pending:
+            name = plan.loaded.benchmark.name
+            if check_output(plan, cfg.overwrite):
+                results[name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
+            else:
+                results[name] = _read_json(plan.out_dir / "results.json")
     return results
 
 
