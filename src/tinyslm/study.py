@@ -576,7 +576,8 @@ def run_study(
         for cell in cells:
             rec = records.get(cell.id) or {}
             if cell.trained and rec.get("status") == "finished":
-                _diagnose(cfg, cell.dir(root), diag, progress)
+                with exclusive_lock(cell.dir(root), "--output"):  # it writes into the cell
+                    _diagnose(cfg, cell.dir(root), diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
     if report and cfg.report.enabled and only is None:
         try:
