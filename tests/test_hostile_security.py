@@ -134,6 +134,9 @@ def test_crafted_checkpoint_file_is_refused_and_runs_nothing(
     with pytest.raises(UserError, match=rf"refusing to load {target}: not a plain checkpoint file"):
         train(_train_cfg(tiny_model_dir, small_jsonl, out, resume=True))
     assert not marker.exists(), "the checkpoint's code ran"
+    if form == "torch.save":  # the message says what the file asked for, not torch's "use weights_only=False"
+        with pytest.raises(UserError, match=r"it names (builtins\.)?exec, which loading would run"):
+            train(_train_cfg(tiny_model_dir, small_jsonl, out, resume=True))
     # The payload is real: the unrestricted loader runs it.
     if form == "torch.save":
         torch.load(target, weights_only=False)

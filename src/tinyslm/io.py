@@ -64,7 +64,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600 files; results are meant to be shared like any file
+            os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600 files; results are shared like any file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -216,8 +216,10 @@ def exclusive_lock(directory: str | Path, what: str = "output directory") -> Ite
                 f"it to finish or stop it, or choose another {what}"
             ) from None
         except OSError as e:  # a file system without locks (some network mounts): say so, carry on
-            print(f"warning: cannot lock {path} ({e}); make sure no other process writes to {directory}",
-                  file=sys.stderr)
+            print(
+                f"warning: cannot lock {path} ({e}); make sure no other process writes to {directory}",
+                file=sys.stderr,
+            )
         with writing(path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

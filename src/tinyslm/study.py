@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import shlex
 import sys
 import time
@@ -255,8 +256,6 @@ def cell_model_name(ref: str) -> str:
     directory name (``..`` from ``models/sub/..`` or ``org/..``, ``.`` from ``/``): then the name of the
     lexically normalised reference (``models/sub/..`` -> ``models``), else ``model``.
     """
-    import os
-
     from tinyslm.models import model_name_for_results
 
     for candidate in (ref, os.path.normpath(ref)):
@@ -458,7 +457,6 @@ def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[s
 
 def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
     """Data-parallel training in child processes (accelerate launch); evaluation stays in this process."""
-    import os
     import subprocess
 
     from tinyslm.io import HELD_LOCKS_ENV

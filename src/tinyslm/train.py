@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -518,14 +519,19 @@ def _torch_load(path: Path) -> Any:
     """
     import torch
 
+    advice = "delete that checkpoint directory to resume from an older one, or pass --overwrite to start afresh"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError (code refused), RuntimeError/EOFError (damaged), OSError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(
-            f"refusing to load {path}: not a plain checkpoint file ({type(e).__name__}: {first[:200]}); "
-            "delete that checkpoint directory to resume from an older one, or pass --overwrite to start afresh"
-        ) from None
+    except Exception as e:
+        text = str(e)
+        if type(e).__name__ != "UnpicklingError":  # missing or unreadable file, damaged archive
+            first = (text.strip().splitlines() or [""])[0][:200]
+            raise UserError(f"cannot load {path} ({type(e).__name__}: {first}); {advice}") from None
+        # torch's own message suggests weights_only=False, which is exactly what must not happen here
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = (f"it names {named.group(1)}, which loading would run or build" if named
+                else "it holds pickle instructions a checkpoint never holds")
+        raise UserError(f"refusing to load {path}: not a plain checkpoint file ({what}); {advice}") from None
 
 
 def load_checkpoint(ck: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
@@ -819,7 +825,9 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
     if main:
         _lock_output(locks, out)
         if check_output(out, cfg) != mode:
-            raise UserError(f"{out} was changed by another process while this one started; run the command again")
+            raise UserError(
+                f"{out} was changed by another process while this one started; run the command again"
+            )
     ckpts = list_checkpoints(out) if mode == "resume" else []
     if main:
         if mode == "fresh":
