@@ -145,6 +145,19 @@ def test_crafted_checkpoint_file_is_refused_and_runs_nothing(
     assert marker.exists()
 
 
+@pytest.mark.parametrize("name", ["trainable.safetensors", "state.json"])
+def test_the_other_checkpoint_files_are_safe_formats_and_damage_is_one_error(
+    name, stopped_run, tiny_model_dir, small_jsonl, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    ck = out / "checkpoints" / "step-0000002"
+    (ck / name).write_bytes(pickle.dumps(_Payload(tmp_path / "pwned")))
+    with pytest.raises(UserError, match=rf"cannot read checkpoint {ck} "):
+        train(_train_cfg(tiny_model_dir, small_jsonl, out, resume=True))
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_crafted_checkpoint_is_one_line_exit_2_on_the_command_line(
     stopped_run, tiny_model_dir, small_jsonl, tmp_path, capsys
 ):
