@@ -34,7 +34,7 @@ from tinyslm.benchmarks import (
     resolve_data_dir,
 )
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
+from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
 from tinyslm.provenance import (
     HashCache,
     chat_template_sha256,
@@ -356,10 +356,20 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         plan.provenance = record(model=model_rec, adapter=adapter_rec, data=plan.data, chat_template=template,
                                  device=device)
         plan.fingerprint[HASHES] = resume_hashes(plan.provenance)
-        if not cfg.overwrite:
-            check_hashes(plan)
-    for plan in pending:
-        results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
+    # One process per output directory, from the first write on (a second one gets the holder's PID, never
+    # a second copy of every prediction). Each benchmark's state is checked again under the lock: another
+    # process may have written there while this one loaded the model.
+    with exclusive_lock(cfg.output, "--output"):
+        todo = []
+        for plan in pending:
+            if check_output(plan, cfg.overwrite):
+                todo.append(plan)
+                if not cfg.overwrite:
+                    check_hashes(plan)  # every benchmark is checked before the first one writes
+            else:
+                results[plan.loaded.benchmark.name] = _read_json(plan.out_dir / "results.json")
+        for plan in todo:
+            results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
     return results
 
 

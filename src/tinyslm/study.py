@@ -22,7 +22,9 @@ hand cells to a cluster scheduler; each runs exactly what the in-process loop wo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import shlex
 import sys
 import time
@@ -35,7 +37,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tinyslm.errors import UserError
-from tinyslm.io import atomic_write_json, atomic_write_text, read_json_object
+from tinyslm.io import (
+    DiskFullError,
+    atomic_write_json,
+    atomic_write_text,
+    contained,
+    exclusive_lock,
+    is_safe_component,
+    read_json_object,
+)
 
 ICL_METHODS = ("zero-shot", "few-shot")
 TRAIN_METHODS = ("full", "lora", "dora")
@@ -225,12 +235,11 @@ class Cell:
 
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
     """models x methods x seeds, in config order; zero-shot once per model."""
-    from tinyslm.models import model_name_for_results
 
     cells = []
     names: dict[str, str] = {}
     for ref in cfg.models:
-        name = model_name_for_results(ref)
+        name = cell_model_name(ref)
         if name in names:
             raise UserError(f"models '{names[name]}' and '{ref}' would share the directory name '{name}'")
         names[name] = ref
@@ -239,6 +248,21 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
             shots = cfg.eval.shots if method == "few-shot" else 0
             cells.extend(Cell(ref, name, method, seed, shots) for seed in seeds)
     return cells
+
+
+def cell_model_name(ref: str) -> str:
+    """The model's directory name in the study: :func:`~tinyslm.models.model_name_for_results` (so Hub id
+    ``org/name`` -> ``name``, as before, and old study directories still resume), unless that is no safe
+    directory name (``..`` from ``models/sub/..`` or ``org/..``, ``.`` from ``/``): then the name of the
+    lexically normalised reference (``models/sub/..`` -> ``models``), else ``model``.
+    """
+    from tinyslm.models import model_name_for_results
+
+    for candidate in (ref, os.path.normpath(ref)):
+        name = model_name_for_results(candidate)
+        if is_safe_component(name):
+            return name
+    return "model"
 
 
 def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
@@ -330,8 +354,18 @@ def read_cell(out: Path) -> dict | None:
 
 def run_cell(cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True, retry_failed: bool = False) -> dict:
     """Run (or skip, or resume) one cell; returns its cell.json record. Never raises for a cell's own failure
-    (the record says ``failed`` and why); KeyboardInterrupt propagates after recording ``interrupted``."""
-    out = cell.dir(root)
+    (the record says ``failed`` and why); KeyboardInterrupt propagates after recording ``interrupted``, and
+    so does a full disk (every next cell would fail the same way).
+
+    The cell directory is locked for the whole call: a second process on the same cell gets a UserError
+    naming the holder's PID.
+    """
+    out = contained(root, cell.dir(root))
+    with exclusive_lock(out, "--output"):
+        return _run_locked_cell(cfg, cell, out, progress=progress, retry_failed=retry_failed)
+
+
+def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool, retry_failed: bool) -> dict:
     prev = read_cell(out)
     spec = cell_spec(cfg, cell, out)
     rec: dict[str, Any] = {
@@ -384,6 +418,11 @@ def run_cell(cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True,
         raise
     except Exception as e:  # the cell's own failure: record it, keep the grid going
         status, reason = "failed", _failure_reason(e)
+        if isinstance(e, DiskFullError):
+            rec.update(status=status, reason=reason, wall_s=round(previous_wall + time.perf_counter() - t0, 3))
+            with contextlib.suppress(OSError, UserError):
+                atomic_write_json(out / CELL_FILE, rec)
+            raise
         if not isinstance(e, UserError):
             atomic_write_text(out / "error.txt", traceback.format_exc())
             reason += " (traceback in error.txt)"
@@ -420,9 +459,13 @@ def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
     """Data-parallel training in child processes (accelerate launch); evaluation stays in this process."""
     import subprocess
 
+    from tinyslm.io import HELD_LOCKS_ENV
+
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.hardware.num_processes),
            "-m", "tinyslm.train", *train_argv(train_config(cfg, cell, out))]
-    proc = subprocess.run(cmd, check=False)
+    # The children train into this cell, which this process has locked: they may write there.
+    env = {**os.environ, HELD_LOCKS_ENV: str(out.expanduser().resolve())}
+    proc = subprocess.run(cmd, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"distributed training exited with code {proc.returncode}: {shlex.join(cmd)}")
 
@@ -531,7 +574,8 @@ def run_study(
         for cell in cells:
             rec = records.get(cell.id) or {}
             if cell.trained and rec.get("status") == "finished":
-                _diagnose(cfg, cell.dir(root), diag, progress)
+                with exclusive_lock(cell.dir(root), "--output"):  # it writes into the cell
+                    _diagnose(cfg, cell.dir(root), diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
     if report and cfg.report.enabled and only is None:
         try:

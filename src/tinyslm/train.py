@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, read_jsonl
+from tinyslm.io import JsonlAppender, atomic_write_json, exclusive_lock, read_jsonl, writing
 
 METHODS = ("full", "lora", "dora")
 
@@ -472,7 +473,6 @@ def save_checkpoint(
     Only trainable weights are stored (for LoRA/DoRA that is the adapter; the base comes from --model again).
     Every rank stores its own RNG state; the main process writes the rest, ``state.json`` last.
     """
-    import torch
     from safetensors.torch import save_file
 
     ckdir = out / "checkpoints"
@@ -482,15 +482,17 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    _torch_save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_file(_trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        with writing(tmp / "trainable.safetensors"):
+            save_file(_trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / "state.json", state)
-        _fsync_tree(tmp)
+        with writing(tmp):
+            _fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in list_checkpoints(out)[:-keep]:
@@ -499,39 +501,95 @@ def save_checkpoint(
     return final
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file object, so that a full disk is an ``OSError`` (and, through
+    :func:`~tinyslm.io.writing`, one line naming ``path``) rather than torch's "unexpected pos" error."""
+    import torch
+
+    with writing(path), open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _torch_load(path: Path) -> Any:
+    """A checkpoint file, read with ``weights_only=True``: tensors, numbers, strings and containers only.
+
+    A checkpoint directory is data the tool did not just write (it may have been copied, shared or
+    tampered with); a full unpickler would run whatever code a crafted file names on ``--resume``.
+    Anything the restricted unpickler refuses, or a damaged file, is one UserError naming the file.
+    """
+    import torch
+
+    advice = "delete that checkpoint directory to resume from an older one, or pass --overwrite to start afresh"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        if type(e).__name__ != "UnpicklingError":  # missing or unreadable file, damaged archive
+            first = (text.strip().splitlines() or [""])[0][:200]
+            raise UserError(f"cannot load {path} ({type(e).__name__}: {first}); {advice}") from None
+        # torch's own message suggests weights_only=False, which is exactly what must not happen here
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        what = (f"it names {named.group(1)}, which loading would run or build" if named
+                else "it holds pickle instructions a checkpoint never holds")
+        raise UserError(f"refusing to load {path}: not a plain checkpoint file ({what}); {advice}") from None
+
+
 def load_checkpoint(ck: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
-    """Restore trainable weights, optimizer and scheduler from ``ck``; returns its state.json."""
+    """Restore trainable weights, optimizer and scheduler from ``ck``; returns its state.json.
+
+    Every file is read by a loader that cannot run code: safetensors, JSON, and ``torch.load`` with
+    ``weights_only=True`` (:func:`_torch_load`).
+    """
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(ck / "trainable.safetensors")
+    try:
+        weights = load_file(ck / "trainable.safetensors")
+        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    except Exception as e:  # damaged safetensors header or JSON, unreadable file
+        raise UserError(
+            f"cannot read checkpoint {ck} ({type(e).__name__}: {str(e)[:200]}); "
+            "delete it to resume from an older one, or pass --overwrite to start afresh"
+        ) from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != set(params):
         raise UserError(
             f"{ck} does not match this model/method (different trainable parameters); "
             "pass --overwrite to start afresh"
         )
+    optimizer_state = _torch_load(ck / "optimizer.pt")
+    scheduler_state = _torch_load(ck / "scheduler.pt")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(weights[n])
-    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", map_location="cpu"))
-    scheduler.load_state_dict(torch.load(ck / "scheduler.pt"))
-    return json.loads((ck / "state.json").read_text(encoding="utf-8"))
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    return state
 
 
 def restore_rng(ck: Path, rank: int, fallback_seed: int) -> bool:
-    """This rank's RNG state from ``ck`` (dropout continues exactly); reseeds if ``ck`` had fewer ranks."""
+    """This rank's RNG state from ``ck`` (dropout continues exactly); reseeds if ``ck`` had fewer ranks.
+
+    The file holds tensors and Python's ``random`` state (a tuple of ints), all of which the
+    ``weights_only`` loader accepts, so checkpoints written before that loader was enforced still resume.
+    """
     import torch
 
     f = ck / f"rng-rank{rank}.pt"
     if not f.exists():
         torch.manual_seed(fallback_seed)
         return False
-    state = torch.load(f, weights_only=False)
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    state = _torch_load(f)
+    try:
+        torch.set_rng_state(state["torch"])
+        random.setstate(tuple(state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(
+            f"{f} does not hold an RNG state ({type(e).__name__}: {str(e)[:200]}); "
+            "delete that checkpoint directory to resume from an older one, or pass --overwrite"
+        ) from None
     return True
 
 
@@ -677,8 +735,8 @@ def train(cfg: TrainConfig) -> dict:
     checkpoint is kept), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
     reason (an exception, which is re-raised). Bad input raises UserError before anything is written.
     """
-    with _hf_progress_bars(cfg.progress):
-        return _train(cfg)
+    with _hf_progress_bars(cfg.progress), contextlib.ExitStack() as locks:
+        return _train(cfg, locks)
 
 
 @contextlib.contextmanager
@@ -696,7 +754,13 @@ def _hf_progress_bars(enabled: bool) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def _train(cfg: TrainConfig) -> dict:
+def _lock_output(locks: contextlib.ExitStack, out: Path) -> None:
+    """One process per run directory (the main rank's; the others write only their RNG files into the
+    checkpoint it creates), held until :func:`train` returns."""
+    locks.enter_context(exclusive_lock(out, "--output"))
+
+
+def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
@@ -720,6 +784,7 @@ def _train(cfg: TrainConfig) -> dict:
         if main:
             print(f"{out}: this run has already finished (kept {out / 'run.json'})", file=sys.stderr)
         if cfg.eval and main:
+            _lock_output(locks, out)
             run = _evaluate(cfg, out, run)
         return run
     if cfg.eval:
@@ -759,7 +824,15 @@ def _train(cfg: TrainConfig) -> dict:
     params = count_parameters(model)
 
     # Output directory: start afresh, or restore the newest checkpoint (weights/optimizer/scheduler now,
-    # RNG just before the loop) and forget the metrics logged after it.
+    # RNG just before the loop) and forget the metrics logged after it. Locked from the first write on
+    # (not earlier: bad input leaves no directory behind); what was checked above is checked again under
+    # the lock, in case another process wrote there meanwhile.
+    if main:
+        _lock_output(locks, out)
+        if check_output(out, cfg) != mode:
+            raise UserError(
+                f"{out} was changed by another process while this one started; run the command again"
+            )
     ckpts = list_checkpoints(out) if mode == "resume" else []
     if main:
         if mode == "fresh":

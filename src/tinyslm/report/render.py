@@ -29,6 +29,8 @@ class Bullets:
 
 Block = str | Bullets | Table | Figure
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY_START = re.compile(r"&(?=[A-Za-z#])")
+_BLOCK_START = re.compile(r"^(\s*)([#>+*=-]|\d+[.)])")
 
 
 @dataclass
@@ -38,35 +40,53 @@ class Section:
     level: int = 2
 
 
-def _md_cell(s: str) -> str:
-    """Table-safe: pipes escaped, one line, and a tag-like '<' as an entity so model output is never read
-    as HTML (a '<' before a digit or space, as in p<0.05, stays readable)."""
-    return _TAG_START.sub("&lt;", str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "))
+def _md_inline(s: object) -> str:
+    """Text shown as written, as report.html shows it: every string of the report is plain text (model
+    outputs, the study's name and description, file names), never Markdown or HTML that a viewer acts on.
+
+    One line; backslashes and square brackets escaped (no link, image or reference definition: a
+    ``[click](javascript:...)`` in a model output stays text); a tag-like '<' and an entity-like '&' as
+    entities (no HTML, no ``<javascript:...>`` autolink; a '<' before a digit or space, as in p<0.05, stays
+    readable).
+    """
+    t = str(s).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return _TAG_START.sub("&lt;", _ENTITY_START.sub("&amp;", t)).replace("\r", " ").replace("\n", " ")
+
+
+def _md_text(s: object) -> str:
+    """:func:`_md_inline` for a line of its own (paragraph, bullet, heading): a leading heading, quote or
+    list marker escaped too, so text never turns into structure."""
+    return _BLOCK_START.sub(lambda m: f"{m.group(1)}{m.group(2)[:-1]}\\{m.group(2)[-1]}", _md_inline(s))
+
+
+def _md_cell(s: object) -> str:
+    """Table-safe :func:`_md_inline`: pipes escaped too."""
+    return _md_inline(s).replace("|", "\\|")
 
 
 def _md_table(t: Table) -> list[str]:
-    out = [f"**{t.title}**", ""] if t.title else []
+    out = [f"**{_md_inline(t.title)}**", ""] if t.title else []
     out.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
     out.append("|" + "|".join("---" for _ in t.columns) + "|")
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     for n in t.notes:
-        out += ["", f"_{n}_"]
+        out += ["", f"_{_md_inline(n)}_"]
     return out
 
 
 def to_markdown(title: str, sections: list[Section], figure_dir: str = "figures") -> str:
-    lines = [f"# {title}", ""]
+    lines = [f"# {_md_text(title)}", ""]
     for s in sections:
-        lines += ["#" * s.level + " " + s.title, ""]
+        lines += ["#" * s.level + " " + _md_text(s.title), ""]
         for b in s.blocks:
             if isinstance(b, str):
-                lines.append(b)
+                lines.append(_md_text(b))
             elif isinstance(b, Bullets):
-                lines += [f"- {i}" for i in b.items]
+                lines += [f"- {_md_text(i)}" for i in b.items]
             elif isinstance(b, Table):
                 lines += _md_table(b)
             else:
-                lines += [f"![{_md_cell(b.caption)}]({figure_dir}/{b.name})", "", f"_{b.caption}_"]
+                lines += [f"![{_md_cell(b.caption)}]({figure_dir}/{b.name})", "", f"_{_md_inline(b.caption)}_"]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
