@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tinyslm import study
@@ -325,9 +325,14 @@ def test_training_file_of_the_wrong_type_through_data_dir(tmp_path, tiny_model_d
 def test_eval_and_train_seed_out_of_range(tmp_path, tiny_model_dir, data_dir, capsys, seed):
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--seed", seed)
     _one_error_line(code, err, "--seed")
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps(GOOD["gsm8k"]) + "\n")
     code, err = _call(train_main, ["--method", "lora", "--model", str(tiny_model_dir), "--seed", seed,
+                                   "--dataset", str(small), "--batch-size", "1", "--micro-batch-size", "1",
+                                   "--max-steps", "1", "--device", "cpu", "--no-progress",
                                    "--output", str(tmp_path / "run")], capsys)
     _one_error_line(code, err, "--seed")
+    assert not (tmp_path / "run").exists()
 
 
 def test_largest_seed_is_accepted_and_runs(tmp_path, tiny_model_dir, data_dir, capsys):
@@ -342,7 +347,7 @@ def test_study_seed_out_of_range_fails_the_config_up_front(tmp_path, tiny_model_
     cfg = tmp_path / "s.yaml"
     cfg.write_text(yaml.safe_dump({"models": [str(tiny_model_dir)], "methods": ["zero-shot", "lora"],
                                    "data_dir": str(data_dir), "seeds": [1, seed]}))
-    code, err = _call(main, ["run", str(cfg), "--output", str(tmp_path / "grid")], capsys)
+    code, err = _call(main, ["run", str(cfg), "--output", str(tmp_path / "grid"), "--dry-run"], capsys)
     _one_error_line(code, err, "seeds", "2**63-1")
     assert not (tmp_path / "grid").exists()
     assert study.load_config(_seeded(tmp_path, [0, MAX_SEED])).seeds == [0, MAX_SEED]
@@ -402,6 +407,9 @@ def _replace(cfg: object, path: tuple, value: object) -> object:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(edits=[(("train",), {"a\rb": None})], top=None)  # found by this test: a key with a line break
+@example(edits=[(("methods", 1), "lo\nra")], top=None)
+@example(edits=[(("seeds", 0), 2**64), (("train", "limit"), math.nan)], top=None)
 @given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _JUNK), min_size=1, max_size=3),
        top=st.one_of(st.none(), _JUNK))
 def test_study_config_loader_is_a_user_error_or_a_valid_config(tmp_path, edits, top):
