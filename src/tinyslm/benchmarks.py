@@ -14,6 +14,7 @@ Data directory: ``--data-dir`` else ``$TINYSLM_DATA_DIR``; with neither, rows lo
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -95,6 +96,39 @@ def _num_str(x: Any) -> str:
     return str(x)
 
 
+def _kind(v: Any) -> str:
+    """How a JSON value is named in messages: null, a number, a list, ... (not Python type names)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    if isinstance(v, str):
+        return "an empty string"
+    return "a list" if isinstance(v, list) else "an object"
+
+
+def record_text(rec: dict, key: str, where: str, *, allow_empty: bool = False) -> str:
+    """``rec[key]`` as text, or a UserError naming ``where`` (file:line): a question that is null or a number
+    would otherwise end in an AttributeError deep in the parser, or become the prompt "None"."""
+    v = rec.get(key)
+    if isinstance(v, str) and (allow_empty or v.strip()):
+        return v
+    need = "a string" if allow_empty else "a non-empty string"
+    raise UserError(f"{where}: field '{key}' must be {need}, got {_kind(v)}")
+
+
+def record_answer(rec: dict, key: str, where: str) -> str:
+    """A gold answer, which JSON files hold as a number or as text; anything else is a UserError at ``where``."""
+    v = rec.get(key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return _num_str(v)
+    if isinstance(v, str) and v.strip():
+        return v
+    raise UserError(f"{where}: field '{key}' must be a number or a non-empty string, got {_kind(v)}")
+
+
 _CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
 
@@ -106,14 +140,17 @@ def clean_gsm8k_solution(answer: str) -> str:
 def _gsm8k_rows(rows: list[tuple[int, dict]], path: Path | str) -> list[Example]:
     out = []
     for lineno, r in rows:
-        if "####" not in r["answer"]:
-            raise UserError(f"{path}:{lineno}: GSM8K answer has no '####' line")
+        where = f"{path}:{lineno}"
+        question = record_text(r, "question", where)
+        answer = record_text(r, "answer", where)  # the worked solution ending in '#### N': text, not a number
+        if "####" not in answer:
+            raise UserError(f"{where}: GSM8K answer has no '####' line")
         out.append(
             Example(
                 id=str(len(out)),
-                question=r["question"].strip(),
-                reference=gold_from_gsm8k_answer(r["answer"]),
-                solution=clean_gsm8k_solution(r["answer"]),
+                question=question.strip(),
+                reference=gold_from_gsm8k_answer(answer),
+                solution=clean_gsm8k_solution(answer),
             )
         )
     return out
@@ -138,33 +175,45 @@ def parse_svamp_file(path: Path) -> list[Example]:
 def _svamp_row(r: Any, where: str) -> Example:
     if not isinstance(r, dict) or not all(k in r for k in ("Body", "Question", "Answer")):
         raise UserError(f"{where}: SVAMP record needs Body, Question and Answer")
-    body, q = str(r["Body"]).strip(), str(r["Question"]).strip()
-    return Example(id=str(r.get("ID", where)), question=f"{body} {q}", reference=_num_str(r["Answer"]))
+    body = record_text(r, "Body", where, allow_empty=True).strip()
+    q = record_text(r, "Question", where).strip()
+    return Example(id=str(r.get("ID", where)), question=f"{body} {q}", reference=record_answer(r, "Answer", where))
+
+
+def _math_row(r: dict, where: str, default_id: int) -> Example:
+    problem = record_text(r, "problem", where)
+    solution = record_text(r, "solution", where)
+    has_answer = r.get("answer") not in (None, "")
+    gold = record_answer(r, "answer", where) if has_answer else gold_from_math_solution(solution)
+    if not gold:
+        raise UserError(f"{where}: MATH record has no answer and no \\boxed{{}} in its solution")
+    rid = r.get("unique_id", r.get("idx", default_id))
+    return Example(id=str(rid), question=problem.strip(), reference=gold, solution=solution)
 
 
 def parse_math_file(path: Path) -> list[Example]:
-    out = []
-    for lineno, r in read_jsonl_records(path, ("problem", "solution")):
-        gold = r.get("answer") or gold_from_math_solution(r["solution"])
-        if not gold:
-            raise UserError(f"{path}:{lineno}: MATH record has no answer and no \\boxed{{}} in its solution")
-        rid = r.get("unique_id", r.get("idx", len(out)))
-        out.append(Example(id=str(rid), question=r["problem"].strip(), reference=gold, solution=r["solution"]))
-    return out
+    rows = read_jsonl_records(path, ("problem", "solution"))
+    return [_math_row(r, f"{path}:{lineno}", i) for i, (lineno, r) in enumerate(rows)]
 
 
 def parse_asdiv_file(path: Path) -> list[Example]:
     out = []
-    for _, r in read_jsonl_records(path, ("body", "question", "answer")):
-        q = f"{r['body'].strip()} {r['question'].strip()}"
-        out.append(Example(id=str(r.get("idx", len(out))), question=q, reference=str(r["answer"]).strip()))
+    for lineno, r in read_jsonl_records(path, ("body", "question", "answer")):
+        where = f"{path}:{lineno}"
+        body = record_text(r, "body", where, allow_empty=True).strip()
+        q = f"{body} {record_text(r, 'question', where).strip()}"
+        gold = record_answer(r, "answer", where).strip()
+        out.append(Example(id=str(r.get("idx", len(out))), question=q, reference=gold))
     return out
 
 
 def parse_mawps_file(path: Path) -> list[Example]:
     out = []
-    for _, r in read_jsonl_records(path, ("input", "target")):
-        out.append(Example(id=str(r.get("idx", len(out))), question=r["input"].strip(), reference=_num_str(r["target"])))
+    for lineno, r in read_jsonl_records(path, ("input", "target")):
+        where = f"{path}:{lineno}"
+        question = record_text(r, "input", where).strip()
+        gold = record_answer(r, "target", where)
+        out.append(Example(id=str(r.get("idx", len(out))), question=question, reference=gold))
     return out
 
 
@@ -180,12 +229,7 @@ def _hub_svamp(rows: list[dict]) -> list[Example]:
 
 
 def _hub_math(rows: list[dict]) -> list[Example]:
-    out = []
-    for i, r in enumerate(rows):
-        gold = r.get("answer") or gold_from_math_solution(r["solution"])
-        rid = r.get("unique_id", i)
-        out.append(Example(id=str(rid), question=r["problem"].strip(), reference=gold, solution=r["solution"]))
-    return out
+    return [_math_row(r, f"hub row {i}", i) for i, r in enumerate(rows)]
 
 
 def orcamath_holdout_indices(n_rows: int) -> list[int]:
@@ -204,8 +248,13 @@ def orcamath_answer(answer: str) -> str:
 
 def _hub_orcamath(rows: list[dict]) -> list[Example]:
     keep = orcamath_holdout_indices(len(rows))
+    where = "hub:microsoft/orca-math-word-problems-200k row {}".format
     return [
-        Example(id=str(i), question=rows[i]["question"].strip(), reference=orcamath_answer(rows[i]["answer"]))
+        Example(
+            id=str(i),
+            question=record_text(rows[i], "question", where(i)).strip(),
+            reference=orcamath_answer(record_text(rows[i], "answer", where(i))),
+        )
         for i in keep
     ]
 

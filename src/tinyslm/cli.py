@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tinyslm.errors import UserError
+from tinyslm.limits import MAX_SEED
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -25,7 +26,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_at_least(lo: int) -> Callable[[str], int]:
+def _int_at_least(lo: int, at_most: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer >= lo, and <= ``at_most`` when given."""
+
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -33,6 +36,8 @@ def _int_at_least(lo: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{s}'") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        if at_most is not None and v > at_most:
+            raise argparse.ArgumentTypeError(f"must be <= {at_most}, got {v}")
         return v
 
     return parse
@@ -67,13 +72,17 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_int_at_least(1), help="score only the first N problems of each benchmark")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16, help="prompts decoded at once (default 16): rows of a fixed batch, or slots refilled as answers finish")
     p.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, help="generation budget per problem (default 256)")
-    p.add_argument("--seed", type=int, default=1234, help="seed for exemplar choice (default 1234)")
+    p.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=1234,
+                   help="seed for exemplar choice, 0 to 2^63-1 (default 1234)")
     p.add_argument("--data-dir", help="directory with the offline benchmark files (default: $TINYSLM_DATA_DIR; "
                                       "neither set = load from the Hugging Face Hub)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16")
     p.add_argument("--engine", choices=["fast", "hf"], default="fast",
                    help="decoding loop: fast (continuous batching over a slot KV cache) or hf (model.generate); same tokens")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.add_argument("--allow-missing-weights", action="store_true",
+                   help="evaluate a checkpoint whose config declares weights its files lack (they are then random; "
+                        "refused by default)")
     p.add_argument("--overwrite", action="store_true", help="replace finished results in --output (default: keep and resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", required=True, help="output directory: OUTPUT/<benchmark>/{predictions.jsonl,results.json}")
@@ -87,6 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         shots=args.shots, limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, device=args.device, engine=args.engine,
         trust_remote_code=args.trust_remote_code, progress=not args.no_progress,
+        allow_missing_weights=args.allow_missing_weights,
     )
     results = run_eval(cfg)
     for name, r in results.items():

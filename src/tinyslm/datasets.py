@@ -39,6 +39,7 @@ from tinyslm.benchmarks import (
     orcamath_answer,
     orcamath_holdout_indices,
     read_jsonl_records,
+    record_text,
     resolve_data_dir,
 )
 from tinyslm.errors import UserError
@@ -151,7 +152,7 @@ def _orcamath_train() -> TrainingSet:
     examples = [
         Example(
             id=str(i),
-            question=str(rows[i]["question"]).strip(),
+            question=record_text(rows[i], "question", f"hub:{ORCAMATH_HUB.path} row {i}").strip(),
             reference=golds[i],
             solution=f"{clean_gsm8k_solution(answers[i])}\n#### {golds[i]}",
         )

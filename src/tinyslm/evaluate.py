@@ -35,6 +35,7 @@ from tinyslm.benchmarks import (
 )
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
+from tinyslm.limits import seed_problem
 from tinyslm.provenance import (
     HashCache,
     chat_template_sha256,
@@ -68,6 +69,7 @@ class EvalConfig:
     engine: str = "fast"  # "fast" (our decode loop) or "hf" (model.generate): same greedy tokens
     trust_remote_code: bool = False
     progress: bool = True
+    allow_missing_weights: bool = False  # evaluate a checkpoint whose files lack weights its config declares
 
 
 @dataclass
@@ -106,6 +108,9 @@ def pick_device(device: str) -> str:
 
 def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
     """Load data and choose exemplars for every benchmark; all bad input surfaces here, before the model."""
+    seed_error = seed_problem(cfg.seed)
+    if seed_error is not None:
+        raise UserError(f"--seed: {seed_error}")
     data_dir = resolve_data_dir(cfg.data_dir)
     cache = HashCache()
     plans = []
@@ -313,11 +318,51 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     return tqdm(total=total + initial, initial=initial, desc=desc, unit="q", dynamic_ncols=True)
 
 
+def context_length(model: Any) -> int | None:
+    """The positions the model was built for (``config.max_position_embeddings``); None when it does not say."""
+    from tinyslm.models import base_model
+
+    n = getattr(base_model(model).config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_context(plans: list[BenchmarkPlan], model: Any, tokenizer: Any, cfg: EvalConfig) -> None:
+    """Refuse, before anything is generated, a run whose prompt plus answer budget exceeds the model's context.
+
+    Past ``max_position_embeddings`` a model sees positions it was never trained on and, with rotary
+    embeddings, still produces tokens, so an over-long few-shot prompt used to be scored as if nothing
+    were wrong. Truncating the prompt instead would silently drop exemplars or the question itself, so
+    the run is refused with the longest prompt named; fewer --shots or a smaller --max-new-tokens fit.
+    Checked for every planned problem (not only those left to generate) right after the model loads.
+    """
+    from tinyslm.prompts import build_prompt, is_chat_tokenizer
+
+    limit = context_length(model)
+    if limit is None:
+        return
+    add_special = not is_chat_tokenizer(tokenizer)
+    for plan in plans:
+        bench = plan.loaded.benchmark
+        if not plan.examples:
+            continue
+        prompts = [build_prompt(tokenizer, e, bench.answer_style, plan.fewshot.exemplars) for e in plan.examples]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + cfg.max_new_tokens > limit:
+            too_long = sum(n + cfg.max_new_tokens > limit for n in lengths)
+            raise UserError(
+                f"{bench.name}: problem {plan.examples[longest].id} has a {lengths[longest]}-token prompt "
+                f"({cfg.shots}-shot), which with --max-new-tokens {cfg.max_new_tokens} exceeds the model's context "
+                f"of {limit} tokens (max_position_embeddings; {too_long} of {len(lengths)} prompts do); "
+                "use fewer --shots or a smaller --max-new-tokens"
+            )
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     """Evaluate one model on each benchmark of ``cfg``; returns the results by benchmark name."""
     import torch
 
-    from tinyslm.models import load_model, model_name_for_results
+    from tinyslm.models import hf_progress_bars, load_model, model_name_for_results
 
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)")
@@ -335,7 +380,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     t_load = time.perf_counter()
-    model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, device=device, trust_remote_code=cfg.trust_remote_code)
+    notes: dict[str, Any] = {}
+    with hf_progress_bars(cfg.progress):
+        model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, device=device, trust_remote_code=cfg.trust_remote_code,
+                                      allow_missing_weights=cfg.allow_missing_weights, notes=notes)
+    check_context(pending, model, tokenizer, cfg)
     model_info = {
         "model": model_name_for_results(cfg.model),
         "model_ref": cfg.model,
@@ -346,6 +395,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         "model_load_s": round(time.perf_counter() - t_load, 3),
         # Base parameters (an adapter's are not counted): the x axis of the report's accuracy-vs-size figure.
         "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+        "context_length": context_length(model),
+        **notes,  # adapter_base_model, warnings (e.g. an adapter trained on another base), missing_weights
     }
     # Digests of what was loaded (cached by path + mtime + size), checked against every pending benchmark's
     # run_config.json before anything is written: a swapped checkpoint never adds to old predictions.

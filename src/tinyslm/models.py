@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -629,12 +630,21 @@ def resolve_model(ref: str, *, auto_install: bool = True) -> str:
     raise UserError(_unknown_alias_message(ref))
 
 
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """An adapter's ``adapter_config.json`` as a dict; unreadable, not JSON or not an object is a UserError."""
+    path = adapter_dir / ADAPTER_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: malformed JSON, or bytes that are not UTF-8
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object (a PEFT adapter config), got {type(cfg).__name__}")
+    return cfg
+
+
 def _adapter_base(adapter_dir: Path) -> str:
     """The base model an adapter directory was trained on, from its ``adapter_config.json``."""
-    try:
-        cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {adapter_dir / ADAPTER_CONFIG}: {exc}") from None
+    cfg = read_adapter_config(adapter_dir)
     base = cfg.get("base_model_name_or_path")
     if not base:
         raise UserError(
@@ -727,6 +737,173 @@ def _is_hub_ref(resolved: str) -> bool:
     return not Path(resolved).exists()
 
 
+def _canonical_ref(ref: str) -> str:
+    """One spelling per model, to compare an adapter's recorded base with ``--model``: an alias and its cache
+    directory are the same model, and so are two spellings of one local path."""
+    if ref in ALIASES:
+        return str(alias_model_dir(ref).resolve())
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def same_model_ref(a: str, b: str) -> bool:
+    """Whether two model references name the same model (alias = its cache dir; paths compared resolved)."""
+    return _canonical_ref(a) == _canonical_ref(b)
+
+
+def warn(message: str, notes: dict[str, Any] | None = None) -> None:
+    """One warning line on stderr, also kept in ``notes["warnings"]`` so that results.json records it."""
+    print(f"tinyslm: warning: {message}", file=sys.stderr, flush=True)
+    if notes is not None:
+        notes.setdefault("warnings", []).append(message)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """``enabled=False`` silences transformers' progress bars (loading weights) for the block, then restores them."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _no_load_report() -> Iterator[None]:
+    """transformers logs a multi-line LOAD REPORT table for missing, unused or mismatched weights; we read the
+    same facts from ``output_loading_info`` and say what matters in one line, so the table is held back."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a config.json that contradicts itself raises (e.g. hidden_size not a multiple of the heads):
+    huggingface_hub's strict-dataclass validation (transformers 5), absent from older releases."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
+
+
+def check_loading_info(
+    info: dict[str, Any], where: str, *, allow_missing_weights: bool, notes: dict[str, Any] | None = None
+) -> None:
+    """Refuse a checkpoint whose config.json does not describe its weights (from transformers' loading info).
+
+    transformers fills weights that the config declares but the files lack with random values and only logs
+    "newly initialized", so a config that declares more layers than were saved evaluates a partly random
+    model without a word. Shape mismatches (e.g. a changed ``hidden_size``) are refused always; missing
+    weights unless ``allow_missing_weights`` (then warned and recorded); unused weights are warned and recorded.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)  # a stable first example to name
+    if mismatched:
+        first = mismatched[0]
+        if isinstance(first, (tuple, list)) and len(first) == 3:
+            key, in_ckpt, in_model = first
+            what = f"{key} is {list(in_ckpt)} in the weights but {list(in_model)} by the config"
+        else:
+            what = f"{first} has another shape in the weights"
+        raise UserError(
+            f"{where}: config.json does not match the weights: {what} ({len(mismatched)} tensor(s) differ); "
+            "restore the config.json saved with these weights (hidden_size, intermediate_size, heads, ...)"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        if not allow_missing_weights:
+            raise UserError(
+                f"{where}: the weights lack {len(missing)} tensor(s) that config.json declares (e.g. {missing[0]}), "
+                "which would be randomly initialised; fix config.json (num_hidden_layers, ...), or pass "
+                "--allow-missing-weights (tiny-slm-eval) to evaluate it that way on purpose"
+            )
+        warn(f"{where}: {len(missing)} weight tensor(s) missing from the checkpoint are randomly initialised "
+             f"(e.g. {missing[0]}); --allow-missing-weights was given", notes)
+        if notes is not None:
+            notes["missing_weights"] = missing
+    unused = sorted(info.get("unexpected_keys") or [])
+    if unused:
+        warn(f"{where}: {len(unused)} weight tensor(s) in the checkpoint are not used by the model config.json "
+             f"describes (e.g. {unused[0]}); does it declare fewer layers than were saved?", notes)
+        if notes is not None:
+            notes["unused_weights"] = unused
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
+
+
+def _apply_adapter(model: Any, adapter: Path, model_ref: str, notes: dict[str, Any] | None) -> Any:
+    """``PeftModel.from_pretrained`` with every way an adapter directory can be wrong as one UserError.
+
+    An adapter whose ``adapter_config.json`` names another base model loads without complaint from peft when
+    the shapes agree; we warn (and ``notes`` records both names), since its results are then for a pairing
+    it was not trained for.
+    """
+    from peft import PeftConfig, PeftModel
+    from safetensors import SafetensorError
+
+    cfg = read_adapter_config(adapter)
+    recorded = cfg.get("base_model_name_or_path")
+    recorded = str(recorded) if recorded else None
+    if not isinstance(cfg.get("peft_type"), str):
+        raise UserError(f"{adapter / ADAPTER_CONFIG} names no peft_type (LORA, ...); is it a PEFT adapter?")
+    try:
+        config = PeftConfig.from_pretrained(str(adapter))
+    except (KeyError, TypeError, ValueError) as exc:  # unknown peft_type, values of the wrong type
+        raise UserError(
+            f"{adapter / ADAPTER_CONFIG} is not a valid PEFT adapter config ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise UserError(f"adapter {adapter} has no weights (adapter_model.safetensors); was it saved completely?")
+    try:
+        with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute: not the user's concern
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, str(adapter), config=config)
+    except RuntimeError as exc:  # torch's load_state_dict: "size mismatch for <key>: copying a param ..."
+        mismatches = _SIZE_MISMATCH.findall(str(exc))
+        if not mismatches:
+            raise
+        key, in_adapter, in_model = mismatches[0]
+        base = f" ({ADAPTER_CONFIG} names '{recorded}')" if recorded else ""
+        raise UserError(
+            f"adapter {adapter} does not fit model '{model_ref}': it was made for a base of other sizes{base}; "
+            f"{key} is {in_adapter} in the adapter but {in_model} in the model ({len(mismatches)} tensor(s) differ)"
+        ) from None
+    except TypeError as exc:  # peft compares config values only when it builds the layers (r: "four")
+        raise UserError(
+            f"{adapter / ADAPTER_CONFIG} is not a valid PEFT adapter config: a value has the wrong type "
+            f"({_first_line(exc)})"
+        ) from None
+    except SafetensorError as exc:
+        raise UserError(f"adapter weights in {adapter} are damaged or truncated ({_first_line(exc)})") from None
+    except (OSError, ValueError) as exc:  # target modules absent from this model, unreadable files
+        raise UserError(f"cannot apply adapter {adapter} to '{model_ref}': {_first_line(exc)}") from None
+    if notes is not None:
+        notes["adapter_base_model"] = recorded
+    if recorded and not same_model_ref(recorded, model_ref):
+        warn(f"adapter {adapter} was trained on '{recorded}' (its {ADAPTER_CONFIG}) but is applied to "
+             f"'{model_ref}'; the shapes agree, so it loads, but results are for this other pairing", notes)
+    return peft_model
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
@@ -783,13 +960,19 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
+    allow_missing_weights: bool = False,
+    notes: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model and tokenizer for ``ref`` (see module docstring), optionally with a PEFT adapter, in eval mode.
 
     ``ref`` may itself be an adapter directory: its base model is loaded, then the adapter. A ``.gguf`` file is
     converted in memory to a plain model so it can be fine-tuned. ``merge_adapter`` folds the adapter into the
-    weights (faster inference, a plain model again).
+    weights (faster inference, a plain model again). A checkpoint whose config.json does not describe its
+    weights is refused (see :func:`check_loading_info`; ``allow_missing_weights`` lets missing ones through).
+    ``notes``, when given, receives what results should record: warnings, the adapter's recorded base model,
+    missing or unused weights.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or default_dtype(device)
@@ -810,16 +993,23 @@ def load_model(
         model.name_or_path = resolved  # adapters trained on it then record the .gguf as their base
     else:
         _check_model_dir(resolved)
-        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-        if _is_hub_ref(resolved):
-            model = _from_hub(AutoModelForCausalLM, resolved, is_model=True, **kwargs)
-        else:
-            try:
-                model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
-            except (OSError, ValueError) as exc:
-                raise UserError(
-                    f"cannot load model from {resolved}: {str(exc).splitlines()[0][:200]}"
-                ) from None
+        # Mismatched shapes are let through (not raised with a 60-line report) so that check_loading_info can
+        # refuse them, and every other disagreement between config and weights, in one line.
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code,
+                                  "output_loading_info": True, "ignore_mismatched_sizes": True}
+        with _no_load_report():
+            if _is_hub_ref(resolved):
+                model, info = _from_hub(AutoModelForCausalLM, resolved, is_model=True, **kwargs)
+            else:
+                try:
+                    model, info = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+                except SafetensorError as exc:
+                    raise UserError(
+                        f"cannot load model from {resolved}: its weights file is damaged or truncated ({_first_line(exc)})"
+                    ) from None
+                except (OSError, ValueError, *_config_errors()) as exc:
+                    raise UserError(f"cannot load model from {resolved}: {_first_line(exc)}") from None
+        check_loading_info(info, resolved, allow_missing_weights=allow_missing_weights, notes=notes)
         if base_ref in ALIASES:
             # Adapters record name_or_path as their base; the alias name is portable, the cache path is not.
             model.name_or_path = base_ref
@@ -829,9 +1019,7 @@ def load_model(
     own_tokenizer = adapter is not None and (Path(adapter).expanduser() / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(adapter if own_tokenizer else resolved, trust_remote_code=trust_remote_code)
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
+        model = _apply_adapter(model, Path(adapter).expanduser(), base_ref, notes)
         if merge_adapter:
             model = model.merge_and_unload()
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:

@@ -46,6 +46,7 @@ from tinyslm.io import (
     is_safe_component,
     read_json_object,
 )
+from tinyslm.limits import seed_problem
 
 ICL_METHODS = ("zero-shot", "few-shot")
 TRAIN_METHODS = ("full", "lora", "dora")
@@ -160,6 +161,16 @@ class StudyConfig(_Strict):
             raise ValueError("an entry is listed twice")
         return v
 
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v: list[int]) -> list[int]:
+        """Checked here so that a seed torch cannot take fails the config, not a cell half-way through the grid."""
+        for seed in v:
+            problem = seed_problem(seed)
+            if problem is not None:
+                raise ValueError(problem)
+        return v
+
     @model_validator(mode="after")
     def _overrides_for_trained_methods(self) -> StudyConfig:
         for m in self.overrides:
@@ -200,7 +211,12 @@ def load_config(path: str | Path) -> StudyConfig:
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{loc}: {msg}")
-        raise UserError(f"{p}: " + "; ".join(problems)) from None
+        raise UserError(_one_line(f"{p}: " + "; ".join(problems))) from None
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a key or value holding a newline) escaped, so the error stays one readable line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------------------------------------------

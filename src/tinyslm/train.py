@@ -49,6 +49,7 @@ from typing import Any
 
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, exclusive_lock, read_jsonl, writing
+from tinyslm.limits import MAX_SEED, seed_problem
 
 METHODS = ("full", "lora", "dora")
 
@@ -769,6 +770,9 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
     from tinyslm.provenance import training_provenance
 
     cfg = resolve_config(cfg)
+    seed_error = seed_problem(cfg.seed)
+    if seed_error is not None:  # the CLI and the study schema check it too; this guards library callers
+        raise UserError(f"--seed: {seed_error}")
     out = Path(cfg.output).expanduser()
     accelerator = make_accelerator(cfg.device)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
@@ -1296,7 +1300,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="clip the global gradient norm (default 1.0; 0 = off)",
     )
     p.add_argument(
-        "--seed", type=int, default=1234, help="seed for adapter init, data order and dropout (default 1234)"
+        "--seed",
+        type=_int_at_least(0, MAX_SEED),
+        default=1234,
+        help="seed for adapter init, data order and dropout, 0 to 2^63-1 (default 1234)",
     )
     p.add_argument(
         "--save-every", type=_int_at_least(1), default=100, help="checkpoint every N steps (default 100)"
