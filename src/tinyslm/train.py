@@ -783,8 +783,9 @@ def make_accelerator(device: str) -> Any:
 def train(cfg: TrainConfig) -> dict:
     """Train as ``cfg`` says; returns the run record (also in ``DIR/run.json``).
 
-    Status in the record: ``finished``, ``diverged`` (non-finite loss or gradient norm; the last good
-    checkpoint is kept), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
+    Status in the record: ``finished``, ``diverged`` (non-finite loss, gradient norm or weights, or a
+    sustained loss blow-up; ``reason`` says which, ``last_checkpoint`` names the newest one from before
+    the bad update), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
     reason (an exception, which is re-raised). Bad input raises UserError before anything is written.
     """
     with _hf_progress_bars(cfg.progress):
