@@ -127,7 +127,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     trust_remote_code: bool = False
     progress: bool = True
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~1/3 slower)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
     divergence_factor: float = 3.0  # blow-up: loss > factor x early level (0 = only non-finite counts) ...
     divergence_patience: int = 5  # ... for this many consecutive steps
 
@@ -1366,8 +1366,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gradient-checkpointing",
         action="store_true",
-        help="recompute activations in the backward pass: much less memory, about 1/3 slower, same result "
-        "(may be switched on or off on --resume)",
+        help="recompute each layer's activations in the backward pass: about half the peak memory, one more "
+        "forward pass, same result (may be switched on or off on --resume)",
     )
     p.add_argument(
         "--divergence-factor",
