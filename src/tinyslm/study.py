@@ -60,7 +60,9 @@ STUDY_FILE = "study.json"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float setting must be finite (.inf/.nan from YAML pass "ge=0" checks otherwise
+    # and surface much later: NaN adapters, a report crash after the whole grid ran)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainSection(_Strict):
@@ -78,6 +80,16 @@ class TrainSection(_Strict):
     max_grad_norm: float = Field(1.0, ge=0)
     save_every: int = Field(100, ge=1)
     merge: bool = False
+    gradient_checkpointing: bool = False
+    divergence_factor: float = Field(3.0, ge=0, description="0 (off) or > 1; see tinyslm.train.BlowUp")
+    divergence_patience: int = Field(5, ge=1)
+
+    @field_validator("divergence_factor")
+    @classmethod
+    def _factor(cls, v: float) -> float:
+        if 0 < v <= 1:
+            raise ValueError(f"must be 0 (off) or > 1, got {v}")
+        return v
 
 
 class EvalSection(_Strict):
@@ -117,6 +129,7 @@ class MethodOverrides(_Strict):
     max_grad_norm: float | None = Field(None, ge=0)
     epochs: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    gradient_checkpointing: bool | None = None
 
 
 class DiagnosticsSection(_Strict):
@@ -303,6 +316,9 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True)
         max_grad_norm=t.max_grad_norm,
         save_every=t.save_every,
         merge=t.merge,
+        gradient_checkpointing=t.gradient_checkpointing,
+        divergence_factor=t.divergence_factor,
+        divergence_patience=t.divergence_patience,
         seed=cell.seed,
         resume=True,  # fresh when empty, continue when killed, "done" when finished
         device=cfg.hardware.device,
@@ -417,7 +433,7 @@ def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool,
             }
         if prev.get("status") == "finished":
             return {**prev, "skipped": True}
-        if prev.get("status") == "failed" and not retry_failed:
+        if prev.get("status") in ("failed", "diverged") and not retry_failed:
             return {**prev, "skipped": True}
         rec["attempts"] = int(prev.get("attempts", 0)) + 1
         rec["started_at"] = prev.get("started_at", rec["started_at"])
@@ -454,14 +470,20 @@ def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[s
 
     if cell.trained:
         if cfg.hardware.num_processes > 1:
-            _launch_distributed(cfg, cell, out)
             from tinyslm.train import read_run
 
+            try:
+                _launch_distributed(cfg, cell, out)
+            except RuntimeError:  # a diverged run also exits non-zero: its run.json says so
+                if (read_run(out) or {}).get("status") != "diverged":
+                    raise
             run = read_run(out) or {}
         else:
             from tinyslm.train import train
 
             run = train(train_config(cfg, cell, out, progress))
+        if run.get("status") == "diverged":  # its own status, so the study summary and report show it as such
+            return "diverged", run.get("reason") or "training diverged"
         if run.get("status") != "finished":
             return "failed", f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": ")
     from tinyslm.train import _hf_progress_bars
@@ -605,7 +627,7 @@ def _say_cell(rec: dict) -> None:
     status = rec.get("status")
     if rec.get("skipped"):
         note = "finished earlier, kept" if status == "finished" else f"{status} earlier: {rec.get('reason')}"
-        if status == "failed" and "different settings" not in (rec.get("reason") or ""):
+        if status in ("failed", "diverged") and "different settings" not in (rec.get("reason") or ""):
             note += " (rerun with --retry-failed)"
     else:
         note = f"{status} in {rec.get('wall_s', 0):.0f} s" + (f": {rec['reason']}" if rec.get("reason") else "")
@@ -692,11 +714,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, report=not args.no_report)
     recs = [r for r in result["cells"].values() if r]
     done = sum(r.get("status") == "finished" for r in recs)
-    failed = [r for r in recs if r.get("status") == "failed"]
-    print(f"{done}/{len(cells)} cells finished, {len(failed)} failed; study in {result['output']} "
-          f"({result['wall_s']:.0f} s)")
+    failed = [r for r in recs if r.get("status") in ("failed", "diverged")]
+    diverged = sum(r.get("status") == "diverged" for r in failed)
+    print(f"{done}/{len(cells)} cells finished, {len(failed)} failed"
+          + (f" ({diverged} diverged)" if diverged else "")
+          + f"; study in {result['output']} ({result['wall_s']:.0f} s)")
     for r in failed:
-        print(f"  failed: {r['id']}: {r.get('reason')}")
+        print(f"  {r['status']}: {r['id']}: {r.get('reason')}")
     if "report" in result:
         print(f"report: {result['report']}")
     return 1 if failed else 0  # a scheduler (or make) sees that something needs a look; the rest is on disk

@@ -19,8 +19,12 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
    gloo; ``accelerate launch --cpu`` starts one process) trains data-parallel with no code change: each
    rank takes its share of every batch's micro-batches. bf16 autocast on CUDA, fp32 on CPU. The loss is
    token-weighted over the whole effective batch, for any process count. Every step appends a line to
-   ``DIR/metrics.jsonl``. A non-finite loss or gradient norm stops the run (status ``diverged``) without
-   saving. Checkpoints every ``--save-every`` steps and on SIGTERM/SIGINT.
+   ``DIR/metrics.jsonl``. Divergence stops the run (status ``diverged``, with the reason): a non-finite
+   loss or gradient norm, non-finite weights after an update (checked before every checkpoint and after
+   the last step, so non-finite weights are never saved), or a sustained blow-up (the loss above
+   ``--divergence-factor`` x its early level for ``--divergence-patience`` steps in a row; see
+   :class:`BlowUp`). Checkpoints every ``--save-every`` steps and on SIGTERM/SIGINT.
+   ``--gradient-checkpointing`` recomputes each decoder layer's activations in the backward pass.
 7. **Finish.** ``DIR/final/`` (adapter or full model, safetensors, with the tokenizer), ``DIR/merged/``
    with ``--merge``, ``DIR/run.json`` status ``finished``, then the ``--eval`` benchmarks in ``DIR/eval/``.
 """
@@ -78,6 +82,11 @@ _RESUMABLE_CHANGES = {
     "device",
     "data_dir",
     "trust_remote_code",
+    # same math, less activation memory (recomputed in the backward pass; dropout masks are replayed)
+    "gradient_checkpointing",
+    # when to give up on a run, not what it trains
+    "divergence_factor",
+    "divergence_patience",
 }
 
 # Test hook: TINYSLM_TRAIN_FAULT="nan@K" sets a weight to NaN before step K (exercises the divergence guard);
@@ -120,6 +129,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     trust_remote_code: bool = False
     progress: bool = True
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    divergence_factor: float = 3.0  # blow-up: loss > factor x early level (0 = only non-finite counts) ...
+    divergence_patience: int = 5  # ... for this many consecutive steps
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,13 +148,22 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         lr=proto["lr"] if cfg.lr is None else cfg.lr,
         lora_dropout=proto["lora_dropout"] if cfg.lora_dropout is None else cfg.lora_dropout,
     )
+    # Every float must be a finite number: inf/nan pass comparisons like ">= 0" and then train NaN weights.
+    floats = ("lr", "warmup_ratio", "weight_decay", "lora_alpha", "lora_dropout", "max_grad_norm",
+              "divergence_factor")  # fmt: skip
+    for name in floats:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
     checks: list[tuple[str, bool, str]] = [
-        ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "> 0"),
+        ("lr", cfg.lr > 0, "> 0"),
         ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
         ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
         ("lora_r", cfg.lora_r >= 1, ">= 1"),
         ("lora_alpha", cfg.lora_alpha > 0, "> 0"),
         ("lora_dropout", 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+        ("divergence_factor", cfg.divergence_factor == 0 or cfg.divergence_factor > 1, "0 (off) or > 1"),
+        ("divergence_patience", cfg.divergence_patience >= 1, ">= 1"),
         ("batch_size", cfg.batch_size >= 1, ">= 1"),
         ("micro_batch_size", cfg.micro_batch_size >= 1, ">= 1"),
         ("epochs", cfg.epochs >= 1, ">= 1"),
@@ -322,6 +343,8 @@ def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
     model, tokenizer = load_model(
         cfg.model, dtype=torch.float32, device="cpu", trust_remote_code=cfg.trust_remote_code
     )
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model, cfg.model)
     torch.manual_seed(cfg.seed)  # adapter initialisation (lora_A) is seeded, identical on every rank
     if cfg.method in ("lora", "dora"):
         from peft import LoraConfig, get_peft_model
@@ -348,6 +371,30 @@ def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
     model.config.use_cache = False
     model.train()
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: Any, ref: str) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    Called on the base model before peft wraps it. Non-reentrant ``torch.utils.checkpoint``
+    (``use_reentrant=False``, what torch, transformers and peft recommend): it gives gradients to parameters
+    inside a layer even when the layer's input needs none (frozen base + adapters), and it replays the RNG
+    state, so dropout masks and hence the losses and gradients equal those without checkpointing.
+    ``enable_input_require_grads`` makes the embeddings' output require grad too (what transformers does for
+    PEFT; needed by the reentrant variant, harmless here).
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"--gradient-checkpointing: {type(model).__name__} ({ref}) does not support it")
+    kwargs = {"use_reentrant": False}
+    # transformers 5 renamed it activation_checkpointing_enable (the old name warns); 4.x has only the old one
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*gradient_checkpointing", FutureWarning)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
 
 
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
@@ -705,6 +752,69 @@ class StopSignals:
             signal.signal(s, h)
 
 
+# The early level of the loss (the blow-up check): the lowest loss of the run's first EARLY_STEPS steps.
+EARLY_STEPS = 5
+
+
+@dataclass
+class BlowUp:
+    """The sustained-blow-up half of the divergence check (the other half: non-finite numbers).
+
+    *Early level*: the lowest loss of optimizer steps 1..:data:`EARLY_STEPS` (a running minimum until
+    then). A minimum, not a mean or median: a blow-up only raises the loss, so one that starts inside the
+    window (``--lr 10`` does by step 2) cannot drag the level up, while a healthy run's loss falls below it.
+    The run *diverged* when its loss exceeds ``factor`` x the early level at ``patience`` consecutive steps
+    (a single spike that recovers does not count); ``factor`` 0 turns this off. The defaults (3 x for 5
+    steps) never trigger on a healthy run, whose loss falls; with a tiny batch (a few rows) the per-step
+    loss is noisy and a higher factor or 0 may be wanted. The state goes into each checkpoint, so a resumed
+    run judges against the same early level.
+    """
+
+    factor: float
+    patience: int
+    early: float | None = None
+    streak: int = 0
+    streak_start: int | None = None
+
+    def update(self, step: int, loss: float) -> bool:
+        """Account for ``loss`` (finite) of ``step``; True when the blow-up has lasted ``patience`` steps."""
+        if self.factor <= 0:
+            return False
+        if self.early is not None and loss > self.factor * self.early:
+            self.streak_start = step if self.streak == 0 else self.streak_start
+            self.streak += 1
+        else:
+            self.streak, self.streak_start = 0, None
+        # A checkpoint from before this check existed has no early level: the first loss after it sets one.
+        if self.early is None or step <= EARLY_STEPS:
+            self.early = loss if self.early is None else min(self.early, loss)
+        return self.streak >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"early_loss": self.early, "streak": self.streak, "streak_start": self.streak_start}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.early, self.streak = state.get("early_loss"), int(state.get("streak") or 0)
+            self.streak_start = state.get("streak_start")
+
+    def reason(self, step: int, loss: float, grad_norm: float) -> str:
+        return (
+            f"loss blew up: above {self.factor:g} x its early level {self.early:.4g} (the lowest loss of steps "
+            f"1-{EARLY_STEPS}) at {self.streak} consecutive steps ({self.streak_start}-{step}; loss at step "
+            f"{step}: {loss:.4g}, grad norm {grad_norm:.4g}); lower --lr, or see --divergence-factor"
+        )
+
+
+def weight_norm(params: Sequence[Any]) -> float:
+    """The global L2 norm of ``params`` (float32): a cheap test that an update left every weight finite."""
+    import torch
+
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in params]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def _fault() -> tuple[str, int] | None:
     spec = os.environ.get(FAULT_ENV, "")
     if "@" not in spec:
@@ -732,8 +842,9 @@ def make_accelerator(device: str) -> Any:
 def train(cfg: TrainConfig) -> dict:
     """Train as ``cfg`` says; returns the run record (also in ``DIR/run.json``).
 
-    Status in the record: ``finished``, ``diverged`` (non-finite loss or gradient norm; the last good
-    checkpoint is kept), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
+    Status in the record: ``finished``, ``diverged`` (non-finite loss, gradient norm or weights, or a
+    sustained loss blow-up; ``reason`` says which, ``last_checkpoint`` names the newest one from before
+    the bad update), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
     reason (an exception, which is re-raised). Bad input raises UserError before anything is written.
     """
     with _hf_progress_bars(cfg.progress), contextlib.ExitStack() as locks:
@@ -846,10 +957,12 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     start_step, prior = 0, {"elapsed_s": 0.0, "train_s": 0.0, "tokens": 0}
+    blowup = BlowUp(cfg.divergence_factor, cfg.divergence_patience)
     if ckpts:
         state = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer, scheduler)
         start_step = int(state["step"])
         prior = {k: state.get(k, 0) for k in prior}
+        blowup.restore(state.get("blow_up"))
     if main and mode == "resume":
         truncate_metrics(out / "metrics.jsonl", start_step)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -917,6 +1030,21 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
         run.update(updates)
         if main:
             atomic_write_json(out / "run.json", run)
+
+    def diverge(at: int, logged: int, bad_update: int, reason: str) -> dict:
+        """Record ``diverged``, seen at step ``at``; ``logged``: the last step in metrics.jsonl (its update
+        applied). ``bad_update``: the first update whose weights are bad; the checkpoint named is the newest
+        one before it (checkpoints are not pruned during a blow-up, and non-finite weights are never saved)."""
+        good = [c for c in list_checkpoints(out) if int(c.name.split("-")[1]) < bad_update]
+        write_run(
+            status="diverged",
+            step=logged,
+            diverged_at_step=at,
+            reason=reason,
+            last_checkpoint=str(good[-1]) if good else None,
+            runtime_s=round(elapsed(), 3),
+        )
+        return run
 
     reporters = Reporters(report_targets(cfg.report_to), out, run, start_step) if main else None
     write_run()
@@ -988,18 +1116,17 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
                 loss = float(accelerator.reduce(loss_sum, reduction="sum")) / n_target
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, max_norm))
+                # Divergence, judged before this step's update: the loss is that of the previous update's
+                # weights (so a NaN from update k shows at step k + 1; after the last update, and before
+                # every checkpoint, the weights themselves are checked below).
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     what = "loss" if not math.isfinite(loss) else "gradient norm"
-                    last_good = list_checkpoints(out)
-                    write_run(
-                        status="diverged",
-                        step=step - 1,
-                        diverged_at_step=step,
-                        reason=f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})",
-                        last_checkpoint=str(last_good[-1]) if last_good else None,
-                        runtime_s=round(elapsed(), 3),
-                    )
-                    return run
+                    why = f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
+                    return diverge(step, step - 1, step, why)
+                if blowup.update(step, loss):
+                    # the first loss above the threshold came from the weights of the update before it
+                    bad = int(blowup.streak_start) - 1
+                    return diverge(step, step - 1, bad, blowup.reason(step, loss, grad_norm))
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
@@ -1037,16 +1164,26 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
                     flag = torch.tensor([float(stopping)], device=accelerator.device)
                     stopping = float(accelerator.reduce(flag, reduction="sum")) > 0
                 if (step % cfg.save_every == 0 or stopping) and step < total_steps:
+                    norm = weight_norm(trainable)
+                    if not math.isfinite(norm):
+                        return diverge(
+                            step,
+                            step,
+                            step,
+                            f"non-finite weights after the update of step {step} (norm {norm}); "
+                            "not saved as a checkpoint",
+                        )
                     state = {
                         "step": step,
                         "epoch": rec["epoch"],
                         "elapsed_s": round(elapsed(), 3),
                         "train_s": round(train_s, 3),
                         "tokens": tokens_seen,
+                        "blow_up": blowup.state(),
                     }
-                    ck = save_checkpoint(
-                        accelerator, out, model, optimizer, scheduler, state, cfg.keep_checkpoints
-                    )
+                    # while the loss is above the blow-up threshold, keep the checkpoints from before it
+                    keep = cfg.keep_checkpoints if blowup.streak == 0 else 10**9
+                    ck = save_checkpoint(accelerator, out, model, optimizer, scheduler, state, keep)
                     last_saved = step
                     write_run(step=step, last_checkpoint=str(ck), runtime_s=round(elapsed(), 3))
                 if fault == ("sigkill", step):
@@ -1065,7 +1202,17 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
                     )
                     return run
 
-        # Finish: the trained weights (final/, merged/), then the run record.
+        # Finish: the trained weights (final/, merged/), then the run record. The last update's weights
+        # had no next step's loss to check them, so their norm is checked: non-finite weights are never saved.
+        norm = weight_norm(trainable)
+        if not math.isfinite(norm):
+            return diverge(
+                total_steps,
+                total_steps,
+                total_steps,
+                f"non-finite weights after the update of step {total_steps}, the last (norm {norm}); "
+                "final/ not written",
+            )
         unwrapped = accelerator.unwrap_model(model)
         summary = {
             "step": total_steps,
@@ -1298,6 +1445,25 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         type=_float_at_least(0),
         default=1.0,
         help="clip the global gradient norm (default 1.0; 0 = off)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: about half the peak memory, one more "
+        "forward pass, same result (may be switched on or off on --resume)",
+    )
+    p.add_argument(
+        "--divergence-factor",
+        type=_float_at_least(0),
+        default=3.0,
+        help=f"stop as diverged when the loss stays above this x its early level (the lowest loss of steps "
+        f"1-{EARLY_STEPS}) for --divergence-patience steps in a row (default 3; 0 = only NaN/inf count)",
+    )
+    p.add_argument(
+        "--divergence-patience",
+        type=_int_at_least(1),
+        default=5,
+        help="consecutive steps above --divergence-factor x the early loss that count as diverged (default 5)",
     )
     p.add_argument(
         "--seed",
