@@ -47,6 +47,13 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
         default=8,
         help="sharpness: training examples in the batch (default 8)",
     )
+    p.add_argument(
+        "--hvp-micro-batch",
+        type=_int_at_least(1),
+        default=1,
+        help="sharpness: examples per forward/double-backward pass; memory grows with it, the result does not "
+        "change (default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
 
 
@@ -64,6 +71,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         hvp_iters=args.hvp_iters,
         hvp_tol=args.hvp_tol,
         hvp_batch=args.hvp_batch,
+        hvp_micro_batch=args.hvp_micro_batch,
     )
     width = max(len(k) for k in result["summary"])
     for key, value in result["summary"].items():
