@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tinyslm.cli import main
-from tinyslm.diagnostics import MEASURES, analyze, parse_measures, summarize
+from tinyslm.diagnostics import HVP_DEFAULTS, MEASURES, analyze, parse_measures, summarize
 from tinyslm.diagnostics.displacement import relative_displacement, weight_displacement
 from tinyslm.diagnostics.forgetting import (
     MCItem,
@@ -523,6 +523,18 @@ def test_analyze_end_to_end(lora_run, data_dir):
     ]
     kept = again["measured"]["peak_memory"]["by_step"]
     assert kept["sharpness"] == peak["by_step"]["sharpness"]  # kept with the measure it belongs to
+
+
+def test_a_cpu_gets_the_small_sharpness_budget(lora_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    s = analyze(run, measures="sharpness", device="cpu", progress=False)["sharpness"]
+    iters, batch = HVP_DEFAULTS["cpu"]
+    assert s["iters"] == iters and len(s["batch"]["examples"]) == batch < HVP_DEFAULTS["gpu"][1]
+    assert s["base"]["micro_batches"] == batch  # one example per pass by default
+    assert len(s["base"]["dominant"]["history"]) <= iters
 
 
 def test_measure_names_are_checked():

@@ -43,6 +43,12 @@ MEASURES = (
 )
 _NEED_MODELS = {"forgetting", "weight_displacement", "intruder_dimensions", "sharpness"}
 OUTPUT_NAME = "diagnostics.json"
+# The sharpness budget when none is given: (power iterations per phase, training examples in the batch).
+# A Hessian-vector product costs a forward, a backward and a double backward per example: on a GPU the
+# full budget takes a minute, on a 2-core CPU about 10 s per example and product for a 135M model, and a
+# LoRA run needs up to four phases (base and tuned, each maybe shifted). The CPU budget keeps the whole
+# analysis of a 135M run near 5 minutes; `λmax converged` says whether it was enough (--hvp-iters for more).
+HVP_DEFAULTS = {"gpu": (20, 8), "cpu": (6, 2)}
 
 
 def parse_measures(spec: str | Sequence[str] | None) -> list[str]:
@@ -71,9 +77,9 @@ def analyze(
     data_dir: str | Path | None = None,
     probe_seed: int = PROBE_SEED,
     probe_batch_size: int = 16,
-    hvp_iters: int = 20,
+    hvp_iters: int | None = None,
     hvp_tol: float = 1e-3,
-    hvp_batch: int = 8,
+    hvp_batch: int | None = None,
     hvp_micro_batch: int = 1,
 ) -> dict[str, Any]:
     """Diagnose the run in ``run_dir``; writes ``run_dir/diagnostics.json`` atomically and returns it.
@@ -83,7 +89,8 @@ def analyze(
     diagnostics.json of the same run and base. ``data_dir`` (default: the run's, else $TINYSLM_DATA_DIR)
     holds the probe files and the training set. ``hvp_*``: power-iteration budget, tolerance, batch size
     (training examples) and micro-batch size (rows per forward/backward: memory grows with it, the result
-    does not change) of the sharpness measure. Bad input raises UserError before any model loads.
+    does not change) of the sharpness measure; iterations and batch default to :data:`HVP_DEFAULTS` of the
+    device (a CPU gets a small budget). Bad input raises UserError before any model loads.
     The peak memory of each step is recorded in ``measured.peak_memory``.
     """
     from tinyslm.benchmarks import resolve_data_dir
@@ -101,6 +108,9 @@ def analyze(
     if not hvp_tol > 0:
         raise UserError(f"hvp tolerance must be > 0, got {hvp_tol}")
     dev = pick_device(device)
+    default_iters, default_batch = HVP_DEFAULTS["gpu" if dev.startswith("cuda") else "cpu"]
+    hvp_iters = default_iters if hvp_iters is None else hvp_iters
+    hvp_batch = default_batch if hvp_batch is None else hvp_batch
     data = resolve_data_dir(data_dir if data_dir is not None else info.config.get("data_dir"))
     probes = None
     if "forgetting" in wanted:
