@@ -45,9 +45,10 @@ _NEED_MODELS = {"forgetting", "weight_displacement", "intruder_dimensions", "sha
 OUTPUT_NAME = "diagnostics.json"
 # The sharpness budget when none is given: (power iterations per phase, training examples in the batch).
 # A Hessian-vector product costs a forward, a backward and a double backward per example: on a GPU the
-# full budget takes a minute, on a 2-core CPU about 10 s per example and product for a 135M model, and a
-# LoRA run needs up to four phases (base and tuned, each maybe shifted). The CPU budget keeps the whole
-# analysis of a 135M run near 5 minutes; `λmax converged` says whether it was enough (--hvp-iters for more).
+# full budget takes a minute; on an idle 2-core CPU about 2 s per example and product for a 135M model
+# (many times more when other processes compete for the cores), and a LoRA run needs up to four phases of
+# `iters` products (base and tuned, each maybe shifted). The CPU budget keeps the sharpness of a 135M run
+# near 1.5 minutes; `λmax converged` says whether it was enough (--hvp-iters, --hvp-batch for more).
 HVP_DEFAULTS = {"gpu": (20, 8), "cpu": (6, 2)}
 
 
