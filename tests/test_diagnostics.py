@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tinyslm.cli import main
-from tinyslm.diagnostics import MEASURES, analyze, parse_measures, summarize
+from tinyslm.diagnostics import HVP_DEFAULTS, MEASURES, analyze, parse_measures, summarize
 from tinyslm.diagnostics.displacement import relative_displacement, weight_displacement
 from tinyslm.diagnostics.forgetting import (
     MCItem,
@@ -27,7 +27,13 @@ from tinyslm.diagnostics.forgetting import (
 from tinyslm.diagnostics.grad_spikes import find_spikes, grad_norm_spikes
 from tinyslm.diagnostics.intruders import intruder_count, intruder_dimensions, top_left_singular_vectors
 from tinyslm.diagnostics.outputs import arithmetic_error_rate, repetition_rate
-from tinyslm.diagnostics.sharpness import top_hessian_eigenvalue
+from tinyslm.diagnostics.sharpness import (
+    hessian_vector_product,
+    loss_terms,
+    model_sharpness,
+    split_batch,
+    top_hessian_eigenvalue,
+)
 from tinyslm.errors import UserError
 from tinyslm.textstats import arithmetic_errors, find_equations
 
@@ -252,6 +258,96 @@ def test_power_iteration_on_a_module_and_its_budget():
     assert short["dominant"]["iterations"] == 2 and not short["converged"]
 
 
+def test_power_iteration_reports_every_iteration_with_its_estimate():
+    loss, params = _quadratic([3.0, -7.0, 1.0, 0.5, -1.0], seed=3)
+    lines: list[str] = []
+    out = top_hessian_eigenvalue(loss, params, iters=30, tol=1e-6, progress=lines.append)
+    history = out["dominant"]["history"] + out["shifted"]["history"]
+    assert len(lines) == out["iterations"] == len(history)
+    assert lines[0].startswith("dominant iteration 1/30: λ ≈ ") and lines[-1].startswith("shifted iteration ")
+    assert f"{history[-1]:.6g}" in lines[-1]
+
+
+def test_summed_loss_terms_give_the_hessian_of_the_sum():
+    import torch
+
+    loss, params = _quadratic([4.0, 2.0, -1.0, 0.5])
+    v = [torch.ones_like(p) for p in params]
+    whole, whole_loss = hessian_vector_product(loss, params)
+    parts, parts_loss = hessian_vector_product([lambda: 0.25 * loss(), lambda: 0.75 * loss()], params)
+    for a, b in zip(whole(v), parts(v), strict=True):
+        assert a.allclose(b, rtol=1e-12)
+    assert parts_loss() == pytest.approx(whole_loss(), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def tiny_eager(tiny_model_dir):
+    import torch
+
+    from tinyslm.models import load_model
+
+    model, _ = load_model(str(tiny_model_dir), dtype=torch.float32)
+    model.set_attn_implementation("eager")  # differentiable twice
+    model.eval()
+    return model
+
+
+def _uneven_batch(vocab: int) -> dict:
+    """Four right-padded rows of different lengths with 1 to 9 target tokens: micro-batch means would differ."""
+    import torch
+
+    from tinyslm.datasets import IGNORE_INDEX, EncodedExample, collate
+
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for i, (n_prompt, n_target) in enumerate([(6, 9), (3, 1), (10, 4), (2, 7)]):
+        ids = torch.randint(3, vocab, (n_prompt + n_target,), generator=g).tolist()
+        rows.append(EncodedExample(str(i), ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:], False))
+    return collate(rows, 0)
+
+
+def test_micro_batched_hvp_equals_the_full_batch_hvp(tiny_eager):
+    import torch
+    import torch.nn.functional as F
+
+    model = tiny_eager
+    batch = _uneven_batch(model.config.vocab_size)
+    params = [p for n, p in model.named_parameters() if ".layers." in n]
+    g = torch.Generator().manual_seed(0)
+    v = [torch.randn(p.shape, generator=g) for p in params]
+
+    def reference_loss():  # the mean over all target tokens, from the full logits, written out independently
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    with torch.enable_grad():
+        want_loss = reference_loss()
+        grads = torch.autograd.grad(want_loss, params, create_graph=True)
+        want = torch.autograd.grad(grads, params, grad_outputs=v)
+        scale = torch.sqrt(sum((w**2).sum() for w in want))
+        for micro in (None, 1, 3):
+            terms = loss_terms(model, batch, micro)
+            assert len(terms) == (1 if micro is None else -(-4 // micro))
+            hvp, loss = hessian_vector_product(terms, params)
+            got = hvp(v)
+            err = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(got, want, strict=True)))
+            assert err <= 1e-5 * scale, (micro, float(err / scale))
+            assert loss() == pytest.approx(float(want_loss.detach()), rel=1e-5)
+
+
+def test_micro_batches_are_cut_to_their_longest_row_and_change_no_eigenvalue(tiny_eager):
+    batch = _uneven_batch(tiny_eager.config.vocab_size)
+    parts = split_batch(batch, 2)
+    assert [tuple(p["input_ids"].shape) for p in parts] == [(2, 15), (2, 14)]
+    assert (parts[1]["labels"] == batch["labels"][2:, :14]).all()
+    params = [p for n, p in tiny_eager.named_parameters() if "layers.1.mlp" in n]
+    whole = model_sharpness(tiny_eager, batch, iters=6, tol=1e-9, seed=0, params=params)
+    split = model_sharpness(tiny_eager, batch, iters=6, tol=1e-9, seed=0, params=params, micro_batch_size=1)
+    assert (whole["micro_batches"], split["micro_batches"]) == (1, 4)
+    assert split["dominant"]["history"] == pytest.approx(whole["dominant"]["history"], rel=1e-4)
+    assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Gradient-norm spikes.
 
@@ -367,7 +463,14 @@ def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_analyze_end_to_end(lora_run, data_dir):
     result = analyze(
-        lora_run, probe_limit=4, device="cpu", progress=False, data_dir=data_dir, hvp_iters=3, hvp_batch=2
+        lora_run,
+        probe_limit=4,
+        device="cpu",
+        progress=False,
+        data_dir=data_dir,
+        hvp_iters=3,
+        hvp_batch=2,
+        hvp_micro_batch=1,
     )
     on_disk = json.loads((lora_run / "diagnostics.json").read_text())
     assert on_disk == json.loads(json.dumps(result))
@@ -395,6 +498,7 @@ def test_analyze_end_to_end(lora_run, data_dir):
     for who in ("base", "tuned"):
         assert s[who]["iterations"] <= 2 * 3 and len(s[who]["dominant"]["history"]) <= 3
     assert s["base"]["parameters"] == s["tuned"]["parameters"] > 0  # the same adapter space before and after
+    assert s["micro_batch"] == 1 and s["base"]["micro_batches"] == s["tuned"]["micro_batches"] == 2
     assert result["summary"]["λmax space"] == "adapter"
 
     assert result["arithmetic_error_rate"]["overall"] == {
@@ -407,12 +511,30 @@ def test_analyze_end_to_end(lora_run, data_dir):
     assert result["summary"]["repetition rate"] == pytest.approx(1 / 3, abs=1e-3)
     assert result["grad_norm_spikes"]["steps_logged"] == 2 and result["summary"]["grad-norm spikes"] == 0
     assert set(result["measured"]["seconds"]) >= set(MEASURES)
+    peak = result["measured"]["peak_memory"]
+    assert peak["unit"] == "MiB" and set(peak["by_step"]) == set(result["measured"]["seconds"])
+    assert peak["kind"] in ("cpu_peak_rss", "cpu_max_rss_process")
+    assert 0 < peak["by_step"]["sharpness"] <= peak["max"] == max(peak["by_step"].values())
 
     # A subset recomputes only what it names and keeps the rest.
     again = analyze(lora_run, measures="grad_norm_spikes", progress=False, device="cpu")
     assert again["forgetting"] == result["forgetting"] and again["measured"]["recomputed"] == [
         "grad_norm_spikes"
     ]
+    kept = again["measured"]["peak_memory"]["by_step"]
+    assert kept["sharpness"] == peak["by_step"]["sharpness"]  # kept with the measure it belongs to
+
+
+def test_a_cpu_gets_the_small_sharpness_budget(lora_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    s = analyze(run, measures="sharpness", device="cpu", progress=False)["sharpness"]
+    iters, batch = HVP_DEFAULTS["cpu"]
+    assert s["iters"] == iters and len(s["batch"]["examples"]) == batch < HVP_DEFAULTS["gpu"][1]
+    assert s["base"]["micro_batches"] == batch  # one example per pass by default
+    assert len(s["base"]["dominant"]["history"]) <= iters
 
 
 def test_measure_names_are_checked():
@@ -444,6 +566,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, lora_run, capsys):
         ([str(no_final)], "has no final/"),
         ([str(lora_run), "--measures", "vibes"], "unknown measure"),
         ([str(lora_run), "--probe-limit", "0"], "--probe-limit: must be >= 1"),
+        ([str(lora_run), "--hvp-micro-batch", "0"], "--hvp-micro-batch: must be >= 1"),
         ([str(lora_run), "--data-dir", str(tmp_path / "nodata")], "data directory not found"),
     ]
     for argv, message in cases:

@@ -43,6 +43,13 @@ MEASURES = (
 )
 _NEED_MODELS = {"forgetting", "weight_displacement", "intruder_dimensions", "sharpness"}
 OUTPUT_NAME = "diagnostics.json"
+# The sharpness budget when none is given: (power iterations per phase, training examples in the batch).
+# A Hessian-vector product costs a forward, a backward and a double backward per example: on a GPU the
+# full budget takes a minute; on an idle 2-core CPU about 2 s per example and product for a 135M model
+# (many times more when other processes compete for the cores), and a LoRA run needs up to four phases of
+# `iters` products (base and tuned, each maybe shifted). The CPU budget keeps the sharpness of a 135M run
+# near 1.5 minutes; `λmax converged` says whether it was enough (--hvp-iters, --hvp-batch for more).
+HVP_DEFAULTS = {"gpu": (20, 8), "cpu": (6, 2)}
 
 
 def parse_measures(spec: str | Sequence[str] | None) -> list[str]:
@@ -71,17 +78,21 @@ def analyze(
     data_dir: str | Path | None = None,
     probe_seed: int = PROBE_SEED,
     probe_batch_size: int = 16,
-    hvp_iters: int = 20,
+    hvp_iters: int | None = None,
     hvp_tol: float = 1e-3,
-    hvp_batch: int = 8,
+    hvp_batch: int | None = None,
+    hvp_micro_batch: int = 1,
 ) -> dict[str, Any]:
     """Diagnose the run in ``run_dir``; writes ``run_dir/diagnostics.json`` atomically and returns it.
 
     ``base`` defaults to the run's ``model_ref``. ``probe_limit`` items per forgetting probe (None: all).
     ``measures`` picks a subset (default all); measures not recomputed are kept from an earlier
     diagnostics.json of the same run and base. ``data_dir`` (default: the run's, else $TINYSLM_DATA_DIR)
-    holds the probe files and the training set. ``hvp_*``: power-iteration budget, tolerance and batch
-    size (training examples) of the sharpness measure. Bad input raises UserError before any model loads.
+    holds the probe files and the training set. ``hvp_*``: power-iteration budget, tolerance, batch size
+    (training examples) and micro-batch size (rows per forward/backward: memory grows with it, the result
+    does not change) of the sharpness measure; iterations and batch default to :data:`HVP_DEFAULTS` of the
+    device (a CPU gets a small budget). Bad input raises UserError before any model loads.
+    The peak memory of each step is recorded in ``measured.peak_memory``.
     """
     from tinyslm.benchmarks import resolve_data_dir
     from tinyslm.evaluate import package_versions, pick_device
@@ -89,11 +100,18 @@ def analyze(
     info = read_run_dir(run_dir, base)
     wanted = parse_measures(measures)
     _check_positive(
-        probe_limit=probe_limit, probe_batch_size=probe_batch_size, hvp_iters=hvp_iters, hvp_batch=hvp_batch
+        probe_limit=probe_limit,
+        probe_batch_size=probe_batch_size,
+        hvp_iters=hvp_iters,
+        hvp_batch=hvp_batch,
+        hvp_micro_batch=hvp_micro_batch,
     )
     if not hvp_tol > 0:
         raise UserError(f"hvp tolerance must be > 0, got {hvp_tol}")
     dev = pick_device(device)
+    default_iters, default_batch = HVP_DEFAULTS["gpu" if dev.startswith("cuda") else "cpu"]
+    hvp_iters = default_iters if hvp_iters is None else hvp_iters
+    hvp_batch = default_batch if hvp_batch is None else hvp_batch
     data = resolve_data_dir(data_dir if data_dir is not None else info.config.get("data_dir"))
     probes = None
     if "forgetting" in wanted:
@@ -107,10 +125,11 @@ def analyze(
 
     result = _previous(info)
     seconds: dict[str, float] = dict((result.get("measured") or {}).get("seconds") or {})
+    peaks = _PeakMemory(dev, (result.get("measured") or {}).get("peak_memory"))
     say = _Say(progress)
 
     def timed(name: str) -> contextlib.AbstractContextManager[None]:
-        return _timer(name, seconds, say)
+        return _timer(name, seconds, say, peaks)
 
     if "grad_norm_spikes" in wanted:
         from tinyslm.diagnostics.grad_spikes import grad_norm_spikes
@@ -141,7 +160,7 @@ def analyze(
             probe_batch_size=probe_batch_size,
             progress=progress,
             data_dir=data,
-            hvp=dict(iters=hvp_iters, tol=hvp_tol, batch=hvp_batch),
+            hvp=dict(iters=hvp_iters, tol=hvp_tol, batch=hvp_batch, micro_batch=hvp_micro_batch),
         )
 
     result["measured"] = {
@@ -164,6 +183,7 @@ def analyze(
         else (result.get("measured") or {}).get("probe"),
         "sharpness_batch": sharpness_about or (result.get("measured") or {}).get("sharpness_batch"),
         "seconds": seconds,
+        "peak_memory": peaks.record(),
         "versions": package_versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -212,18 +232,27 @@ def _model_measures(
 
         with timed("sharpness"):
             batch, about = training_batch(info, tuned_tok, hvp["batch"], str(data_dir) if data_dir else None)
-            kw = dict(iters=hvp["iters"], tol=hvp["tol"], seed=0)
+            say(
+                f"sharpness: {len(batch['input_ids'])} examples, {about['target_tokens']} target tokens, "
+                f"micro-batches of {hvp['micro_batch']}, up to {hvp['iters']} iterations per phase, "
+                "one line per iteration"
+            )
+            kw: dict[str, Any] = dict(
+                iters=hvp["iters"], tol=hvp["tol"], seed=0, micro_batch_size=hvp["micro_batch"]
+            )
             if info.peft:
                 with _quiet_loading(progress):
-                    before, base_model = fresh_adapter_sharpness(base_model, info, batch, **kw)
+                    before, base_model = fresh_adapter_sharpness(
+                        base_model, info, batch, progress=_prefixed(say, "sharpness (base)"), **kw
+                    )
                 space = f"{info.method} adapter parameters"
                 before_note = (
                     "base model with a fresh adapter (the run's config and seed; B = 0, so the base function)"
                 )
             else:
-                before = model_sharpness(base_model, batch, **kw)
+                before = model_sharpness(base_model, batch, progress=_prefixed(say, "sharpness (base)"), **kw)
                 space, before_note = "all parameters", "base model"
-            after = model_sharpness(tuned_model, batch, **kw)
+            after = model_sharpness(tuned_model, batch, progress=_prefixed(say, "sharpness (tuned)"), **kw)
             result["sharpness"] = {
                 "definition": "top eigenvalue of the Hessian of the mean completion-token training loss on a "
                 "fixed batch, by power iteration on Hessian-vector products",
@@ -233,6 +262,7 @@ def _model_measures(
                 "batch": about,
                 "iters": hvp["iters"],
                 "tol": hvp["tol"],
+                "micro_batch": hvp["micro_batch"],
             }
 
     if {"weight_displacement", "intruder_dimensions"} & set(wanted):
@@ -359,13 +389,56 @@ class _Say:
             print(f"diagnostics: {msg}", file=sys.stderr, flush=True)
 
 
+def _prefixed(say: _Say, prefix: str) -> Any:
+    return lambda msg: say(f"{prefix}: {msg}")
+
+
+class _PeakMemory:
+    """Peak memory of each step (:func:`tinyslm.train.reset_peak_memory` / ``peak_memory_mib``).
+
+    On a CPU the resident-set high-water mark of the process, reset at the start of each step (Linux);
+    where it cannot be reset, the process's peak so far, an upper bound (``kind`` says which). On CUDA the
+    allocator's peak. Steps not rerun keep the peak of the earlier diagnostics.json they come from.
+    """
+
+    def __init__(self, device: str, previous: Any):
+        import torch
+
+        self.device = torch.device(device)
+        old = previous.get("by_step") if isinstance(previous, dict) else None
+        self.by_step: dict[str, float] = dict(old) if isinstance(old, dict) else {}
+        self.kind: str | None = None
+
+    def start(self) -> None:
+        from tinyslm.train import reset_peak_memory
+
+        self.resettable = reset_peak_memory(self.device)
+
+    def stop(self, name: str) -> None:
+        from tinyslm.train import peak_memory_mib
+
+        mib, kind = peak_memory_mib(self.device)
+        self.kind = kind if self.resettable else "cpu_max_rss_process"
+        self.by_step[name] = round(mib, 1)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "unit": "MiB",
+            "kind": self.kind,
+            "max": max(self.by_step.values(), default=None),
+            "by_step": self.by_step,
+        }
+
+
 @contextlib.contextmanager
-def _timer(name: str, seconds: dict[str, float], say: _Say) -> Iterator[None]:
+def _timer(name: str, seconds: dict[str, float], say: _Say, peaks: _PeakMemory) -> Iterator[None]:
     say(f"{name} ...")
+    peaks.start()
     start = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - start, 3)
-    say(f"{name} done in {seconds[name]:.1f} s")
+    peaks.stop(name)
+    say(f"{name} done in {seconds[name]:.1f} s, peak memory {peaks.by_step[name]:,.0f} MiB")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 
 def add_analyze_args(p: argparse.ArgumentParser) -> None:
     from tinyslm.cli import _float_at_least, _int_at_least
-    from tinyslm.diagnostics import MEASURES
+    from tinyslm.diagnostics import HVP_DEFAULTS, MEASURES
 
     p.add_argument(
         "run_dir", metavar="RUN_DIR", help="a finished run directory written by tiny-slm-train --output"
@@ -33,7 +33,10 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
         help=f"comma list of measures to (re)compute (default all: {','.join(MEASURES)})",
     )
     p.add_argument(
-        "--hvp-iters", type=_int_at_least(1), default=20, help="sharpness: power iterations (default 20)"
+        "--hvp-iters",
+        type=_int_at_least(1),
+        help="sharpness: power iterations per phase "
+        f"(default {HVP_DEFAULTS['gpu'][0]} on a GPU, {HVP_DEFAULTS['cpu'][0]} on a CPU)",
     )
     p.add_argument(
         "--hvp-tol",
@@ -44,8 +47,15 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hvp-batch",
         type=_int_at_least(1),
-        default=8,
-        help="sharpness: training examples in the batch (default 8)",
+        help="sharpness: training examples in the batch "
+        f"(default {HVP_DEFAULTS['gpu'][1]} on a GPU, {HVP_DEFAULTS['cpu'][1]} on a CPU)",
+    )
+    p.add_argument(
+        "--hvp-micro-batch",
+        type=_int_at_least(1),
+        default=1,
+        help="sharpness: examples per forward/double-backward pass; memory grows with it, the result does not "
+        "change (default 1)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
 
@@ -64,6 +74,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         hvp_iters=args.hvp_iters,
         hvp_tol=args.hvp_tol,
         hvp_batch=args.hvp_batch,
+        hvp_micro_batch=args.hvp_micro_batch,
     )
     width = max(len(k) for k in result["summary"])
     for key, value in result["summary"].items():

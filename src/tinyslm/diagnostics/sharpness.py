@@ -13,7 +13,15 @@ settle, a second, shifted run finds the most positive one (see :func:`top_hessia
 
 The loss is the training loss on a fixed batch: the first rows of the run's dataset, encoded exactly as
 training encodes them (:mod:`tinyslm.datasets`), token-weighted completion-only cross-entropy
-(:func:`tinyslm.train.target_loss_sum`). The parameter space is the one that was trained: the adapter's
+(:func:`tinyslm.train.target_loss_sum`, which sends only the completion span through the output head).
+
+Memory: the graph of ``∇L`` (kept for the second backward) holds every activation of the forward pass and
+of its backward, several times the memory of a training step; for a batch of 8 training rows of a 135M
+model that was over 20 GB. The loss is a sum over micro-batches, ``L = Σ_j S_j / N`` with ``S_j`` the
+summed token loss of micro-batch j and ``N`` the target tokens of the whole batch, and ``Hv`` is linear in
+it: ``Hv = Σ_j H_j v`` with ``H_j`` the Hessian of ``S_j / N``. So each product is accumulated over
+micro-batches, one graph alive at a time, and equals the full-batch product up to rounding; memory scales
+with the micro-batch, time with the batch (each product redoes every micro-batch's forward and backward). The parameter space is the one that was trained: the adapter's
 for LoRA/DoRA, all parameters for full fine-tuning. So λmax is comparable between base and tuned model of
 one run, and between LoRA and DoRA runs, but not between PEFT and full fine-tuning.
 """
@@ -27,7 +35,13 @@ from typing import Any
 
 
 def power_iteration(
-    matvec: Callable[[list[Any]], list[Any]], v: list[Any], *, shift: float, iters: int, tol: float
+    matvec: Callable[[list[Any]], list[Any]],
+    v: list[Any],
+    *,
+    shift: float,
+    iters: int,
+    tol: float,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Power iteration on ``H + shift·I`` given ``matvec(v) = Hv``; Rayleigh quotients reported without the shift.
 
@@ -35,7 +49,8 @@ def power_iteration(
     ``‖Hv − λv‖ ≤ √tol·|λ|`` (the Rayleigh quotient's error is about the residual squared). The residual
     test matters: with two eigenvalues of opposite sign and equal size the estimate stops changing at a
     mixture of both, which is no eigenvalue; that run stops as ``stalled``. ``norm``, the last ``‖Hv‖`` for a
-    unit ``v``, tends to the spectral radius in every case.
+    unit ``v``, tends to the spectral radius in every case. ``on_step(i, λ)`` is called after iteration i
+    (1-based), for progress lines: one Hessian-vector product can take many seconds on a CPU.
     """
     history: list[float] = []
     converged = stalled = False
@@ -46,6 +61,8 @@ def power_iteration(
         estimate = _dot(hv, v)
         norm = math.sqrt(_dot(hv, hv))
         history.append(estimate - shift)
+        if on_step is not None:
+            on_step(len(history), history[-1])
         if not math.isfinite(estimate) or norm == 0:  # norm 0: v is in the null space, λ = 0 along it
             break
         # Judged on the unshifted eigenvalue: relative to the shifted one, any λ much smaller than the shift
@@ -68,20 +85,27 @@ def power_iteration(
 
 
 def top_hessian_eigenvalue(
-    loss_fn: Callable[[], Any],
+    loss_fn: Callable[[], Any] | Sequence[Callable[[], Any]],
     params: Sequence[Any],
     *,
     iters: int = 20,
     tol: float = 1e-3,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """λmax, the largest (most positive) eigenvalue of the Hessian of ``loss_fn()`` w.r.t. ``params``.
+
+    ``loss_fn`` is one callable, or a sequence of callables whose values sum to the loss (micro-batches):
+    then each Hessian-vector product is the sum of the terms' products, computed one term at a time, so
+    only one term's double-backward graph is in memory (see the module docstring). One callable keeps its
+    graph for all products (no forward pass is repeated).
 
     Power iteration finds the eigenvalue of largest magnitude (``dominant``). When that one converges and is
     positive, it is λmax. Otherwise (a negative dominant eigenvalue, or a ± pair of equal size, which is what
     a LoRA adapter at B = 0 has: its Hessian is [[0, C], [Cᵀ, D]]) a second power iteration runs on
     ``H + ρI``, with ρ the dominant magnitude, whose top eigenvalue λmax + ρ now dominates. ``iters`` and
     ``tol`` apply to each phase. The start vector is Gaussian, drawn with ``seed`` on the CPU, so results repeat.
+    ``progress`` gets one line per iteration with the current estimate.
     """
     import torch
 
@@ -90,27 +114,87 @@ def top_hessian_eigenvalue(
         raise ValueError("no parameters to take the Hessian over")
     gen = torch.Generator().manual_seed(seed)
     start = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    hvp, loss = hessian_vector_product(loss_fn, params)
 
-    def hvp(v: list[Any]) -> list[Any]:
-        return list(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
+    def reporter(phase: str) -> Callable[[int, float], None] | None:
+        if progress is None:
+            return None
+        t0 = time.perf_counter()
 
-    dominant = power_iteration(hvp, start, shift=0.0, iters=iters, tol=tol)
+        def report(i: int, estimate: float) -> None:
+            progress(f"{phase} iteration {i}/{iters}: λ ≈ {estimate:.6g} ({time.perf_counter() - t0:.1f} s)")
+
+        return report
+
+    dominant = power_iteration(hvp, start, shift=0.0, iters=iters, tol=tol, on_step=reporter("dominant"))
     result = {"dominant": dominant, "shift": None, "shifted": None}
     top = dominant
     if not (dominant["converged"] and dominant["eigenvalue"] >= 0) and math.isfinite(dominant["norm"]):
         shift = abs(dominant["eigenvalue"]) if dominant["converged"] else dominant["norm"]
-        top = power_iteration(hvp, start, shift=shift, iters=iters, tol=tol)
+        top = power_iteration(hvp, start, shift=shift, iters=iters, tol=tol, on_step=reporter("shifted"))
         result.update(shift=shift, shifted=top)
     return {
         "eigenvalue": top["eigenvalue"],
         "converged": top["converged"],
         "iterations": dominant["iterations"] + (top["iterations"] if top is not dominant else 0),
         "relative_change": _relative_change(top["history"]),
-        "loss": float(loss.detach()),
+        "loss": loss(),
         **result,
     }
+
+
+def hessian_vector_product(
+    loss_fn: Callable[[], Any] | Sequence[Callable[[], Any]], params: Sequence[Any]
+) -> tuple[Callable[[list[Any]], list[Any]], Callable[[], float]]:
+    """``(hvp, loss)``: ``hvp(v)`` is ``Hv`` for the Hessian of the loss (one callable, or the sum of several);
+    ``loss()`` is the loss's value (of the last product, for several terms; they are all equal).
+
+    One term: ``∇L`` is built once with ``create_graph=True`` and every product is one more backward through
+    it. Several: each product runs every term's forward, backward and double backward in turn, adding the
+    terms' products, and frees each term's graph before the next one is built.
+    """
+    import torch
+
+    params = list(params)
+    terms = [loss_fn] if callable(loss_fn) else list(loss_fn)
+    if not terms:
+        raise ValueError("no loss terms to take the Hessian of")
+    if len(terms) == 1:
+        value = terms[0]()
+        grads = torch.autograd.grad(value, params, create_graph=True)
+
+        def hvp_once(v: list[Any]) -> list[Any]:
+            return list(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
+
+        return hvp_once, lambda: float(value.detach())
+
+    last = {"loss": float("nan")}
+
+    def hvp_summed(v: list[Any]) -> list[Any]:
+        total: list[Any] | None = None
+        loss_sum = 0.0
+        for term in terms:
+            value = term()
+            grads = torch.autograd.grad(value, params, create_graph=True)
+            part = torch.autograd.grad(grads, params, grad_outputs=v)
+            loss_sum += float(value.detach())
+            del value, grads  # this term's graph goes before the next term's is built
+            if total is None:
+                total = list(part)
+            else:
+                for t, h in zip(total, part, strict=True):
+                    t.add_(h)
+        last["loss"] = loss_sum
+        assert total is not None
+        return total
+
+    def loss() -> float:
+        if math.isnan(last["loss"]):  # no product computed yet
+            with torch.no_grad():
+                last["loss"] = sum(float(term()) for term in terms)
+        return last["loss"]
+
+    return hvp_summed, loss
 
 
 def _relative_change(history: list[float]) -> float | None:
@@ -166,41 +250,86 @@ def training_batch(info: Any, tokenizer: Any, n_examples: int, data_dir: str | N
     return batch, about
 
 
-def model_sharpness(
-    model: Any, batch: dict, *, iters: int, tol: float, seed: int, params: Sequence[Any] | None = None
-) -> dict[str, Any]:
-    """λmax of the mean completion-token loss of ``model`` on ``batch`` over its trainable parameters."""
-    import torch
+def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
+    """The batch's rows in micro-batches of ``micro_batch_size``, each cut to its own longest row.
 
+    Padding is on the right (:func:`tinyslm.datasets.collate`), so the columns after a micro-batch's
+    longest row are padding in every row of it and dropping them changes no real token's output.
+    Micro-batches without a target token (none reach here: encoding drops such rows) are left out.
+    """
+    from tinyslm.datasets import IGNORE_INDEX
+
+    n = len(batch["input_ids"])
+    out = []
+    for lo in range(0, n, micro_batch_size):
+        mb = {k: v[lo : lo + micro_batch_size] for k, v in batch.items()}
+        width = int(mb["attention_mask"].sum(1).max())
+        mb = {k: v[:, :width] for k, v in mb.items()}
+        if (mb["labels"][:, 1:] != IGNORE_INDEX).any():
+            out.append(mb)
+    return out
+
+
+def loss_terms(model: Any, batch: dict, micro_batch_size: int | None = None) -> list[Callable[[], Any]]:
+    """The mean completion-token loss of ``model`` on ``batch`` as a sum of one callable per micro-batch.
+
+    Token-weighted over the whole batch: each micro-batch of ``micro_batch_size`` rows (None: the whole
+    batch at once) returns its summed token loss divided by the *batch's* target-token count, as
+    :func:`tinyslm.train.accumulate_gradients` does; the terms add up to the full-batch mean however the
+    batch is split (a mean per micro-batch would weight a short row's tokens more).
+    """
+    from tinyslm.datasets import IGNORE_INDEX
     from tinyslm.train import supports_logits_to_keep, target_loss_sum
 
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    n_target = int((batch["labels"][:, 1:] != -100).sum())
+    n_target = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     keep = supports_logits_to_keep(model)
-    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-    model.eval()  # no dropout: the loss must be the same function at every Hessian-vector product
 
-    def loss() -> Any:
-        return target_loss_sum(model, batch, keep) / n_target
+    def term(mb: dict) -> Callable[[], Any]:
+        return lambda: target_loss_sum(model, mb, keep) / n_target
+
+    return [term(mb) for mb in split_batch(batch, micro_batch_size or len(batch["input_ids"]))]
+
+
+def model_sharpness(
+    model: Any,
+    batch: dict,
+    *,
+    iters: int,
+    tol: float,
+    seed: int,
+    micro_batch_size: int | None = None,
+    params: Sequence[Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """λmax of the mean completion-token loss of ``model`` on ``batch`` over its trainable parameters.
+
+    Hessian-vector products accumulated over micro-batches of ``micro_batch_size`` rows (:func:`loss_terms`).
+    """
+    import torch
+
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    terms = loss_terms(model, batch, micro_batch_size)
+    model.eval()  # no dropout: the loss must be the same function at every Hessian-vector product
 
     start = time.perf_counter()
     with torch.enable_grad():
-        result = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol, seed=seed)
+        result = top_hessian_eigenvalue(terms, params, iters=iters, tol=tol, seed=seed, progress=progress)
     result["parameters"] = sum(p.numel() for p in params)
+    result["micro_batches"] = len(terms)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
 
 
-def fresh_adapter_sharpness(
-    base_model: Any, info: Any, batch: dict, *, iters: int, tol: float, seed: int
-) -> tuple[dict[str, Any], Any]:
+def fresh_adapter_sharpness(base_model: Any, info: Any, batch: dict, **kw: Any) -> tuple[dict[str, Any], Any]:
     """λmax of the base model in the adapter's parameter space at its initialisation (B = 0).
 
     The run's own adapter config (rank, alpha, target modules, DoRA or not) is attached to the base model
     with the run's seed, exactly as training initialised it (``torch.manual_seed(seed)`` before
     ``get_peft_model``): A random, B = 0, so the function is still the base model's. The adapter is removed
-    again (``unload``), and the untouched base model is returned with the result.
+    again (``unload``), and the untouched base model is returned with the result. ``kw`` go to
+    :func:`model_sharpness`.
     """
     import torch
     from peft import PeftConfig, get_peft_model
@@ -210,7 +339,7 @@ def fresh_adapter_sharpness(
     torch.manual_seed(int(info.config.get("seed", 0)))
     wrapped = get_peft_model(base_model, config)
     try:
-        result = model_sharpness(wrapped, batch, iters=iters, tol=tol, seed=seed)
+        result = model_sharpness(wrapped, batch, **kw)
     finally:
         base_model = wrapped.unload()
     return result, base_model
