@@ -94,18 +94,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise UserError(f"unknown --device '{device}' (auto, cpu, cuda, cuda:N)")
-    return device
-
-
 def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
     """Load data and choose exemplars for every benchmark; all bad input surfaces here, before the model."""
     seed_error = seed_problem(cfg.seed)
@@ -362,7 +350,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     """Evaluate one model on each benchmark of ``cfg``; returns the results by benchmark name."""
     import torch
 
-    from tinyslm.models import hf_progress_bars, load_model, model_name_for_results
+    from tinyslm.models import load_model, model_name_for_results
+    from tinyslm.runtime import hf_progress_bars, pick_device
 
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)")
