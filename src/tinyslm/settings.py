@@ -35,7 +35,7 @@ def setting(
     le: float | None = None,
     also: tuple[Callable[[Any], bool], str] | None = None,
     choices: Sequence[str] | None = None,
-    flag: str | None = None,
+    flag: str | tuple[str, ...] | None = None,
     negate: bool = False,
     cli_default: Any = MISSING,
     resumable: bool = False,
@@ -43,7 +43,8 @@ def setting(
     """A dataclass field with its help and bounds (``ge``/``gt``/``lt``/``le``, as pydantic names them).
 
     ``also``: one more rule (predicate, its wording) checked after the bounds, e.g. "0 (off) or > 1".
-    ``flag``/``negate``: the flag when it is not ``--field-name`` (``--no-progress`` sets ``progress=False``).
+    ``flag``/``negate``: the flag (or flags: aliases) when it is not ``--field-name`` (``--no-progress`` sets
+    ``progress=False``).
     ``cli_default``: the flag's default for a field the library requires (``--model``).
     ``resumable``: may change between a run and its ``--resume`` (it does not change what is trained).
     ``help`` may use ``%(default)s`` (argparse fills it in), so the default is written once.
@@ -137,6 +138,8 @@ def pydantic_fields(cls: type, names: Sequence[str], *, optional: bool = False) 
         m = f.metadata
         hint = base_type(cls, name)
         default = None if optional else f.default
+        if m.get("choices"):
+            hint = typing.Literal[tuple(m["choices"])]  # type: ignore[valid-type]
         typ = hint | None if optional or f.default is None else hint
         bounds = {k: m[k] for k in ("ge", "gt", "lt", "le") if m.get(k) is not None}
         out[name] = (typ, PydanticField(default, description=m["help"].replace("%(default)s", str(f.default)),

@@ -30,7 +30,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from tinyslm.errors import UserError
+from tinyslm.evaluate import EvalConfig
 from tinyslm.io import (
     DiskFullError,
     atomic_write_json,
@@ -95,13 +96,16 @@ TrainSection = create_model(
     **pydantic_fields(TrainConfig, TRAIN_SECTION_FIELDS),
 )
 
-class EvalSection(_Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["gsm8k"], min_length=1)
-    limit: int | None = Field(None, ge=1, description="first N problems of each benchmark (None: all)")
-    shots: int = Field(5, ge=1, description="k of the few-shot method")
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    engine: Literal["fast", "hf"] = "fast"
+EVAL_SECTION_FIELDS = ("limit", "batch_size", "max_new_tokens", "engine")  # from EvalConfig, as for train:
+
+EvalSection = create_model(
+    "EvalSection",
+    __base__=_Strict,
+    __doc__="The benchmarks and decoding of every cell; settings shared with tiny-slm-eval come from EvalConfig.",
+    benchmarks=(list[str], Field(default_factory=lambda: ["gsm8k"], min_length=1)),
+    shots=(int, Field(5, ge=1, description="k of the few-shot method")),
+    **pydantic_fields(EvalConfig, EVAL_SECTION_FIELDS),
+)
 
 
 class HardwareSection(_Strict):
@@ -311,7 +315,6 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True)
 def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
     """The :class:`tinyslm.evaluate.EvalConfig` of a cell: the base model with k shots, or the trained
     model zero-shot (as the paper evaluates fine-tuned models)."""
-    from tinyslm.evaluate import EvalConfig
 
     common = dict(
         benchmarks=",".join(cfg.eval.benchmarks),

@@ -10,8 +10,11 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, fields
+from typing import Any
 
 from tinyslm.errors import UserError
+from tinyslm.settings import base_type
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,6 +56,49 @@ def float_at_least(lo: float, *, strict: bool = False, below: float | None = Non
         return v
 
     return parse
+
+
+def add_config_args(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of config dataclass ``cls`` (see :mod:`tinyslm.settings`), in field order."""
+    for f in fields(cls):
+        add_setting_arg(p, cls, f)
+
+
+def add_setting_arg(p: argparse.ArgumentParser, cls: type, f: Field) -> None:
+    """The flag of one config field: ``--field-name`` (or its ``flag``), typed and bounded by its metadata."""
+    m = f.metadata
+    flag = m.get("flag") or "--" + f.name.replace("_", "-")
+    flags = (flag,) if isinstance(flag, str) else tuple(flag)  # ("--benchmark", "--benchmarks"): aliases
+    if m.get("negate"):  # --no-progress sets progress=False
+        p.add_argument(*flags, dest=f.name, action="store_false", help=m["help"])
+        return
+    kwargs: dict[str, Any] = {"help": m["help"]}
+    typ = base_type(cls, f.name)
+    if typ is bool:
+        kwargs["action"] = "store_true"
+    else:
+        kwargs["type"] = flag_type(f, typ)
+        if m.get("choices"):
+            kwargs["choices"] = m["choices"]
+    if f.default is not MISSING:
+        kwargs["default"] = f.default
+    elif m.get("cli_default", MISSING) is not MISSING:
+        kwargs["default"] = m["cli_default"]
+    else:
+        kwargs["required"] = True
+    p.add_argument(*flags, dest=f.name, **kwargs)
+
+
+def flag_type(f: Field, typ: type) -> Callable[[str], Any]:
+    """The argparse type of a field: its bounds checked as the value is parsed (plain ``typ`` without bounds)."""
+    m = f.metadata
+    if typ is int and (m.get("ge") is not None or m.get("gt") is not None):
+        lo = m["ge"] if m.get("ge") is not None else m["gt"] + 1
+        return int_at_least(lo, m.get("le"))
+    if typ is float and (m.get("ge") is not None or m.get("gt") is not None):
+        strict = m.get("ge") is None
+        return float_at_least(m["gt"] if strict else m["ge"], strict=strict, below=m.get("lt"))
+    return typ
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

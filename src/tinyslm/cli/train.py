@@ -9,56 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import MISSING, Field, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import fields
 
-from tinyslm.cli.args import Parser, float_at_least, int_at_least, run_command
-from tinyslm.settings import base_type
+from tinyslm.cli.args import Parser, add_config_args, run_command
 from tinyslm.train import TrainConfig, train
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`~tinyslm.train.TrainConfig` field, generated from the field: its type, default,
     bounds, choices and help are written once, on the field (as TRL's ``make_parser`` does for its configs)."""
-    for f in fields(TrainConfig):
-        add_setting_arg(p, TrainConfig, f)
-
-
-def add_setting_arg(p: argparse.ArgumentParser, cls: type, f: Field) -> None:
-    """The flag of one config field: ``--field-name`` (or its ``flag``), typed and bounded by its metadata."""
-    m = f.metadata
-    flag = m.get("flag") or "--" + f.name.replace("_", "-")
-    if m.get("negate"):  # --no-progress sets progress=False
-        p.add_argument(flag, dest=f.name, action="store_false", help=m["help"])
-        return
-    kwargs: dict[str, Any] = {"help": m["help"]}
-    typ = base_type(cls, f.name)
-    if typ is bool:
-        kwargs["action"] = "store_true"
-    else:
-        kwargs["type"] = flag_type(f, typ)
-        if m.get("choices"):
-            kwargs["choices"] = m["choices"]
-    if f.default is not MISSING:
-        kwargs["default"] = f.default
-    elif m.get("cli_default", MISSING) is not MISSING:
-        kwargs["default"] = m["cli_default"]
-    else:
-        kwargs["required"] = True
-    p.add_argument(flag, **kwargs)
-
-
-def flag_type(f: Field, typ: type) -> Callable[[str], Any]:
-    """The argparse type of a field: its bounds checked as the value is parsed (plain ``typ`` without bounds)."""
-    m = f.metadata
-    if typ is int and (m.get("ge") is not None or m.get("gt") is not None):
-        lo = m["ge"] if m.get("ge") is not None else m["gt"] + 1
-        return int_at_least(lo, m.get("le"))
-    if typ is float and (m.get("ge") is not None or m.get("gt") is not None):
-        strict = m.get("ge") is None
-        return float_at_least(m["gt"] if strict else m["ge"], strict=strict, below=m.get("lt"))
-    return typ
+    add_config_args(p, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
