@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from tinyslm import study
 from tinyslm.cli import eval_main, main
+from tinyslm.cli.train import main as train_main
 from tinyslm.errors import UserError
 from tinyslm.limits import MAX_SEED
-from tinyslm.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 

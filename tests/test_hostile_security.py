@@ -161,7 +161,7 @@ def test_the_other_checkpoint_files_are_safe_formats_and_damage_is_one_error(
 def test_crafted_checkpoint_is_one_line_exit_2_on_the_command_line(
     stopped_run, tiny_model_dir, small_jsonl, tmp_path, capsys
 ):
-    from tinyslm.train import main
+    from tinyslm.cli.train import main
 
     out = tmp_path / "run"
     shutil.copytree(stopped_run, out)

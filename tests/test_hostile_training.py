@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from tinyslm import study
+from tinyslm.cli.train import main
 from tinyslm.errors import UserError
-from tinyslm.train import EARLY_STEPS, FAULT_ENV, BlowUp, TrainConfig, main, resolve_config, train
+from tinyslm.train import EARLY_STEPS, FAULT_ENV, BlowUp, TrainConfig, resolve_config, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

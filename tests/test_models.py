@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tinyslm import models
+from tinyslm.cli import models as cli_models
 from tinyslm.errors import UserError
 
 WORDS = [
@@ -433,7 +434,7 @@ def test_outdated_cache_is_rebuilt(fake, home):
 
 
 def test_models_list_table(fake, capsys):
-    models.cmd_models_list()
+    cli_models.cmd_models_list()
     out = capsys.readouterr().out
     for name in [
         "smollm2-135m-instruct (default)",
@@ -450,12 +451,12 @@ def test_models_list_table(fake, capsys):
 
 
 def test_models_install_command(fake, capsys):
-    assert models.cmd_models_install("fake-model") == 0
+    assert cli_models.cmd_models_install("fake-model") == 0
     assert "installed at" in capsys.readouterr().out
-    assert models.cmd_models_install("fake-model") == 0
+    assert cli_models.cmd_models_install("fake-model") == 0
     assert "already installed" in capsys.readouterr().out
     with pytest.raises(UserError, match="unknown model"):
-        models.cmd_models_install("no-such-alias")
+        cli_models.cmd_models_install("no-such-alias")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tinyslm.cli import main as cli_main
+from tinyslm.cli.report import main as report_main
 from tinyslm.evaluate import summarize
-from tinyslm.report import main as report_main
 from tinyslm.report import write_report
 from tinyslm.report.collect import collect
 from tinyslm.report.tables import build_groups, compare, comparisons, cost_table, recommendations

@@ -126,7 +126,7 @@ def test_plan_protocol_and_overrides(tmp_path):
 
 
 def test_train_argv_round_trips_through_the_cli(tmp_path):
-    from tinyslm.train import add_train_args, config_from_args
+    from tinyslm.cli.train import add_train_args, config_from_args
 
     cfg = study.StudyConfig.model_validate(
         {"models": ["m"], "methods": ["dora"], "train": {"limit": 5, "max_steps": 3, "merge": True},

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tinyslm.benchmarks import Example, orcamath_holdout_indices
+from tinyslm.cli.train import main
 from tinyslm.datasets import (
     IGNORE_INDEX,
     encode_examples,
@@ -30,7 +31,7 @@ from tinyslm.datasets import (
 )
 from tinyslm.errors import UserError
 from tinyslm.prompts import build_prompt, format_target
-from tinyslm.train import FAULT_ENV, TrainConfig, epoch_order, main, step_micro_batches, train
+from tinyslm.train import FAULT_ENV, TrainConfig, epoch_order, step_micro_batches, train
 
 BIN = Path(sys.executable).parent
 
@@ -438,7 +439,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir, small
         tiny_model_dir, small_jsonl, out, "lora", "--limit", "8", "--max-steps", "6", "--save-every", "2"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "tinyslm.train", *argv],
+        [sys.executable, "-m", "tinyslm.cli.train", *argv],
         capture_output=True,
         text=True,
         env=_subprocess_env(**{FAULT_ENV: "sigkill@5"}),
@@ -490,7 +491,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tiny_model_dir, small_jsonl, tmp_p
         tiny_model_dir, small_jsonl, out, "full", "--max-steps", "100000", "--save-every", "100000"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyslm.train", *argv],
+        [sys.executable, "-m", "tinyslm.cli.train", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -526,7 +527,7 @@ def test_two_processes_match_one(tiny_model_dir, small_jsonl, tmp_path):
     two = tmp_path / "two"
     argv = _train_argv(tiny_model_dir, small_jsonl, two, "full", "--limit", "16")
     proc = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tinyslm.train", *argv],
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tinyslm.cli.train", *argv],
         capture_output=True,
         text=True,
         env=_subprocess_env(),

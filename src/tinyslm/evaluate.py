@@ -35,7 +35,8 @@ from tinyslm.benchmarks import (
 )
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
-from tinyslm.limits import seed_problem
+from tinyslm.limits import MAX_SEED, seed_problem
+from tinyslm.models import DEFAULT_MODEL
 from tinyslm.provenance import (
     HashCache,
     chat_template_sha256,
@@ -47,6 +48,7 @@ from tinyslm.provenance import (
     resume_hashes,
 )
 from tinyslm.scoring import score_output
+from tinyslm.settings import setting
 from tinyslm.stats import wilson_interval
 
 PROMPT_VERSION = 1  # bump when prompt wording changes: old predictions then no longer resume
@@ -54,22 +56,63 @@ PROMPT_VERSION = 1  # bump when prompt wording changes: old predictions then no 
 
 @dataclass
 class EvalConfig:
-    model: str
-    benchmarks: str
-    output: str
-    adapter: str | None = None
-    shots: int = 0
-    limit: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 256
-    seed: int = 1234
-    data_dir: str | None = None
-    overwrite: bool = False
-    device: str = "auto"
-    engine: str = "fast"  # "fast" (our decode loop) or "hf" (model.generate): same greedy tokens
-    trust_remote_code: bool = False
-    progress: bool = True
-    allow_missing_weights: bool = False  # evaluate a checkpoint whose files lack weights its config declares
+    """Every evaluation setting, once: default, bounds and help on the field (see :mod:`tinyslm.settings`);
+    the ``tiny-slm-eval`` flags and the study's ``eval:`` section are generated from these fields."""
+
+    model: str = setting(
+        help="offline alias (see `tiny-slm models`), Hugging Face id, local checkpoint dir or .gguf file "
+        "(default: %(default)s)",
+        cli_default=DEFAULT_MODEL,
+    )
+    benchmarks: str = setting(
+        help="comma-separated benchmarks (see `tiny-slm benchmarks`; default: %(default)s)",
+        flag=("--benchmark", "--benchmarks"),
+        cli_default="gsm8k",
+    )
+    output: str = setting(help="output directory: OUTPUT/<benchmark>/{predictions.jsonl,results.json}")
+    adapter: str | None = setting(None, help="PEFT adapter directory (LoRA/DoRA) to apply on top of --model")
+    shots: int = setting(
+        0,
+        help="worked examples in the prompt, drawn by --seed from a training split (the paper: 0 and 5)",
+        ge=0,
+    )
+    limit: int | None = setting(None, help="score only the first N problems of each benchmark", ge=1)
+    batch_size: int = setting(
+        16,
+        help="prompts decoded at once (default %(default)s): rows of a fixed batch, or slots refilled as "
+        "answers finish",
+        ge=1,
+    )
+    max_new_tokens: int = setting(256, help="generation budget per problem (default %(default)s)", ge=1)
+    seed: int = setting(
+        1234, help="seed for exemplar choice, 0 to 2^63-1 (default %(default)s)", ge=0, le=MAX_SEED
+    )
+    data_dir: str | None = setting(
+        None,
+        help="directory with the offline benchmark files (default: $TINYSLM_DATA_DIR; neither set = load "
+        "from the Hugging Face Hub)",
+    )
+    overwrite: bool = setting(
+        False, help="replace finished results in --output (default: keep and resume)"
+    )
+    device: str = setting(
+        "auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16"
+    )
+    # "fast" (our decode loop) or "hf" (model.generate): same greedy tokens
+    engine: str = setting(
+        "fast",
+        help="decoding loop: fast (continuous batching over a slot KV cache) or hf (model.generate); same "
+        "tokens",
+        choices=("fast", "hf"),
+    )
+    trust_remote_code: bool = setting(False, help="allow model code from the Hub (off by default)")
+    progress: bool = setting(True, help="no progress bar", flag="--no-progress", negate=True)
+    # evaluate a checkpoint whose files lack weights its config declares
+    allow_missing_weights: bool = setting(
+        False,
+        help="evaluate a checkpoint whose config declares weights its files lack (they are then random; "
+        "refused by default)",
+    )
 
 
 @dataclass
@@ -92,18 +135,6 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise UserError(f"unknown --device '{device}' (auto, cpu, cuda, cuda:N)")
-    return device
 
 
 def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
@@ -362,7 +393,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     """Evaluate one model on each benchmark of ``cfg``; returns the results by benchmark name."""
     import torch
 
-    from tinyslm.models import hf_progress_bars, load_model, model_name_for_results
+    from tinyslm.models import load_model, model_name_for_results
+    from tinyslm.runtime import hf_progress_bars, pick_device
 
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)")

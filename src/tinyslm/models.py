@@ -438,39 +438,6 @@ def list_aliases() -> list[dict[str, Any]]:
     ]
 
 
-def cmd_models_list() -> int:
-    """``tiny-slm models``: print the alias table."""
-    rows = list_aliases()
-    header = ["name", "installed", "download", "disk", "params", "licence", "type", "packages"]
-    table = [
-        [
-            r["name"] + (" (default)" if r["default"] else ""),
-            "yes" if r["installed"] else "no",
-            f"{r['size_mb']} MB",
-            f"{r['disk_mb']} MB",
-            r["params"],
-            r["license"],
-            r["kind"],
-            r["source"],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
-    for line in [header, *table]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
-    print(f"\ncache: {cache_home()}  (install one with: tiny-slm models install NAME)")
-    return 0
-
-
-def cmd_models_install(name: str) -> int:
-    """``tiny-slm models install NAME``: install (or confirm) one alias and print where it lives."""
-    alias = get_alias(name)
-    already = is_installed(alias)
-    path = install_alias(alias.name)
-    print(f"{alias.name}: {'already installed' if already else 'installed'} at {path}")
-    return 0
-
-
 # --------------------------------------------------------------------------------------------------------------
 # GGUF -> plain transformers model
 # --------------------------------------------------------------------------------------------------------------
@@ -761,21 +728,6 @@ def warn(message: str, notes: dict[str, Any] | None = None) -> None:
 def _first_line(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
-
-@contextlib.contextmanager
-def hf_progress_bars(enabled: bool) -> Iterator[None]:
-    """``enabled=False`` silences transformers' progress bars (loading weights) for the block, then restores them."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ hand cells to a cluster scheduler; each runs exactly what the in-process loop wo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import os
@@ -31,12 +30,21 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from tinyslm.errors import UserError
+from tinyslm.evaluate import EvalConfig
 from tinyslm.io import (
     DiskFullError,
     atomic_write_json,
@@ -47,6 +55,9 @@ from tinyslm.io import (
     read_json_object,
 )
 from tinyslm.limits import seed_problem
+from tinyslm.runtime import device_problem
+from tinyslm.settings import pydantic_fields, pydantic_validators
+from tinyslm.train import TrainConfig
 
 ICL_METHODS = ("zero-shot", "few-shot")
 TRAIN_METHODS = ("full", "lora", "dora")
@@ -65,40 +76,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class TrainSection(_Strict):
-    """Shared by every trained method; ``None`` means the protocol default of :class:`tinyslm.train.TrainConfig`."""
+# The study's train: and overrides: sections are built from TrainConfig's fields (tinyslm.settings): the
+# same defaults and bounds as tiny-slm-train's flags, written once on the field.
+TRAIN_SECTION_FIELDS = (
+    "dataset", "limit", "epochs", "max_steps", "batch_size", "micro_batch_size", "max_length", "warmup_ratio",
+    "weight_decay", "max_grad_norm", "save_every", "merge", "gradient_checkpointing", "divergence_factor",
+    "divergence_patience",
+)  # fmt: skip
+OVERRIDE_FIELDS = (
+    "lr", "warmup_ratio", "weight_decay", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size",
+    "micro_batch_size", "max_length", "max_grad_norm", "epochs", "max_steps", "gradient_checkpointing",
+)  # fmt: skip
 
-    dataset: str = "gsm8k-train"
-    limit: int | None = Field(None, ge=1, description="first N training rows (the paper: 10,000)")
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(64, ge=1)
-    micro_batch_size: int = Field(8, ge=1)
-    max_length: int = Field(512, ge=8)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    save_every: int = Field(100, ge=1)
-    merge: bool = False
-    gradient_checkpointing: bool = False
-    divergence_factor: float = Field(3.0, ge=0, description="0 (off) or > 1; see tinyslm.train.BlowUp")
-    divergence_patience: int = Field(5, ge=1)
+TrainSection = create_model(
+    "TrainSection",
+    __base__=_Strict,
+    __doc__="Shared by every trained method: :class:`tinyslm.train.TrainConfig`'s fields, defaults and bounds.",
+    __validators__=pydantic_validators(TrainConfig, TRAIN_SECTION_FIELDS),
+    **pydantic_fields(TrainConfig, TRAIN_SECTION_FIELDS),
+)
 
-    @field_validator("divergence_factor")
-    @classmethod
-    def _factor(cls, v: float) -> float:
-        if 0 < v <= 1:
-            raise ValueError(f"must be 0 (off) or > 1, got {v}")
-        return v
+EVAL_SECTION_FIELDS = ("limit", "batch_size", "max_new_tokens", "engine")  # from EvalConfig, as for train:
 
-
-class EvalSection(_Strict):
-    benchmarks: list[str] = Field(default_factory=lambda: ["gsm8k"], min_length=1)
-    limit: int | None = Field(None, ge=1, description="first N problems of each benchmark (None: all)")
-    shots: int = Field(5, ge=1, description="k of the few-shot method")
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    engine: Literal["fast", "hf"] = "fast"
+EvalSection = create_model(
+    "EvalSection",
+    __base__=_Strict,
+    __doc__="The benchmarks and decoding of every cell; settings shared with tiny-slm-eval come from EvalConfig.",
+    benchmarks=(list[str], Field(default_factory=lambda: ["gsm8k"], min_length=1)),
+    shots=(int, Field(5, ge=1, description="k of the few-shot method")),
+    **pydantic_fields(EvalConfig, EVAL_SECTION_FIELDS),
+)
 
 
 class HardwareSection(_Strict):
@@ -108,28 +115,19 @@ class HardwareSection(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"must be auto, cpu or cuda, got '{v}'")
+        problem = device_problem(v, training=True)  # one device for training and evaluation: the training rule
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
-class MethodOverrides(_Strict):
-    """Per-method hyper-parameters on top of the protocol defaults (train.PROTOCOL) and the train section."""
-
-    lr: float | None = Field(None, gt=0)
-    warmup_ratio: float | None = Field(None, ge=0, lt=1)
-    weight_decay: float | None = Field(None, ge=0)
-    lora_r: int | None = Field(None, ge=1)
-    lora_alpha: float | None = Field(None, gt=0)
-    lora_dropout: float | None = Field(None, ge=0, lt=1)
-    target_modules: str | None = None
-    batch_size: int | None = Field(None, ge=1)
-    micro_batch_size: int | None = Field(None, ge=1)
-    max_length: int | None = Field(None, ge=8)
-    max_grad_norm: float | None = Field(None, ge=0)
-    epochs: int | None = Field(None, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    gradient_checkpointing: bool | None = None
+MethodOverrides = create_model(
+    "MethodOverrides",
+    __base__=_Strict,
+    __doc__="Per-method settings on top of the protocol defaults (train.PROTOCOL) and the train section.",
+    __validators__=pydantic_validators(TrainConfig, OVERRIDE_FIELDS),
+    **pydantic_fields(TrainConfig, OVERRIDE_FIELDS, optional=True),
+)
 
 
 class DiagnosticsSection(_Strict):
@@ -296,29 +294,13 @@ def cell_model_name(ref: str) -> str:
 
 def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
     """The :class:`tinyslm.train.TrainConfig` of a trained cell: train section, then the method's overrides."""
-    from tinyslm.train import TrainConfig
 
-    t = cfg.train
     base = dict(
+        cfg.train.model_dump(),
         model=cell.model,
         method=cell.method,
         output=str(out),
-        dataset=t.dataset,
         data_dir=cfg.data_dir,
-        limit=t.limit,
-        epochs=t.epochs,
-        max_steps=t.max_steps,
-        batch_size=t.batch_size,
-        micro_batch_size=t.micro_batch_size,
-        max_length=t.max_length,
-        warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        save_every=t.save_every,
-        merge=t.merge,
-        gradient_checkpointing=t.gradient_checkpointing,
-        divergence_factor=t.divergence_factor,
-        divergence_patience=t.divergence_patience,
         seed=cell.seed,
         resume=True,  # fresh when empty, continue when killed, "done" when finished
         device=cfg.hardware.device,
@@ -333,7 +315,6 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True)
 def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) -> Any:
     """The :class:`tinyslm.evaluate.EvalConfig` of a cell: the base model with k shots, or the trained
     model zero-shot (as the paper evaluates fine-tuned models)."""
-    from tinyslm.evaluate import EvalConfig
 
     common = dict(
         benchmarks=",".join(cfg.eval.benchmarks),
@@ -358,7 +339,7 @@ def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) 
 
 def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
     """What a cell's results depend on; a rerun with a different spec is refused, never mixed."""
-    from tinyslm.train import _RESUMABLE_CHANGES
+    from tinyslm.train import RESUMABLE_CHANGES
 
     ecfg = asdict(eval_config(cfg, cell, out))
     spec: dict[str, Any] = {
@@ -366,7 +347,7 @@ def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
     }
     if cell.trained:
         tcfg = asdict(train_config(cfg, cell, out))
-        spec["train"] = {k: v for k, v in tcfg.items() if k not in _RESUMABLE_CHANGES}
+        spec["train"] = {k: v for k, v in tcfg.items() if k not in RESUMABLE_CHANGES}
     return spec
 
 
@@ -486,9 +467,9 @@ def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[s
             return "diverged", run.get("reason") or "training diverged"
         if run.get("status") != "finished":
             return "failed", f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": ")
-    from tinyslm.train import _hf_progress_bars
+    from tinyslm.runtime import hf_progress_bars
 
-    with _hf_progress_bars(progress):
+    with hf_progress_bars(progress):
         run_eval(eval_config(cfg, cell, out, progress))
     return "finished", None
 
@@ -500,7 +481,7 @@ def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
     from tinyslm.io import HELD_LOCKS_ENV
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.hardware.num_processes),
-           "-m", "tinyslm.train", *train_argv(train_config(cfg, cell, out))]
+           "-m", "tinyslm.cli.train", *train_argv(train_config(cfg, cell, out))]
     # The children train into this cell, which this process has locked: they may write there.
     env = {**os.environ, HELD_LOCKS_ENV: str(out.expanduser().resolve())}
     proc = subprocess.run(cmd, check=False, env=env)
@@ -510,7 +491,6 @@ def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
 
 def train_argv(tcfg: Any) -> list[str]:
     """``tiny-slm-train`` arguments that reproduce ``tcfg`` (only what differs from the CLI defaults)."""
-    from tinyslm.train import TrainConfig
 
     default = TrainConfig(model="", method="", output="")
     argv = []
@@ -673,54 +653,3 @@ def write_report(cfg: StudyConfig, root: Path) -> Path:
     from tinyslm.report import write_report as render
 
     return render([root], root / "report", price_per_gpu_hour=cfg.report.price_per_gpu_hour)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line: `tiny-slm run`.
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="study config (YAML); see configs/quick.yaml, offline.yaml, paper.yaml")
-    p.add_argument("--output", help="study directory (default: the config's output:, else runs/<config name>)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
-    p.add_argument("--print-commands", action="store_true",
-                   help="print one shell command per cell (for a cluster scheduler); run nothing")
-    p.add_argument("--cell", help="run only this cell (an id from --dry-run, e.g. smollm2-135m-instruct/lora/seed1234)")
-    p.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before (default: keep them)")
-    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    root = output_dir(cfg, args.config, args.output)
-    cells = plan_cells(cfg)
-    if args.dry_run or args.print_commands:
-        if args.dry_run:
-            print(f"{len(cells)} cells -> {root}")
-        for c in cells:
-            if args.print_commands:
-                cmd = ["tiny-slm", "run", str(args.config), "--output", str(root), "--cell", c.id, "--no-progress"]
-                print(shlex.join(cmd))
-            else:
-                rec = read_cell(c.dir(root)) or {}
-                status = rec.get("status", "pending")
-                reason = f"  ({rec['reason']})" if rec.get("reason") else ""
-                print(f"  {c.id:<50} {status}{reason}")
-        if args.print_commands:
-            print(f"# then: tiny-slm-report {shlex.quote(str(root))} --output {shlex.quote(str(root / 'report'))}")
-        return 0
-    result = run_study(args.config, args.output, only=args.cell, retry_failed=args.retry_failed,
-                       progress=not args.no_progress, report=not args.no_report)
-    recs = [r for r in result["cells"].values() if r]
-    done = sum(r.get("status") == "finished" for r in recs)
-    failed = [r for r in recs if r.get("status") in ("failed", "diverged")]
-    diverged = sum(r.get("status") == "diverged" for r in failed)
-    print(f"{done}/{len(cells)} cells finished, {len(failed)} failed"
-          + (f" ({diverged} diverged)" if diverged else "")
-          + f"; study in {result['output']} ({result['wall_s']:.0f} s)")
-    for r in failed:
-        print(f"  {r['status']}: {r['id']}: {r.get('reason')}")
-    if "report" in result:
-        print(f"report: {result['report']}")
-    return 1 if failed else 0  # a scheduler (or make) sees that something needs a look; the rest is on disk

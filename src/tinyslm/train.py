@@ -14,8 +14,8 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
 4. **Model.** Loaded in float32 (the master weights), wrapped by ``peft`` for LoRA/DoRA (``use_dora``).
 5. **Optimizer.** AdamW; weight decay on matrices only (biases, norms and DoRA magnitudes are not
    decayed, as in nanoGPT); cosine schedule with linear warmup (transformers' scheduler).
-6. **Loop.** Built on ``accelerate``, so ``torchrun --nproc_per_node N -m tinyslm.train ...`` or
-   ``accelerate launch --multi_gpu --num_processes N -m tinyslm.train ...`` (also on CPU-only hosts,
+6. **Loop.** Built on ``accelerate``, so ``torchrun --nproc_per_node N -m tinyslm.cli.train ...`` or
+   ``accelerate launch --multi_gpu --num_processes N -m tinyslm.cli.train ...`` (also on CPU-only hosts,
    gloo; ``accelerate launch --cpu`` starts one process) trains data-parallel with no code change: each
    rank takes its share of every batch's micro-batches. bf16 autocast on CUDA, fp32 on CPU. The loss is
    token-weighted over the whole effective batch, for any process count. Every step appends a line to
@@ -31,7 +31,6 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
 import json
@@ -47,15 +46,21 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tinyslm.errors import UserError
 from tinyslm.io import JsonlAppender, atomic_write_json, exclusive_lock, read_jsonl, writing
 from tinyslm.limits import MAX_SEED, seed_problem
+from tinyslm.models import DEFAULT_MODEL
+from tinyslm.runtime import TRAIN_DEVICES, device_problem
+from tinyslm.settings import check_bounds, resumable_names, setting
 
 METHODS = ("full", "lora", "dora")
+
+# The early level of the loss (the blow-up check): the lowest loss of the run's first EARLY_STEPS steps.
+EARLY_STEPS = 5
 
 # The study's protocol: what differs between methods. Everything else is shared (see TrainConfig defaults).
 PROTOCOL: dict[str, dict[str, float]] = {
@@ -67,28 +72,6 @@ PROTOCOL: dict[str, dict[str, float]] = {
 # "q,v" is shorthand for q_proj,v_proj (the LoRA paper's choice); these short names get "_proj" appended.
 _SHORT_MODULES = {"q", "k", "v", "o", "gate", "up", "down"}
 
-# Config fields that may change between a run and its --resume (they do not change what is trained).
-_RESUMABLE_CHANGES = {
-    "output",
-    "resume",
-    "overwrite",
-    "progress",
-    "report_to",
-    "eval",
-    "eval_limit",
-    "merge",
-    "save_every",
-    "keep_checkpoints",
-    "device",
-    "data_dir",
-    "trust_remote_code",
-    # same math, less activation memory (recomputed in the backward pass; dropout masks are replayed)
-    "gradient_checkpointing",
-    # when to give up on a run, not what it trains
-    "divergence_factor",
-    "divergence_patience",
-}
-
 # Test hook: TINYSLM_TRAIN_FAULT="nan@K" sets a weight to NaN before step K (exercises the divergence guard);
 # "sigkill@K" SIGKILLs this process right after step K is logged (exercises --resume after a hard kill).
 FAULT_ENV = "TINYSLM_TRAIN_FAULT"
@@ -96,42 +79,135 @@ FAULT_ENV = "TINYSLM_TRAIN_FAULT"
 
 @dataclass
 class TrainConfig:
-    model: str
-    method: str
-    output: str
-    dataset: str = "gsm8k-train"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    data_dir: str | None = None
-    limit: int | None = None  # first N rows of the dataset
-    epochs: int = 1
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    lr: float | None = None  # None: the method's protocol default
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    lora_r: int = 8
-    lora_alpha: float = 32
-    lora_dropout: float | None = None  # None: the method's protocol default
-    target_modules: str = "all-linear"
-    batch_size: int = 64  # effective: micro_batch_size x accumulation x processes
-    micro_batch_size: int = 8
-    max_length: int = 512
-    max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still logged)
-    seed: int = 1234
-    save_every: int = 100
-    keep_checkpoints: int = 2
-    resume: bool = False
-    overwrite: bool = False
-    merge: bool = False
-    eval: str | None = None  # comma-separated benchmarks to evaluate the result on
-    eval_limit: int | None = None
-    report_to: str = "none"  # none | wandb | tensorboard (comma-separated)
-    device: str = "auto"  # auto | cpu | cuda
-    trust_remote_code: bool = False
-    progress: bool = True
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
-    divergence_factor: float = 3.0  # blow-up: loss > factor x early level (0 = only non-finite counts) ...
-    divergence_patience: int = 5  # ... for this many consecutive steps
+    """Every training setting, once: default, bounds and help live on the field (see :mod:`tinyslm.settings`).
+
+    The ``tiny-slm-train`` flags are generated from these fields, :func:`resolve_config` checks their bounds,
+    and the study's ``train:`` and ``overrides:`` sections are built from them.
+    """
+
+    model: str = setting(
+        help="offline alias, Hugging Face id, local checkpoint dir or .gguf file (default: %(default)s)",
+        cli_default=DEFAULT_MODEL,
+    )
+    method: str = setting(
+        help="full fine-tuning, LoRA, or DoRA (LoRA with weight decomposition; peft use_dora)", choices=METHODS
+    )
+    output: str = setting(
+        help="run directory: run.json, metrics.jsonl, checkpoints/, final/ (and merged/, eval/)", resumable=True
+    )
+    dataset: str = setting(
+        "gsm8k-train",
+        help="gsm8k-train (default; offline), orcamath (Hub: seeded stratified 10k subset disjoint from the "
+        "eval holdout), a .jsonl file, or a Hub dataset id owner/name (split train)",
+    )
+    question_field: str = setting(
+        "question", help="question field of a .jsonl/Hub dataset (default %(default)s)"
+    )
+    answer_field: str = setting(
+        "answer", help="answer field (the target; '#### <last number>' is appended when it has no '#### ' line)"
+    )
+    data_dir: str | None = setting(
+        None, help="offline data directory (default: $TINYSLM_DATA_DIR; neither = the Hub)", resumable=True
+    )
+    limit: int | None = setting(None, help="train on the first N rows only", ge=1)
+    epochs: int = setting(1, help="passes over the data (default %(default)s)", ge=1)
+    max_steps: int | None = setting(None, help="optimizer steps; overrides --epochs", ge=1)
+    lr: float | None = setting(  # None: the method's protocol default
+        None, help="peak learning rate (default: full 2e-5, lora/dora 2e-4)", gt=0
+    )
+    warmup_ratio: float = setting(
+        0.03,
+        help="fraction of steps with linear warmup before the cosine decay (default %(default)s)",
+        ge=0,
+        lt=1,
+    )
+    weight_decay: float = setting(0.01, help="AdamW weight decay on matrices (default %(default)s)", ge=0)
+    lora_r: int = setting(8, help="LoRA/DoRA rank (default %(default)s)", ge=1)
+    lora_alpha: float = setting(32, help="LoRA/DoRA alpha (default %(default)s)", gt=0)
+    lora_dropout: float | None = setting(  # None: the method's protocol default
+        None, help="dropout on the adapter input (default 0.05; full fine-tuning has no adapter)", ge=0, lt=1
+    )
+    target_modules: str = setting(
+        "all-linear",
+        help="all-linear (default: every attention and MLP projection), q,v (= q_proj,v_proj), or names",
+    )
+    batch_size: int = setting(
+        64, help="effective batch size = micro-batch x accumulation x processes (default %(default)s)", ge=1
+    )
+    micro_batch_size: int = setting(8, help="rows per forward pass (default %(default)s)", ge=1)
+    max_length: int = setting(
+        512,
+        help="tokens per example, prompt + target; longer ones are cut and counted (default %(default)s)",
+        ge=8,
+    )
+    max_grad_norm: float = setting(
+        1.0, help="clip the global gradient norm (default %(default)s; 0 = off)", ge=0
+    )
+    seed: int = setting(
+        1234,
+        help="seed for adapter init, data order and dropout, 0 to 2^63-1 (default %(default)s)",
+        ge=0,
+        le=MAX_SEED,
+    )
+    save_every: int = setting(
+        100, help="checkpoint every N steps (default %(default)s)", ge=1, resumable=True
+    )
+    keep_checkpoints: int = setting(2, help="checkpoints kept (default %(default)s)", ge=1, resumable=True)
+    resume: bool = setting(
+        False, help="continue an unfinished run in --output from its last checkpoint", resumable=True
+    )
+    overwrite: bool = setting(False, help="replace the run in --output", resumable=True)
+    merge: bool = setting(
+        False, help="also write the adapter merged into the base model to OUTPUT/merged", resumable=True
+    )
+    eval: str | None = setting(
+        None,
+        help="benchmarks to evaluate the result on afterwards, e.g. gsm8k,svamp (to OUTPUT/eval)",
+        resumable=True,
+    )
+    eval_limit: int | None = setting(
+        None, help="score only the first N problems of each --eval benchmark", ge=1, resumable=True
+    )
+    report_to: str = setting(
+        "none", help="none (default), wandb, tensorboard, or both comma-separated", resumable=True
+    )
+    device: str = setting(
+        "auto",
+        help="auto (CUDA if present: bf16 autocast), cpu (fp32)",
+        choices=TRAIN_DEVICES,
+        resumable=True,
+    )
+    trust_remote_code: bool = setting(
+        False, help="allow model code from the Hub (off by default)", resumable=True
+    )
+    progress: bool = setting(True, help="no progress bar", flag="--no-progress", negate=True, resumable=True)
+    # same math, less activation memory (recomputed in the backward pass; dropout masks are replayed)
+    gradient_checkpointing: bool = setting(
+        False,
+        help="recompute each layer's activations in the backward pass: about half the peak memory, one more "
+        "forward pass, same result (may be switched on or off on --resume)",
+        resumable=True,
+    )
+    # when to give up on a run, not what it trains
+    divergence_factor: float = setting(
+        3.0,
+        help=f"stop as diverged when the loss stays above this x its early level (the lowest loss of steps "
+        f"1-{EARLY_STEPS}) for --divergence-patience steps in a row (default 3; 0 = only NaN/inf count)",
+        ge=0,
+        also=(lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+        resumable=True,
+    )
+    divergence_patience: int = setting(
+        5,
+        help="consecutive steps above --divergence-factor x the early loss that count as diverged "
+        "(default %(default)s)",
+        ge=1,
+        resumable=True,
+    )
+
+
+#: Config fields that may change between a run and its --resume (they do not change what is trained).
+RESUMABLE_CHANGES = resumable_names(TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,46 +224,16 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         lr=proto["lr"] if cfg.lr is None else cfg.lr,
         lora_dropout=proto["lora_dropout"] if cfg.lora_dropout is None else cfg.lora_dropout,
     )
-    # Every float must be a finite number: inf/nan pass comparisons like ">= 0" and then train NaN weights.
-    floats = ("lr", "warmup_ratio", "weight_decay", "lora_alpha", "lora_dropout", "max_grad_norm",
-              "divergence_factor")  # fmt: skip
-    for name in floats:
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-    checks: list[tuple[str, bool, str]] = [
-        ("lr", cfg.lr > 0, "> 0"),
-        ("warmup_ratio", 0 <= cfg.warmup_ratio < 1, "in [0, 1)"),
-        ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
-        ("lora_r", cfg.lora_r >= 1, ">= 1"),
-        ("lora_alpha", cfg.lora_alpha > 0, "> 0"),
-        ("lora_dropout", 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
-        ("divergence_factor", cfg.divergence_factor == 0 or cfg.divergence_factor > 1, "0 (off) or > 1"),
-        ("divergence_patience", cfg.divergence_patience >= 1, ">= 1"),
-        ("batch_size", cfg.batch_size >= 1, ">= 1"),
-        ("micro_batch_size", cfg.micro_batch_size >= 1, ">= 1"),
-        ("epochs", cfg.epochs >= 1, ">= 1"),
-        ("max_steps", cfg.max_steps is None or cfg.max_steps >= 1, ">= 1"),
-        ("max_length", cfg.max_length >= 8, ">= 8"),
-        ("max_grad_norm", cfg.max_grad_norm >= 0, ">= 0"),
-        ("save_every", cfg.save_every >= 1, ">= 1"),
-        ("keep_checkpoints", cfg.keep_checkpoints >= 1, ">= 1"),
-        ("limit", cfg.limit is None or cfg.limit >= 1, ">= 1"),
-        ("eval_limit", cfg.eval_limit is None or cfg.eval_limit >= 1, ">= 1"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise UserError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(cfg, name)}")
+    check_bounds(cfg)  # every field's bounds, written once on the field
     if cfg.batch_size % cfg.micro_batch_size:
         raise UserError(
             f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size {cfg.micro_batch_size}"
         )
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(
-            f"unknown --device '{cfg.device}' (auto, cpu, cuda; use CUDA_VISIBLE_DEVICES to pick a GPU)"
-        )
+    device_error = device_problem(cfg.device, training=True)
+    if device_error is not None:
+        raise UserError(f"--device: {device_error}")
     parse_target_modules(cfg.target_modules)
     report_targets(cfg.report_to)
     return cfg
@@ -259,7 +305,7 @@ def check_output(out: Path, cfg: TrainConfig) -> str:
         )
     if prev is not None:
         old, new = prev.get("config", {}), asdict(cfg)
-        diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and k in old and old[k] != new[k])
+        diff = sorted(k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k])
         if diff:
             raise UserError(
                 f"{out} was started with different settings ({', '.join(diff)}); resume it with the same "
@@ -752,10 +798,6 @@ class StopSignals:
             signal.signal(s, h)
 
 
-# The early level of the loss (the blow-up check): the lowest loss of the run's first EARLY_STEPS steps.
-EARLY_STEPS = 5
-
-
 @dataclass
 class BlowUp:
     """The sustained-blow-up half of the divergence check (the other half: non-finite numbers).
@@ -847,23 +889,10 @@ def train(cfg: TrainConfig) -> dict:
     the bad update), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
     reason (an exception, which is re-raised). Bad input raises UserError before anything is written.
     """
-    with _hf_progress_bars(cfg.progress), contextlib.ExitStack() as locks:
+    from tinyslm.runtime import hf_progress_bars
+
+    with hf_progress_bars(cfg.progress), contextlib.ExitStack() as locks:
         return _train(cfg, locks)
-
-
-@contextlib.contextmanager
-def _hf_progress_bars(enabled: bool) -> Any:
-    """``progress=False`` also silences transformers' bars (loading/writing weights), then restores them."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _lock_output(locks: contextlib.ExitStack, out: Path) -> None:
@@ -1354,208 +1383,5 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Command line: `tiny-slm train` / `tiny-slm-train`.
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    from tinyslm.cli import DEFAULT_MODEL, _float_at_least, _int_at_least
-
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"offline alias, Hugging Face id, local checkpoint dir or .gguf file (default: {DEFAULT_MODEL})",
-    )
-    p.add_argument(
-        "--method",
-        required=True,
-        choices=METHODS,
-        help="full fine-tuning, LoRA, or DoRA (LoRA with weight decomposition; peft use_dora)",
-    )
-    p.add_argument(
-        "--dataset",
-        default="gsm8k-train",
-        help="gsm8k-train (default; offline), orcamath (Hub: seeded stratified 10k subset disjoint from the "
-        "eval holdout), a .jsonl file, or a Hub dataset id owner/name (split train)",
-    )
-    p.add_argument(
-        "--question-field",
-        default="question",
-        help="question field of a .jsonl/Hub dataset (default question)",
-    )
-    p.add_argument(
-        "--answer-field",
-        default="answer",
-        help="answer field (the target; '#### <last number>' is appended when it has no '#### ' line)",
-    )
-    p.add_argument(
-        "--data-dir", help="offline data directory (default: $TINYSLM_DATA_DIR; neither = the Hub)"
-    )
-    p.add_argument("--limit", type=_int_at_least(1), help="train on the first N rows only")
-    p.add_argument("--epochs", type=_int_at_least(1), default=1, help="passes over the data (default 1)")
-    p.add_argument("--max-steps", type=_int_at_least(1), help="optimizer steps; overrides --epochs")
-    p.add_argument(
-        "--lr",
-        type=_float_at_least(0, strict=True),
-        help="peak learning rate (default: full 2e-5, lora/dora 2e-4)",
-    )
-    p.add_argument(
-        "--warmup-ratio",
-        type=_float_at_least(0, below=1),
-        default=0.03,
-        help="fraction of steps with linear warmup before the cosine decay (default 0.03)",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=_float_at_least(0),
-        default=0.01,
-        help="AdamW weight decay on matrices (default 0.01)",
-    )
-    p.add_argument("--lora-r", type=_int_at_least(1), default=8, help="LoRA/DoRA rank (default 8)")
-    p.add_argument(
-        "--lora-alpha", type=_float_at_least(0, strict=True), default=32, help="LoRA/DoRA alpha (default 32)"
-    )
-    p.add_argument(
-        "--lora-dropout",
-        type=_float_at_least(0, below=1),
-        help="dropout on the adapter input (default 0.05; full fine-tuning has no adapter)",
-    )
-    p.add_argument(
-        "--target-modules",
-        default="all-linear",
-        help="all-linear (default: every attention and MLP projection), q,v (= q_proj,v_proj), or names",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_int_at_least(1),
-        default=64,
-        help="effective batch size = micro-batch x accumulation x processes (default 64)",
-    )
-    p.add_argument(
-        "--micro-batch-size", type=_int_at_least(1), default=8, help="rows per forward pass (default 8)"
-    )
-    p.add_argument(
-        "--max-length",
-        type=_int_at_least(8),
-        default=512,
-        help="tokens per example, prompt + target; longer ones are cut and counted (default 512)",
-    )
-    p.add_argument(
-        "--max-grad-norm",
-        type=_float_at_least(0),
-        default=1.0,
-        help="clip the global gradient norm (default 1.0; 0 = off)",
-    )
-    p.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        help="recompute each layer's activations in the backward pass: about half the peak memory, one more "
-        "forward pass, same result (may be switched on or off on --resume)",
-    )
-    p.add_argument(
-        "--divergence-factor",
-        type=_float_at_least(0),
-        default=3.0,
-        help=f"stop as diverged when the loss stays above this x its early level (the lowest loss of steps "
-        f"1-{EARLY_STEPS}) for --divergence-patience steps in a row (default 3; 0 = only NaN/inf count)",
-    )
-    p.add_argument(
-        "--divergence-patience",
-        type=_int_at_least(1),
-        default=5,
-        help="consecutive steps above --divergence-factor x the early loss that count as diverged (default 5)",
-    )
-    p.add_argument(
-        "--seed",
-        type=_int_at_least(0, MAX_SEED),
-        default=1234,
-        help="seed for adapter init, data order and dropout, 0 to 2^63-1 (default 1234)",
-    )
-    p.add_argument(
-        "--save-every", type=_int_at_least(1), default=100, help="checkpoint every N steps (default 100)"
-    )
-    p.add_argument(
-        "--keep-checkpoints", type=_int_at_least(1), default=2, help="checkpoints kept (default 2)"
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an unfinished run in --output from its last checkpoint",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="also write the adapter merged into the base model to OUTPUT/merged",
-    )
-    p.add_argument(
-        "--eval", help="benchmarks to evaluate the result on afterwards, e.g. gsm8k,svamp (to OUTPUT/eval)"
-    )
-    p.add_argument(
-        "--eval-limit", type=_int_at_least(1), help="score only the first N problems of each --eval benchmark"
-    )
-    p.add_argument(
-        "--report-to", default="none", help="none (default), wandb, tensorboard, or both comma-separated"
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto (CUDA if present: bf16 autocast), cpu (fp32)",
-    )
-    p.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--output",
-        required=True,
-        help="run directory: run.json, metrics.jsonl, checkpoints/, final/ (and merged/, eval/)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)} - {"progress"}
-    return TrainConfig(**{n: getattr(args, n) for n in names}, progress=not args.no_progress)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    run = train(config_from_args(args))
-    status = run.get("status")
-    if int(os.environ.get("RANK", "0")) != 0:  # data-parallel workers: rank 0 reports for all
-        return 0 if status == "finished" else 1
-    out = args.output
-    if status == "finished":
-        speed = f", {run['samples_per_s']:.1f} samples/s" if run.get("samples_per_s") else ""
-        runtime = run.get("runtime_s", 0)
-        print(
-            f"{run['method']} on {run['model']}: finished {run['step']} steps in {runtime:.1f} s{speed} "
-            f"-> {out}/final (run record {out}/run.json)"
-        )
-        for name, r in (run.get("eval") or {}).items():
-            print(f"{name}: exact match {100 * r['exact_match']:.1f}% (n={r['n']}) -> {r['results']}")
-        return 0
-    print(f"tiny-slm-train: {status}: {run.get('reason', '')} ({out}/run.json)", file=sys.stderr)
-    if status == "interrupted":
-        return 143 if "SIGTERM" in run.get("reason", "") else 130
-    return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tiny-slm-train``; also ``python -m tinyslm.train``, which ``torchrun``/``accelerate launch`` run."""
-    from tinyslm.cli import _Parser, _run
-
-    p = _Parser(
-        prog="tiny-slm-train",
-        description=(
-            "Fine-tune a model (full, LoRA or DoRA) on a math training set under one protocol; "
-            "rerun with --resume to continue a killed run."
-        ),
-    )
-    add_train_args(p)
-    p.set_defaults(func=cmd_train)
-    return _run(p, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command line lives in tinyslm.cli.train; say so instead of doing nothing
+    sys.exit("python -m tinyslm.train is now python -m tinyslm.cli.train (or tiny-slm-train); same arguments")

@@ -95,7 +95,8 @@ def analyze(
     The peak memory of each step is recorded in ``measured.peak_memory``.
     """
     from tinyslm.benchmarks import resolve_data_dir
-    from tinyslm.evaluate import package_versions, pick_device
+    from tinyslm.evaluate import package_versions
+    from tinyslm.runtime import pick_device
 
     info = read_run_dir(run_dir, base)
     wanted = parse_measures(measures)
@@ -455,8 +456,8 @@ def _bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
 @contextlib.contextmanager
 def _quiet_loading(progress: bool) -> Iterator[None]:
     """No weight-loading bars without progress; peft's warnings about transformers internals are not the user's."""
-    from tinyslm.train import _hf_progress_bars
+    from tinyslm.runtime import hf_progress_bars
 
-    with _hf_progress_bars(progress), warnings.catch_warnings():
+    with hf_progress_bars(progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
         yield

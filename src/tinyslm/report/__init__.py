@@ -12,11 +12,9 @@ Every sentence that states a finding is computed from the runs; nothing is writt
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,13 +27,13 @@ from tinyslm.report.render import Bullets, Section, Table, to_html, to_markdown
 from tinyslm.report.tables import (
     ALPHA,
     SMALL_N,
-    _half_width,
     accuracy_table,
     build_groups,
     comparisons,
     cost_table,
     diagnostics_table,
     fmt_count,
+    half_width,
     qualitative_examples,
     recommendations,
     repetition_table,
@@ -224,7 +222,7 @@ def header(col: Collection, groups: dict) -> list:
         n = min(ns)
         blocks.append(
             f"Small samples: the smallest benchmark slice has n = {n} problems, where a 95% interval at 50% "
-            f"accuracy is about \u00b1{100 * _half_width(n):.0f} pp wide. Differences inside the intervals, and "
+            f"accuracy is about \u00b1{100 * half_width(n):.0f} pp wide. Differences inside the intervals, and "
             "verdicts that say n.s., are not evidence of a difference either way."
         )
     return blocks
@@ -329,43 +327,3 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, *,
     atomic_write_text(out / "report.md", to_markdown(TITLE, sections))
     atomic_write_text(out / "report.html", to_html(TITLE, sections))
     return out / "report.html"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line.
-
-
-def add_report_args(p: argparse.ArgumentParser) -> None:
-    from tinyslm.cli import _float_at_least, _int_at_least
-
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                   help="study directories (tiny-slm run), tiny-slm-train --output or tiny-slm-eval --output "
-                        "directories; searched recursively")
-    p.add_argument("--output", required=True, help="report directory: report.md, report.html, figures/, results.csv")
-    p.add_argument("--price-per-gpu-hour", type=_float_at_least(0.0), default=DEFAULT_PRICE,
-                   help=f"USD per GPU-hour for the cost column (default {DEFAULT_PRICE:.2f}); "
-                        "cost = runtime hours x processes x price; CPU runs get no price")
-    p.add_argument("--examples", type=_int_at_least(0), default=3,
-                   help="problems shown side by side per model and benchmark (default 3)")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    html_path = write_report(args.run_dirs, args.output, price_per_gpu_hour=args.price_per_gpu_hour,
-                             examples=args.examples)
-    out = html_path.parent
-    print(f"report: {out / 'report.md'}, {html_path}, {out / 'results.csv'}, figures in {out / 'figures'}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from tinyslm.cli import _Parser, _run
-
-    p = _Parser(prog="tiny-slm-report",
-                description="Tables, paired statistics and figures from study, training and evaluation runs.")
-    add_report_args(p)
-    p.set_defaults(func=cmd_report)
-    return _run(p, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

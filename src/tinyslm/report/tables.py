@@ -545,7 +545,7 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                  f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
                  + (f", tied with {', '.join(tied)}." if tied else ".")]
         thin = (f"Evidence is thin: {n_total} problems in all, so 95% intervals are about "
-                f"\u00b1{100 * _half_width(n_total):.0f} pp wide; treat the ranking as provisional."
+                f"\u00b1{100 * half_width(n_total):.0f} pp wide; treat the ranking as provisional."
                 if n_total < SMALL_N else None)
         if len(ranked) == 1:
             lines.append("Only one method was evaluated: there is nothing to compare it with.")
@@ -608,6 +608,6 @@ def _pooled_votes(by_bench: dict[str, Group], benches: list[str]) -> dict[str, b
     return {f"{b}/{k}": v for b in benches for k, v in by_bench[b].verdicts().items()}
 
 
-def _half_width(n: int) -> float:
+def half_width(n: int) -> float:
     lo, hi = wilson_interval(n / 2, n) if n else (0.0, 1.0)
     return (hi - lo) / 2

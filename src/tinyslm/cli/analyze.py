@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tinyslm.cli.args import float_at_least, int_at_least
+
 
 def add_analyze_args(p: argparse.ArgumentParser) -> None:
-    from tinyslm.cli import _float_at_least, _int_at_least
     from tinyslm.diagnostics import HVP_DEFAULTS, MEASURES
 
     p.add_argument(
@@ -16,7 +17,7 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="base model to compare with (default: the run's --model, from run.json)")
     p.add_argument(
         "--probe-limit",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=200,
         help="items per forgetting probe, ARC-Easy and MMLU (default 200; fixed seeded subsets)",
     )
@@ -34,25 +35,25 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--hvp-iters",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="sharpness: power iterations per phase "
         f"(default {HVP_DEFAULTS['gpu'][0]} on a GPU, {HVP_DEFAULTS['cpu'][0]} on a CPU)",
     )
     p.add_argument(
         "--hvp-tol",
-        type=_float_at_least(0, strict=True),
+        type=float_at_least(0, strict=True),
         default=1e-3,
         help="sharpness: stop when the eigenvalue estimate changes by less than this, relative (default 1e-3)",
     )
     p.add_argument(
         "--hvp-batch",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="sharpness: training examples in the batch "
         f"(default {HVP_DEFAULTS['gpu'][1]} on a GPU, {HVP_DEFAULTS['cpu'][1]} on a CPU)",
     )
     p.add_argument(
         "--hvp-micro-batch",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=1,
         help="sharpness: examples per forward/double-backward pass; memory grows with it, the result does not "
         "change (default 1)",

@@ -1,0 +1,7 @@
+"""``python -m tinyslm.cli`` = ``tiny-slm``."""
+
+import sys
+
+from tinyslm.cli import main
+
+sys.exit(main())

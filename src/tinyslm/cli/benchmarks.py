@@ -1,0 +1,15 @@
+"""``tiny-slm benchmarks``: list the benchmark registry."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from tinyslm.benchmarks import BENCHMARKS
+
+    print(f"{'name':<10} {'style':<7} {'offline file':<20} {'hub id':<40} description")
+    for b in BENCHMARKS.values():
+        hub = b.hub.path if b.hub else "-"
+        print(f"{b.name:<10} {b.answer_style:<7} {b.local_file or '-':<20} {hub:<40} {b.description}")
+    return 0
