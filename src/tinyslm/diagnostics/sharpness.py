@@ -172,7 +172,7 @@ def model_sharpness(
     """λmax of the mean completion-token loss of ``model`` on ``batch`` over its trainable parameters."""
     import torch
 
-    from tinyslm.train import supports_logits_to_keep, target_loss_sum
+    from tinyslm.loss import supports_logits_to_keep, target_loss_sum
 
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
