@@ -46,6 +46,7 @@ from tinyslm.provenance import (
     record,
     resume_hashes,
 )
+from tinyslm.results import EvalResult
 from tinyslm.scoring import score_output
 from tinyslm.stats import wilson_interval
 
@@ -306,8 +307,9 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    atomic_write_json(plan.out_dir / "results.json", result)
-    return result
+    record = EvalResult.new(result)
+    record.write(plan.out_dir / "results.json")
+    return record.to_json()
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):

@@ -53,19 +53,24 @@ def peak_memory_mib(device: Any) -> tuple[float, str]:
 class Reporters:
     """Mirror each metrics line to W&B and/or TensorBoard (imported lazily; both are optional)."""
 
-    def __init__(self, names: list[str], out: Path, run: dict, start_step: int):
+    def __init__(
+        self, names: list[str], out: Path, config: dict, start_step: int, wandb_run_id: str | None = None
+    ) -> None:
+        """``wandb_run_id``: the id a resumed run had (its W&B run continues); a new one is made otherwise,
+        and :attr:`wandb_run_id` says which, for the run record."""
         self.wandb = self.tb = None
+        self.wandb_run_id: str | None = None
         if "wandb" in names:
             import wandb
 
-            run.setdefault("wandb_run_id", wandb.util.generate_id())
+            self.wandb_run_id = wandb_run_id or wandb.util.generate_id()
             self.wandb = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "tiny-slm"),
                 name=out.name,
                 dir=str(out),
-                id=run["wandb_run_id"],
+                id=self.wandb_run_id,
                 resume="allow",
-                config=run["config"],
+                config=config,
             )
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter

@@ -57,12 +57,12 @@ from tinyslm.checkpoint import (
     truncate_metrics,
 )
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, exclusive_lock
+from tinyslm.io import JsonlAppender, exclusive_lock
 from tinyslm.limits import MAX_SEED, seed_problem
 from tinyslm.loss import supports_logits_to_keep, target_loss_sum
+from tinyslm.methods import TRAINED_METHODS as METHODS
+from tinyslm.results import RunRecord, Status
 from tinyslm.telemetry import Reporters, peak_memory_mib, progress_bar, reset_peak_memory
-
-METHODS = ("full", "lora", "dora")
 
 # The study's protocol: what differs between methods. Everything else is shared (see TrainConfig defaults).
 PROTOCOL: dict[str, dict[str, float]] = {
@@ -252,8 +252,8 @@ def check_output(out: Path, cfg: TrainConfig) -> str:
     started = prev is not None or (out / "metrics.jsonl").exists() or bool(list_checkpoints(out))
     if cfg.overwrite or not started:
         return "fresh"
-    status = (prev or {}).get("status", "unknown")
-    if status == "finished":
+    status = (prev or {}).get("status", Status.UNKNOWN)
+    if status == Status.FINISHED:
         if cfg.resume:
             return "done"
         raise UserError(
@@ -603,7 +603,7 @@ def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
     recipe = Recipe(cfg, out, mode, accelerator, accumulation, locks)
     # Steps, then finish: final/ (and merged/) and run.json "finished"; or diverged / interrupted / failed.
     run = recipe.run()
-    if run["status"] != "finished":
+    if run["status"] != Status.FINISHED:
         return run
     # Evaluate the trained model; a failed evaluation is retried by --resume (the run itself is finished).
     recipe.release()
@@ -756,11 +756,15 @@ class Recipe:
         """The run record (``run.json``, status ``running``), the W&B/TensorBoard mirrors, the banner."""
         cfg, prev = self.cfg, read_run(self.out) if self.mode == "resume" else None
         self.record = _run_record(self, prev)
-        if prev and prev.get("wandb_run_id"):
-            self.record["wandb_run_id"] = prev["wandb_run_id"]
-        self.reporters = (
-            Reporters(report_targets(cfg.report_to), self.out, self.record, self.start_step) if self.main else None
-        )
+        wandb_run_id = (prev or {}).get("wandb_run_id") or None
+        if wandb_run_id:
+            self.record.wandb_run_id = wandb_run_id
+        self.reporters = None
+        if self.main:
+            targets = report_targets(cfg.report_to)
+            self.reporters = Reporters(targets, self.out, self.record.config, self.start_step, wandb_run_id)
+            if self.reporters.wandb_run_id:
+                self.record.wandb_run_id = self.reporters.wandb_run_id
         self.write_run()
         if self.main:
             _announce(self)
@@ -778,7 +782,7 @@ class Recipe:
         else:
             torch.manual_seed(cfg.seed + self.rank)  # dropout masks: reproducible, different per rank
         if not reset_peak_memory(self.accelerator.device):  # the peak then covers the whole process so far
-            self.record["peak_mem_kind"] = "cpu_max_rss_process"
+            self.record.peak_mem_kind = "cpu_max_rss_process"
         self.bar = progress_bar(self.total_steps, self.start_step, cfg.progress and self.main)
         self.metrics = JsonlAppender(self.out / "metrics.jsonl") if self.main else None
         self.t_start = time.perf_counter()
@@ -793,9 +797,9 @@ class Recipe:
         return self.prior["elapsed_s"] + time.perf_counter() - self.t_start
 
     def write_run(self, **updates: Any) -> None:
-        self.record.update(updates)
+        self.record.update(**updates)
         if self.main:
-            atomic_write_json(self.out / "run.json", self.record)
+            self.record.write(self.out / "run.json")
 
     def diverge(self, at: int, logged: int, bad_update: int, reason: str) -> dict:
         """Record ``diverged``, seen at step ``at``; ``logged``: the last step in metrics.jsonl (its update
@@ -803,24 +807,24 @@ class Recipe:
         one before it (checkpoints are not pruned during a blow-up, and non-finite weights are never saved)."""
         good = [c for c in list_checkpoints(self.out) if int(c.name.split("-")[1]) < bad_update]
         self.write_run(
-            status="diverged",
+            status=Status.DIVERGED,
             step=logged,
             diverged_at_step=at,
             reason=reason,
             last_checkpoint=str(good[-1]) if good else None,
             runtime_s=round(self.elapsed(), 3),
         )
-        return self.record
+        return self.record.to_json()
 
     def interrupted(self, step: int, signum: int | None) -> dict:
         name = signal.Signals(int(signum)).name if signum else "a signal on another rank"
         self.write_run(
-            status="interrupted",
+            status=Status.INTERRUPTED,
             step=step,
             reason=f"stopped by {name} after step {step}; continue with --resume",
             runtime_s=round(self.elapsed(), 3),
         )
-        return self.record
+        return self.record.to_json()
 
     # -- steps and finish ---------------------------------------------------------------------------
 
@@ -833,12 +837,12 @@ class Recipe:
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 self.write_run(
-                    status="interrupted",
+                    status=Status.INTERRUPTED,
                     reason=f"KeyboardInterrupt during step {self.step}; continue with --resume "
                     f"(from step {self.last_saved})",
                 )
             else:
-                self.write_run(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
+                self.write_run(status=Status.FAILED, reason=f"{type(e).__name__}: {e}"[:500])
             raise
         finally:
             self.close()
@@ -1014,8 +1018,8 @@ class Recipe:
                 save_merged(unwrapped, self.tokenizer, out / "merged")
         summary["final"] = str(out / "final")
         summary["merged"] = str(out / "merged") if cfg.merge and cfg.method != "full" else None
-        self.write_run(status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary)
-        return self.record
+        self.write_run(status=Status.FINISHED, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary)
+        return self.record.to_json()
 
     def close(self) -> None:
         for closable in (self.bar, self.metrics, self.reporters):
@@ -1030,21 +1034,21 @@ class Recipe:
         self.accelerator.wait_for_everyone()
 
 
-def _run_record(r: Recipe, prev: dict | None) -> dict[str, Any]:
+def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
     """The run record as training starts (status ``running``): what is trained, on what, how, and where from."""
     cfg, rows, enc_stats, tset = r.cfg, r.rows, r.enc_stats, r.tset
     whole = next((x for x in rows if not x.truncated), None)  # the token that ends a complete target
     stop_token = r.tokenizer.convert_ids_to_tokens(whole.labels[-1]) if whole else None
     from tinyslm.evaluate import package_versions
 
-    return {
-        "status": "running",
-        "config": asdict(cfg),
-        "model": _model_name(cfg.model),
-        "model_ref": cfg.model,
-        "method": cfg.method,
-        "parameters": r.params,
-        "data": {
+    return RunRecord(
+        status=Status.RUNNING,
+        config=asdict(cfg),
+        model=_model_name(cfg.model),
+        model_ref=cfg.model,
+        method=cfg.method,
+        parameters=r.params,
+        data={
             "dataset": tset.name,
             "source": tset.source,
             **tset.info,
@@ -1061,7 +1065,7 @@ def _run_record(r: Recipe, prev: dict | None) -> dict[str, Any]:
             "stop_token": stop_token,
             "order": "torch.randperm seeded with seed + epoch; last partial batch of an epoch dropped",
         },
-        "schedule": {
+        schedule={
             "steps_per_epoch": r.steps_per_epoch,
             "total_steps": r.total_steps,
             "epochs": round(r.total_steps / r.steps_per_epoch, 4),
@@ -1074,26 +1078,26 @@ def _run_record(r: Recipe, prev: dict | None) -> dict[str, Any]:
             "num_processes": r.world,
             "loss": "token-weighted mean over the effective batch (completion tokens only)",
         },
-        "precision": "bf16 autocast, fp32 master weights" if r.accelerator.mixed_precision == "bf16" else "fp32",
-        "device": str(r.accelerator.device),
-        "peak_mem_kind": peak_memory_mib(r.accelerator.device)[1],
-        "step": r.start_step,
-        "resumed_from_steps": [
+        precision="bf16 autocast, fp32 master weights" if r.accelerator.mixed_precision == "bf16" else "fp32",
+        device=str(r.accelerator.device),
+        peak_mem_kind=peak_memory_mib(r.accelerator.device)[1],
+        step=r.start_step,
+        resumed_from_steps=[
             *((prev or {}).get("resumed_from_steps") or []),
             *([r.start_step] if r.mode == "resume" else []),
         ],
-        "argv": sys.argv,
-        "versions": package_versions(),
-        "provenance": r.provenance,
-        "started_at": (prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+        argv=sys.argv,
+        versions=package_versions(),
+        provenance=r.provenance,
+        started_at=(prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
 def _announce(r: Recipe) -> None:
     """The one-line summary of what is about to be trained (stderr), and a note on truncated examples."""
     cfg, enc = r.cfg, r.enc_stats
     print(
-        f"training {cfg.method} on {r.record['model']}: {len(r.rows)} examples, {r.total_steps} steps of "
+        f"training {cfg.method} on {r.record.model}: {len(r.rows)} examples, {r.total_steps} steps of "
         f"{cfg.batch_size} ({r.world} process(es) x {r.accumulation} x {cfg.micro_batch_size}), "
         f"{r.params['trainable']:,} of {r.params['total']:,} parameters trainable"
         + (f"; resuming after step {r.start_step}" if r.start_step else ""),
@@ -1141,7 +1145,8 @@ def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
 
     ecfg = eval_config(cfg, out)
     results = run_eval(ecfg)
-    run["eval"] = {
+    record = RunRecord.from_json(run)
+    record.eval = {
         name: {
             "model": ecfg.model,
             "adapter": ecfg.adapter,
@@ -1152,8 +1157,8 @@ def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
         }
         for name, r in results.items()
     }
-    atomic_write_json(out / "run.json", run)
-    return run
+    record.write(out / "run.json")
+    return record.to_json()
 
 
 def _model_name(ref: str) -> str:
