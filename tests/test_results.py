@@ -223,3 +223,25 @@ def test_files_written_by_training_and_evaluation_round_trip(tiny_model_dir, dat
         assert cls.from_json(written).to_json() == written
     run = json.loads((out / "run.json").read_text())
     assert returned == run and run["status"] == Status.FINISHED
+
+
+def test_a_run_json_that_is_no_object_is_one_clear_error(tiny_model_dir, tmp_path: Path):
+    """run.json holding valid JSON that is not an object (a hand edit, another tool's file): --resume says
+    which file and what to do, before anything loads (it used to fail with an AttributeError traceback)."""
+    from tinyslm.errors import UserError
+    from tinyslm.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("[1, 2]")
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        method="lora",
+        output=str(out),
+        dataset="gsm8k",
+        resume=True,
+        progress=False,
+    )
+    with pytest.raises(UserError, match=r"cannot read .*run\.json.*--overwrite"):
+        train(cfg)
+    assert (out / "run.json").read_text() == "[1, 2]"  # nothing overwritten

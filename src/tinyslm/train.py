@@ -27,13 +27,18 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
    ``--gradient-checkpointing`` recomputes each decoder layer's activations in the backward pass.
 7. **Finish.** ``DIR/final/`` (adapter or full model, safetensors, with the tokenizer), ``DIR/merged/``
    with ``--merge``, ``DIR/run.json`` status ``finished``, then the ``--eval`` benchmarks in ``DIR/eval/``.
+
+The code follows the same order: ``_train`` plans, :class:`Recipe` prepares (its ``_setup_*`` methods), then
+:meth:`Recipe.steps` (one short paragraph per phase) and :meth:`Recipe.finish`. Pieces that are not the
+recipe live beside it: :mod:`tinyslm.checkpoint` (checkpoints, final/, merged/), :mod:`tinyslm.telemetry`
+(peak memory, W&B/TensorBoard, progress), :mod:`tinyslm.loss` (the completion-token loss, shared with the
+diagnostics) and :mod:`tinyslm.results` (the run record and its status).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -241,7 +246,7 @@ def read_run(out: Path) -> dict | None:
     if not f.exists():
         return None
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        return RunRecord.read(f).to_json()  # any version; a file that is no JSON object is refused here
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {f} ({e}); pass --overwrite to start this run afresh") from None
 
@@ -1035,12 +1040,11 @@ class Recipe:
 
 
 def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
-    """The run record as training starts (status ``running``): what is trained, on what, how, and where from."""
-    cfg, rows, enc_stats, tset = r.cfg, r.rows, r.enc_stats, r.tset
-    whole = next((x for x in rows if not x.truncated), None)  # the token that ends a complete target
-    stop_token = r.tokenizer.convert_ids_to_tokens(whole.labels[-1]) if whole else None
+    """The run record as training starts (status ``running``): what is trained, on what, how, and where from.
+    ``prev``: the record of the run being resumed (its start time and resume history carry over)."""
     from tinyslm.evaluate import package_versions
 
+    cfg = r.cfg
     return RunRecord(
         status=Status.RUNNING,
         config=asdict(cfg),
@@ -1048,36 +1052,8 @@ def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
         model_ref=cfg.model,
         method=cfg.method,
         parameters=r.params,
-        data={
-            "dataset": tset.name,
-            "source": tset.source,
-            **tset.info,
-            "examples": enc_stats["examples"],
-            "used_examples": len(rows),
-            "truncated_examples": enc_stats["truncated"],
-            "dropped_examples": enc_stats["dropped"],
-            "max_length": cfg.max_length,
-            "target_tokens_per_epoch": enc_stats["target_tokens"],
-            "completion_only": True,
-            "prompt": "evaluation zero-shot prompt (prompts.build_prompt), chat template"
-            if getattr(r.tokenizer, "chat_template", None)
-            else "evaluation zero-shot prompt, base format",
-            "stop_token": stop_token,
-            "order": "torch.randperm seeded with seed + epoch; last partial batch of an epoch dropped",
-        },
-        schedule={
-            "steps_per_epoch": r.steps_per_epoch,
-            "total_steps": r.total_steps,
-            "epochs": round(r.total_steps / r.steps_per_epoch, 4),
-            "warmup_steps": r.warmup_steps,
-            "lr_schedule": "cosine with linear warmup",
-            "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8); weight decay on matrices only",
-            "effective_batch_size": cfg.batch_size,
-            "micro_batch_size": cfg.micro_batch_size,
-            "gradient_accumulation_steps": r.accumulation,
-            "num_processes": r.world,
-            "loss": "token-weighted mean over the effective batch (completion tokens only)",
-        },
+        data=_data_section(r),
+        schedule=_schedule_section(r),
         precision="bf16 autocast, fp32 master weights" if r.accelerator.mixed_precision == "bf16" else "fp32",
         device=str(r.accelerator.device),
         peak_mem_kind=peak_memory_mib(r.accelerator.device)[1],
@@ -1091,6 +1067,47 @@ def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
         provenance=r.provenance,
         started_at=(prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
+
+
+def _data_section(r: Recipe) -> dict[str, Any]:
+    """run.json's ``data``: which rows, how many were used, cut or dropped, and how they were prompted."""
+    cfg, rows, enc_stats, tset = r.cfg, r.rows, r.enc_stats, r.tset
+    whole = next((x for x in rows if not x.truncated), None)  # the token that ends a complete target
+    return {
+        "dataset": tset.name,
+        "source": tset.source,
+        **tset.info,
+        "examples": enc_stats["examples"],
+        "used_examples": len(rows),
+        "truncated_examples": enc_stats["truncated"],
+        "dropped_examples": enc_stats["dropped"],
+        "max_length": cfg.max_length,
+        "target_tokens_per_epoch": enc_stats["target_tokens"],
+        "completion_only": True,
+        "prompt": "evaluation zero-shot prompt (prompts.build_prompt), chat template"
+        if getattr(r.tokenizer, "chat_template", None)
+        else "evaluation zero-shot prompt, base format",
+        "stop_token": r.tokenizer.convert_ids_to_tokens(whole.labels[-1]) if whole else None,
+        "order": "torch.randperm seeded with seed + epoch; last partial batch of an epoch dropped",
+    }
+
+
+def _schedule_section(r: Recipe) -> dict[str, Any]:
+    """run.json's ``schedule``: steps, warmup, optimizer and how the effective batch is split."""
+    cfg = r.cfg
+    return {
+        "steps_per_epoch": r.steps_per_epoch,
+        "total_steps": r.total_steps,
+        "epochs": round(r.total_steps / r.steps_per_epoch, 4),
+        "warmup_steps": r.warmup_steps,
+        "lr_schedule": "cosine with linear warmup",
+        "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8); weight decay on matrices only",
+        "effective_batch_size": cfg.batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "gradient_accumulation_steps": r.accumulation,
+        "num_processes": r.world,
+        "loss": "token-weighted mean over the effective batch (completion tokens only)",
+    }
 
 
 def _announce(r: Recipe) -> None:
