@@ -239,7 +239,7 @@ def step_ordered_rows(tokenizer: Any, spec: dict) -> list:
 
 
 def _peak_mib(device: str) -> float:
-    from tinyslm.train import peak_memory_mib
+    from tinyslm.telemetry import peak_memory_mib
 
     return peak_memory_mib(torch.device(device))[0]
 
@@ -318,7 +318,7 @@ def anchor_worker(spec: dict) -> dict:
         processing_class=tokenizer,
         callbacks=[clock],
     )
-    from tinyslm.train import reset_peak_memory
+    from tinyslm.telemetry import reset_peak_memory
 
     reset_peak_memory(torch.device(spec["device"]))  # the same window as tinyslm.train's: the loop, not the load
     trainer.train()

@@ -655,7 +655,7 @@ def test_disk_full_on_a_real_full_device_names_the_checkpoint_file():
     """/dev/full fails every write with ENOSPC: torch.save through a path would say 'unexpected pos'."""
     import torch
 
-    from tinyslm.train import _torch_save
+    from tinyslm.checkpoint import _torch_save
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")

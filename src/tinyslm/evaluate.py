@@ -47,6 +47,7 @@ from tinyslm.provenance import (
     record,
     resume_hashes,
 )
+from tinyslm.results import EvalResult
 from tinyslm.scoring import score_output
 from tinyslm.settings import setting
 from tinyslm.stats import wilson_interval
@@ -337,8 +338,9 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    atomic_write_json(plan.out_dir / "results.json", result)
-    return result
+    record = EvalResult.new(result)
+    record.write(plan.out_dir / "results.json")
+    return record.to_json()
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):

@@ -55,13 +55,13 @@ from tinyslm.io import (
     read_json_object,
 )
 from tinyslm.limits import seed_problem
+from tinyslm.methods import ALL_METHODS as METHODS
+from tinyslm.methods import TRAINED_METHODS as TRAIN_METHODS
+from tinyslm.results import UNSUCCESSFUL, CellRecord, Status
 from tinyslm.runtime import device_problem
 from tinyslm.settings import pydantic_fields, pydantic_validators
 from tinyslm.train import TrainConfig
 
-ICL_METHODS = ("zero-shot", "few-shot")
-TRAIN_METHODS = ("full", "lora", "dora")
-METHODS = ICL_METHODS + TRAIN_METHODS
 CELL_FILE = "cell.json"
 STUDY_FILE = "study.json"
 
@@ -381,22 +381,22 @@ def run_cell(cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True,
 def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool, retry_failed: bool) -> dict:
     prev = read_cell(out)
     spec = cell_spec(cfg, cell, out)
-    rec: dict[str, Any] = {
-        "id": cell.id,
-        "model": cell.model_name,
-        "model_ref": cell.model,
-        "method": cell.label,
-        "kind": "train" if cell.trained else "icl",
-        "shots": cell.shots,
-        "seed": cell.seed,
-        "benchmarks": list(cfg.eval.benchmarks),
-        "spec": spec,
-        "status": "running",
-        "reason": None,
-        "wall_s": None,
-        "attempts": 1,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    rec = CellRecord(
+        id=cell.id,
+        model=cell.model_name,
+        model_ref=cell.model,
+        method=cell.label,
+        kind="train" if cell.trained else "icl",
+        shots=cell.shots,
+        seed=cell.seed,
+        benchmarks=list(cfg.eval.benchmarks),
+        spec=spec,
+        status=Status.RUNNING,
+        reason=None,
+        wall_s=None,
+        attempts=1,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     if prev is not None:
         if prev.get("spec") != spec:
             changed = sorted(
@@ -407,46 +407,46 @@ def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool,
             )
             return {
                 **prev,
-                "status": "failed",
+                "status": Status.FAILED.value,
                 "reason": f"{out} was run with different settings ({', '.join(changed) or 'spec'}); "
                 "choose another --output or delete that directory to rerun it",
                 "skipped": True,
             }
-        if prev.get("status") == "finished":
+        if prev.get("status") == Status.FINISHED:
             return {**prev, "skipped": True}
-        if prev.get("status") in ("failed", "diverged") and not retry_failed:
+        if prev.get("status") in UNSUCCESSFUL and not retry_failed:
             return {**prev, "skipped": True}
-        rec["attempts"] = int(prev.get("attempts", 0)) + 1
-        rec["started_at"] = prev.get("started_at", rec["started_at"])
+        rec.attempts = int(prev.get("attempts", 0)) + 1
+        rec.started_at = prev.get("started_at", rec.started_at)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / CELL_FILE, rec)
+    rec.write(out / CELL_FILE)
     t0 = time.perf_counter()
     previous_wall = float((prev or {}).get("wall_s") or 0.0)
     try:
         status, reason = _execute(cfg, cell, out, progress)
     except KeyboardInterrupt:
-        rec.update(status="interrupted", reason="interrupted; rerun the same command to resume",
+        rec.update(status=Status.INTERRUPTED, reason="interrupted; rerun the same command to resume",
                    wall_s=round(previous_wall + time.perf_counter() - t0, 3))
-        atomic_write_json(out / CELL_FILE, rec)
+        rec.write(out / CELL_FILE)
         raise
     except Exception as e:  # the cell's own failure: record it, keep the grid going
-        status, reason = "failed", _failure_reason(e)
+        status, reason = Status.FAILED, _failure_reason(e)
         if isinstance(e, DiskFullError):
             rec.update(status=status, reason=reason, wall_s=round(previous_wall + time.perf_counter() - t0, 3))
             with contextlib.suppress(OSError, UserError):
-                atomic_write_json(out / CELL_FILE, rec)
+                rec.write(out / CELL_FILE)
             raise
         if not isinstance(e, UserError):
             atomic_write_text(out / "error.txt", traceback.format_exc())
             reason += " (traceback in error.txt)"
     rec.update(status=status, reason=reason, wall_s=round(previous_wall + time.perf_counter() - t0, 3),
                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    atomic_write_json(out / CELL_FILE, rec)
+    rec.write(out / CELL_FILE)
     _free_memory()
-    return rec
+    return rec.to_json()
 
 
-def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[str, str | None]:
+def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[Status, str | None]:
     from tinyslm.evaluate import run_eval
 
     if cell.trained:
@@ -456,22 +456,22 @@ def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[s
             try:
                 _launch_distributed(cfg, cell, out)
             except RuntimeError:  # a diverged run also exits non-zero: its run.json says so
-                if (read_run(out) or {}).get("status") != "diverged":
+                if (read_run(out) or {}).get("status") != Status.DIVERGED:
                     raise
             run = read_run(out) or {}
         else:
             from tinyslm.train import train
 
             run = train(train_config(cfg, cell, out, progress))
-        if run.get("status") == "diverged":  # its own status, so the study summary and report show it as such
-            return "diverged", run.get("reason") or "training diverged"
-        if run.get("status") != "finished":
-            return "failed", f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": ")
+        if run.get("status") == Status.DIVERGED:  # its own status, so the study summary and report show it
+            return Status.DIVERGED, run.get("reason") or "training diverged"
+        if run.get("status") != Status.FINISHED:
+            return Status.FAILED, f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": ")
     from tinyslm.runtime import hf_progress_bars
 
     with hf_progress_bars(progress):
         run_eval(eval_config(cfg, cell, out, progress))
-    return "finished", None
+    return Status.FINISHED, None
 
 
 def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
@@ -591,7 +591,7 @@ def run_study(
     if diag is not None:
         for cell in cells:
             rec = records.get(cell.id) or {}
-            if cell.trained and rec.get("status") == "finished":
+            if cell.trained and rec.get("status") == Status.FINISHED:
                 with exclusive_lock(cell.dir(root), "--output"):  # it writes into the cell
                     _diagnose(cfg, cell.dir(root), diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
@@ -606,8 +606,8 @@ def run_study(
 def _say_cell(rec: dict) -> None:
     status = rec.get("status")
     if rec.get("skipped"):
-        note = "finished earlier, kept" if status == "finished" else f"{status} earlier: {rec.get('reason')}"
-        if status in ("failed", "diverged") and "different settings" not in (rec.get("reason") or ""):
+        note = "finished earlier, kept" if status == Status.FINISHED else f"{status} earlier: {rec.get('reason')}"
+        if status in UNSUCCESSFUL and "different settings" not in (rec.get("reason") or ""):
             note += " (rerun with --retry-failed)"
     else:
         note = f"{status} in {rec.get('wall_s', 0):.0f} s" + (f": {rec['reason']}" if rec.get("reason") else "")

@@ -27,18 +27,19 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
    ``--gradient-checkpointing`` recomputes each decoder layer's activations in the backward pass.
 7. **Finish.** ``DIR/final/`` (adapter or full model, safetensors, with the tokenizer), ``DIR/merged/``
    with ``--merge``, ``DIR/run.json`` status ``finished``, then the ``--eval`` benchmarks in ``DIR/eval/``.
+
+The code follows the same order: ``_train`` plans, :class:`Recipe` prepares (its ``_setup_*`` methods), then
+:meth:`Recipe.steps` (one short paragraph per phase) and :meth:`Recipe.finish`. Pieces that are not the
+recipe live beside it: :mod:`tinyslm.checkpoint` (checkpoints, final/, merged/), :mod:`tinyslm.telemetry`
+(peak memory, W&B/TensorBoard, progress), :mod:`tinyslm.loss` (the completion-token loss, shared with the
+diagnostics) and :mod:`tinyslm.results` (the run record and its status).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import math
 import os
-import random
-import re
-import resource
 import shutil
 import signal
 import sys
@@ -50,14 +51,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tinyslm.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_final,
+    save_merged,
+    truncate_metrics,
+)
 from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, exclusive_lock, read_jsonl, writing
+from tinyslm.io import JsonlAppender, exclusive_lock
 from tinyslm.limits import MAX_SEED, seed_problem
+from tinyslm.loss import supports_logits_to_keep, target_loss_sum
+from tinyslm.methods import TRAINED_METHODS as METHODS
 from tinyslm.models import DEFAULT_MODEL
+from tinyslm.results import RunRecord, Status
 from tinyslm.runtime import TRAIN_DEVICES, device_problem
 from tinyslm.settings import check_bounds, resumable_names, setting
-
-METHODS = ("full", "lora", "dora")
+from tinyslm.telemetry import Reporters, peak_memory_mib, progress_bar, reset_peak_memory
 
 # The early level of the loss (the blow-up check): the lowest loss of the run's first EARLY_STEPS steps.
 EARLY_STEPS = 5
@@ -280,7 +292,7 @@ def read_run(out: Path) -> dict | None:
     if not f.exists():
         return None
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        return RunRecord.read(f).to_json()  # any version; a file that is no JSON object is refused here
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {f} ({e}); pass --overwrite to start this run afresh") from None
 
@@ -291,8 +303,8 @@ def check_output(out: Path, cfg: TrainConfig) -> str:
     started = prev is not None or (out / "metrics.jsonl").exists() or bool(list_checkpoints(out))
     if cfg.overwrite or not started:
         return "fresh"
-    status = (prev or {}).get("status", "unknown")
-    if status == "finished":
+    status = (prev or {}).get("status", Status.UNKNOWN)
+    if status == Status.FINISHED:
         if cfg.resume:
             return "done"
         raise UserError(
@@ -461,41 +473,6 @@ def count_parameters(model: Any) -> dict[str, Any]:
     return {"trainable": trainable, "total": total, "trainable_fraction": trainable / total}
 
 
-def supports_logits_to_keep(model: Any) -> bool:
-    """Whether the model's forward can project only chosen positions onto the vocabulary (most can)."""
-    from tinyslm.models import base_model
-
-    return "logits_to_keep" in inspect.signature(type(base_model(model)).forward).parameters
-
-
-def target_loss_sum(model: Any, batch: dict[str, Any], keep_logits: bool) -> Any:
-    """Summed next-token cross-entropy over the target tokens of ``batch``, in float32.
-
-    The caller normalises by the token count of the whole step. With ``keep_logits`` only the span of
-    positions that predict a target token goes through the output head (``logits_to_keep``): prompt
-    positions need no vocabulary-sized logits, which saves time and most of the logits' memory.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from tinyslm.datasets import IGNORE_INDEX
-
-    labels = batch["labels"][:, 1:]  # position t predicts token t + 1
-    kwargs: dict[str, Any] = {}
-    if keep_logits:
-        cols = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-        keep = torch.arange(int(cols[0]), int(cols[-1]) + 1, device=labels.device)
-        kwargs["logits_to_keep"] = keep
-        labels = labels[:, keep]
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs
-    ).logits
-    if not keep_logits:
-        logits = logits[:, :-1]
-    mask = labels != IGNORE_INDEX
-    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
-
-
 def accumulate_gradients(
     accelerator: Any, model: Any, batches: list[dict], n_target: int, keep_logits: bool
 ) -> Any:
@@ -517,263 +494,6 @@ def accumulate_gradients(
             accelerator.backward(s * world / n_target)
             loss_sum += s.detach()
     return loss_sum
-
-
-# ---------------------------------------------------------------------------------------------------
-# 6. Checkpoints: trainable weights + optimizer + scheduler + per-rank RNG + step, written atomically.
-
-
-def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a directory appears only by rename, once fully written)."""
-    d = out / "checkpoints"
-    if not d.is_dir():
-        return []
-    done = [
-        p for p in d.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()
-    ]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _trainable_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _fsync_tree(d: Path) -> None:
-    """Flush a freshly written checkpoint to disk before it is renamed into place."""
-    for f in d.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(
-    accelerator: Any, out: Path, model: Any, optimizer: Any, scheduler: Any, state: dict, keep: int
-) -> Path:
-    """Write ``checkpoints/step-N`` via a temp dir + rename, then keep only the newest ``keep`` checkpoints.
-
-    Only trainable weights are stored (for LoRA/DoRA that is the adapter; the base comes from --model again).
-    Every rank stores its own RNG state; the main process writes the rest, ``state.json`` last.
-    """
-    from safetensors.torch import save_file
-
-    ckdir = out / "checkpoints"
-    final = ckdir / f"step-{state['step']:07d}"
-    tmp = ckdir / f".tmp-step-{state['step']:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    _torch_save(_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        with writing(tmp / "trainable.safetensors"):
-            save_file(_trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
-        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "state.json", state)
-        with writing(tmp):
-            _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file object, so that a full disk is an ``OSError`` (and, through
-    :func:`~tinyslm.io.writing`, one line naming ``path``) rather than torch's "unexpected pos" error."""
-    import torch
-
-    with writing(path), open(path, "wb") as f:
-        torch.save(obj, f)
-
-
-def _torch_load(path: Path) -> Any:
-    """A checkpoint file, read with ``weights_only=True``: tensors, numbers, strings and containers only.
-
-    A checkpoint directory is data the tool did not just write (it may have been copied, shared or
-    tampered with); a full unpickler would run whatever code a crafted file names on ``--resume``.
-    Anything the restricted unpickler refuses, or a damaged file, is one UserError naming the file.
-    """
-    import torch
-
-    advice = "delete that checkpoint directory to resume from an older one, or pass --overwrite to start afresh"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e)
-        if type(e).__name__ != "UnpicklingError":  # missing or unreadable file, damaged archive
-            first = (text.strip().splitlines() or [""])[0][:200]
-            raise UserError(f"cannot load {path} ({type(e).__name__}: {first}); {advice}") from None
-        # torch's own message suggests weights_only=False, which is exactly what must not happen here
-        named = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        what = (f"it names {named.group(1)}, which loading would run or build" if named
-                else "it holds pickle instructions a checkpoint never holds")
-        raise UserError(f"refusing to load {path}: not a plain checkpoint file ({what}); {advice}") from None
-
-
-def load_checkpoint(ck: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
-    """Restore trainable weights, optimizer and scheduler from ``ck``; returns its state.json.
-
-    Every file is read by a loader that cannot run code: safetensors, JSON, and ``torch.load`` with
-    ``weights_only=True`` (:func:`_torch_load`).
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    try:
-        weights = load_file(ck / "trainable.safetensors")
-        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
-    except Exception as e:  # damaged safetensors header or JSON, unreadable file
-        raise UserError(
-            f"cannot read checkpoint {ck} ({type(e).__name__}: {str(e)[:200]}); "
-            "delete it to resume from an older one, or pass --overwrite to start afresh"
-        ) from None
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
-        raise UserError(
-            f"{ck} does not match this model/method (different trainable parameters); "
-            "pass --overwrite to start afresh"
-        )
-    optimizer_state = _torch_load(ck / "optimizer.pt")
-    scheduler_state = _torch_load(ck / "scheduler.pt")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n])
-    optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(scheduler_state)
-    return state
-
-
-def restore_rng(ck: Path, rank: int, fallback_seed: int) -> bool:
-    """This rank's RNG state from ``ck`` (dropout continues exactly); reseeds if ``ck`` had fewer ranks.
-
-    The file holds tensors and Python's ``random`` state (a tuple of ints), all of which the
-    ``weights_only`` loader accepts, so checkpoints written before that loader was enforced still resume.
-    """
-    import torch
-
-    f = ck / f"rng-rank{rank}.pt"
-    if not f.exists():
-        torch.manual_seed(fallback_seed)
-        return False
-    state = _torch_load(f)
-    try:
-        torch.set_rng_state(state["torch"])
-        random.setstate(tuple(state["python"]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(
-            f"{f} does not hold an RNG state ({type(e).__name__}: {str(e)[:200]}); "
-            "delete that checkpoint directory to resume from an older one, or pass --overwrite"
-        ) from None
-    return True
-
-
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep the metrics of steps 1..last_step only: the steps after the checkpoint run (and log) again."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path, tolerate_torn_tail=True) if int(r.get("step", 0)) <= last_step]
-    from tinyslm.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Telemetry helpers.
-
-
-def reset_peak_memory(device: Any) -> bool:
-    """Start a fresh peak-memory window; returns whether the CPU peak could be reset.
-
-    CUDA: the allocator's peak statistics. CPU: the kernel's resident-set high-water mark (VmHWM), reset
-    by writing 5 to /proc/self/clear_refs (Linux >= 4.0). Without the reset, a process that ran other work
-    first (the study runs cells one after another in one process) would report that work's peak.
-    """
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_memory_mib(device: Any) -> tuple[float, str]:
-    """Peak memory since :func:`reset_peak_memory`: CUDA max allocated on GPU; on CPU the resident-set
-    high-water mark (``cpu_peak_rss``), or where /proc is missing the process's lifetime peak
-    (``cpu_max_rss_process``, an upper bound)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10, "cpu_peak_rss"
-    except (OSError, ValueError, IndexError):
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_max_rss_process"
-
-
-class Reporters:
-    """Mirror each metrics line to W&B and/or TensorBoard (imported lazily; both are optional)."""
-
-    def __init__(self, names: list[str], out: Path, run: dict, start_step: int):
-        self.wandb = self.tb = None
-        if "wandb" in names:
-            import wandb
-
-            run.setdefault("wandb_run_id", wandb.util.generate_id())
-            self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "tiny-slm"),
-                name=out.name,
-                dir=str(out),
-                id=run["wandb_run_id"],
-                resume="allow",
-                config=run["config"],
-            )
-        if "tensorboard" in names:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a killed run logged after its last checkpoint, as metrics.jsonl does
-            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_step + 1)
-
-    def log(self, rec: dict) -> None:
-        nums = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.wandb is not None:
-            self.wandb.log({f"train/{k}": v for k, v in nums.items()}, step=rec["step"])
-        if self.tb is not None:
-            for k, v in nums.items():
-                self.tb.add_scalar(f"train/{k}", v, rec["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.tb is not None:
-            self.tb.close()
 
 
 class StopSignals:
@@ -902,422 +622,539 @@ def _lock_output(locks: contextlib.ExitStack, out: Path) -> None:
 
 
 def _train(cfg: TrainConfig, locks: contextlib.ExitStack) -> dict:
-    import torch
-    from transformers import get_cosine_schedule_with_warmup
+    """plan -> prepare -> steps -> finish -> evaluate (torchtune's recipe shape; see :class:`Recipe`)."""
+    # Plan: the config checked, the process layout, what the output directory holds. Nothing written yet.
+    cfg = _checked(cfg)
+    out = Path(cfg.output).expanduser()
+    accelerator = make_accelerator(cfg.device)
+    accumulation = _accumulation_steps(cfg, accelerator.num_processes)
+    mode = check_output(out, cfg)
+    if mode == "done":
+        return _already_finished(cfg, out, accelerator.is_main_process, locks)
+    if cfg.eval:
+        eval_config(cfg, out)  # a bad --eval fails now, not after training
+    # Prepare: data, model, optimizer, the output directory (locked), resume state, run.json "running".
+    recipe = Recipe(cfg, out, mode, accelerator, accumulation, locks)
+    # Steps, then finish: final/ (and merged/) and run.json "finished"; or diverged / interrupted / failed.
+    run = recipe.run()
+    if run["status"] != Status.FINISHED:
+        return run
+    # Evaluate the trained model; a failed evaluation is retried by --resume (the run itself is finished).
+    recipe.release()
+    if cfg.eval and accelerator.is_main_process:
+        run = _evaluate(cfg, out, run)
+    return run
 
-    from tinyslm.datasets import IGNORE_INDEX, collate, encode_examples, load_training_set
-    from tinyslm.evaluate import package_versions
-    from tinyslm.provenance import training_provenance
 
+def _checked(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the protocol defaults filled in and validated (before anything loads or is written)."""
     cfg = resolve_config(cfg)
     seed_error = seed_problem(cfg.seed)
     if seed_error is not None:  # the CLI and the study schema check it too; this guards library callers
         raise UserError(f"--seed: {seed_error}")
-    out = Path(cfg.output).expanduser()
-    accelerator = make_accelerator(cfg.device)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    return cfg
+
+
+def _accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per rank and optimizer step: the effective batch split over ``world`` processes."""
     if cfg.batch_size % (cfg.micro_batch_size * world):
         raise UserError(
             f"--batch-size {cfg.batch_size} must be divisible by --micro-batch-size {cfg.micro_batch_size} "
             f"x {world} process(es)"
         )
-    accumulation = cfg.batch_size // (cfg.micro_batch_size * world)
-    mode = check_output(out, cfg)
-    if mode == "done":
-        run = read_run(out) or {}
-        if main:
-            print(f"{out}: this run has already finished (kept {out / 'run.json'})", file=sys.stderr)
-        if cfg.eval and main:
-            _lock_output(locks, out)
-            run = _evaluate(cfg, out, run)
-        return run
-    if cfg.eval:
-        eval_config(cfg, out)  # a bad --eval fails now, not after training
+    return cfg.batch_size // (cfg.micro_batch_size * world)
 
-    # Data: rows -> token ids with completion-only labels.
-    tset = load_training_set(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        question_field=cfg.question_field,
-        answer_field=cfg.answer_field,
-        limit=cfg.limit,
-    )
-    model, tokenizer = load_for_training(cfg)
-    # weights/data/template digests; a resume from other files is refused here, before anything is written
-    provenance = training_provenance(
-        cfg.model, tset.source, tokenizer, str(accelerator.device), read_run(out) if mode == "resume" else None, out
-    )
-    if accelerator.device.type == "cpu":
-        from tinyslm.dropout import use_uniform_mask_dropout  # imports torch: not at module import (--help)
 
-        use_uniform_mask_dropout(model)  # same dropout, drawn ~2x faster than bernoulli_ on CPU (dropout.py)
-    rows, enc_stats = encode_examples(tokenizer, tset.examples, tset.answer_style, cfg.max_length)
-    steps_per_epoch = len(rows) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"{len(rows)} usable training examples make no full batch of {cfg.batch_size}; "
-            "lower --batch-size or raise --limit"
-        )
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    warmup_steps = math.ceil(cfg.warmup_ratio * total_steps)
-    lengths = [len(r.input_ids) for r in rows]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    optimizer = make_optimizer(model, cfg)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    params = count_parameters(model)
-
-    # Output directory: start afresh, or restore the newest checkpoint (weights/optimizer/scheduler now,
-    # RNG just before the loop) and forget the metrics logged after it. Locked from the first write on
-    # (not earlier: bad input leaves no directory behind); what was checked above is checked again under
-    # the lock, in case another process wrote there meanwhile.
+def _already_finished(cfg: TrainConfig, out: Path, main: bool, locks: contextlib.ExitStack) -> dict:
+    """--resume of a finished run: nothing to train; only the --eval benchmarks (run again, or completed)."""
+    run = read_run(out) or {}
     if main:
+        print(f"{out}: this run has already finished (kept {out / 'run.json'})", file=sys.stderr)
+    if cfg.eval and main:
         _lock_output(locks, out)
-        if check_output(out, cfg) != mode:
-            raise UserError(
-                f"{out} was changed by another process while this one started; run the command again"
-            )
-    ckpts = list_checkpoints(out) if mode == "resume" else []
-    if main:
-        if mode == "fresh":
-            clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in (out / "checkpoints").glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    start_step, prior = 0, {"elapsed_s": 0.0, "train_s": 0.0, "tokens": 0}
-    blowup = BlowUp(cfg.divergence_factor, cfg.divergence_patience)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer, scheduler)
-        start_step = int(state["step"])
-        prior = {k: state.get(k, 0) for k in prior}
-        blowup.restore(state.get("blow_up"))
-    if main and mode == "resume":
-        truncate_metrics(out / "metrics.jsonl", start_step)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    peak_kind = peak_memory_mib(accelerator.device)[1]
-    prev = read_run(out) if mode == "resume" else None
-    whole = next((r for r in rows if not r.truncated), None)  # the token that ends a complete target
-    stop_token = tokenizer.convert_ids_to_tokens(whole.labels[-1]) if whole else None
-    run: dict[str, Any] = {
-        "status": "running",
-        "config": asdict(cfg),
-        "model": _model_name(cfg.model),
-        "model_ref": cfg.model,
-        "method": cfg.method,
-        "parameters": params,
-        "data": {
-            "dataset": tset.name,
-            "source": tset.source,
-            **tset.info,
-            "examples": enc_stats["examples"],
-            "used_examples": len(rows),
-            "truncated_examples": enc_stats["truncated"],
-            "dropped_examples": enc_stats["dropped"],
-            "max_length": cfg.max_length,
-            "target_tokens_per_epoch": enc_stats["target_tokens"],
-            "completion_only": True,
-            "prompt": "evaluation zero-shot prompt (prompts.build_prompt), chat template"
-            if getattr(tokenizer, "chat_template", None)
-            else "evaluation zero-shot prompt, base format",
-            "stop_token": stop_token,
-            "order": "torch.randperm seeded with seed + epoch; last partial batch of an epoch dropped",
-        },
-        "schedule": {
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "epochs": round(total_steps / steps_per_epoch, 4),
-            "warmup_steps": warmup_steps,
-            "lr_schedule": "cosine with linear warmup",
-            "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8); weight decay on matrices only",
-            "effective_batch_size": cfg.batch_size,
-            "micro_batch_size": cfg.micro_batch_size,
-            "gradient_accumulation_steps": accumulation,
-            "num_processes": world,
-            "loss": "token-weighted mean over the effective batch (completion tokens only)",
-        },
-        "precision": "bf16 autocast, fp32 master weights"
-        if accelerator.mixed_precision == "bf16"
-        else "fp32",
-        "device": str(accelerator.device),
-        "peak_mem_kind": peak_kind,
-        "step": start_step,
-        "resumed_from_steps": [
-            *((prev or {}).get("resumed_from_steps") or []),
-            *([start_step] if mode == "resume" else []),
-        ],
-        "argv": sys.argv,
-        "versions": package_versions(),
-        "provenance": provenance,
-        "started_at": (prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if prev and prev.get("wandb_run_id"):
-        run["wandb_run_id"] = prev["wandb_run_id"]
-
-    def write_run(**updates: Any) -> None:
-        run.update(updates)
-        if main:
-            atomic_write_json(out / "run.json", run)
-
-    def diverge(at: int, logged: int, bad_update: int, reason: str) -> dict:
-        """Record ``diverged``, seen at step ``at``; ``logged``: the last step in metrics.jsonl (its update
-        applied). ``bad_update``: the first update whose weights are bad; the checkpoint named is the newest
-        one before it (checkpoints are not pruned during a blow-up, and non-finite weights are never saved)."""
-        good = [c for c in list_checkpoints(out) if int(c.name.split("-")[1]) < bad_update]
-        write_run(
-            status="diverged",
-            step=logged,
-            diverged_at_step=at,
-            reason=reason,
-            last_checkpoint=str(good[-1]) if good else None,
-            runtime_s=round(elapsed(), 3),
-        )
-        return run
-
-    reporters = Reporters(report_targets(cfg.report_to), out, run, start_step) if main else None
-    write_run()
-    if main:
-        print(
-            f"training {cfg.method} on {run['model']}: {len(rows)} examples, {total_steps} steps of "
-            f"{cfg.batch_size} ({world} process(es) x {accumulation} x {cfg.micro_batch_size}), "
-            f"{params['trainable']:,} of {params['total']:,} parameters trainable"
-            + (f"; resuming after step {start_step}" if start_step else ""),
-            file=sys.stderr,
-        )
-        if enc_stats["truncated"]:
-            print(
-                f"{enc_stats['truncated']} of {enc_stats['examples']} examples are longer than --max-length "
-                f"{cfg.max_length} and were cut ({enc_stats['dropped']} dropped: no target token left)",
-                file=sys.stderr,
-            )
-
-    fault = _fault()
-    keep_logits = supports_logits_to_keep(accelerator.unwrap_model(model))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if ckpts:
-        restore_rng(ckpts[-1], rank, cfg.seed + rank + start_step)
-    else:
-        torch.manual_seed(cfg.seed + rank)  # dropout masks: reproducible, different per rank
-    if not reset_peak_memory(accelerator.device):  # the peak then covers the whole process so far
-        run["peak_mem_kind"] = "cpu_max_rss_process"
-    bar = _progress(total_steps, start_step, cfg.progress and main)
-    metrics = JsonlAppender(out / "metrics.jsonl") if main else None
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:  # wall time of the whole run, across resumed sessions
-        return prior["elapsed_s"] + time.perf_counter() - t_start
-
-    train_s, tokens_seen, last_saved, order_epoch, order = (
-        prior["train_s"],
-        prior["tokens"],
-        start_step,
-        -1,
-        [],
-    )
-    step = start_step
-    try:
-        with StopSignals() as stop:
-            for step in range(start_step + 1, total_steps + 1):
-                t0 = time.perf_counter()
-                epoch, pos = divmod(step - 1, steps_per_epoch)
-                if epoch != order_epoch:
-                    order, order_epoch = epoch_order(len(rows), cfg.seed, epoch), epoch
-                batches = [
-                    collate([rows[i] for i in chunk], pad_id)
-                    for chunk in step_micro_batches(
-                        order, pos, cfg.batch_size, cfg.micro_batch_size, rank, world, lengths
-                    )
-                ]
-                local = torch.tensor(
-                    [
-                        sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches),
-                        sum(int(b["attention_mask"].sum()) for b in batches),
-                    ],
-                    device=accelerator.device,
-                )
-                n_target, n_tokens = (int(x) for x in accelerator.reduce(local.clone(), reduction="sum"))
-                if fault == ("nan", step):
-                    with torch.no_grad():
-                        trainable[0].fill_(float("nan"))
-
-                loss_sum = accumulate_gradients(accelerator, model, batches, n_target, keep_logits)
-                loss = float(accelerator.reduce(loss_sum, reduction="sum")) / n_target
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                grad_norm = float(accelerator.clip_grad_norm_(trainable, max_norm))
-                # Divergence, judged before this step's update: the loss is that of the previous update's
-                # weights (so a NaN from update k shows at step k + 1; after the last update, and before
-                # every checkpoint, the weights themselves are checked below).
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    what = "loss" if not math.isfinite(loss) else "gradient norm"
-                    why = f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
-                    return diverge(step, step - 1, step, why)
-                if blowup.update(step, loss):
-                    # the first loss above the threshold came from the weights of the update before it
-                    bad = int(blowup.streak_start) - 1
-                    return diverge(step, step - 1, bad, blowup.reason(step, loss, grad_norm))
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                dt = time.perf_counter() - t0
-                train_s += dt
-                tokens_seen += n_tokens
-                rec = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "loss": loss,
-                    "grad_norm": grad_norm,
-                    "lr": lr,
-                    "tokens_per_s": round(n_tokens / dt, 2),
-                    "samples_per_s": round(cfg.batch_size / dt, 3),
-                    "target_tokens": n_target,
-                    "peak_mem_mib": round(peak_memory_mib(accelerator.device)[0], 1),
-                    "elapsed_s": round(elapsed(), 3),
-                }
-                if (
-                    world > 1
-                ):  # per-rank share of the step's target tokens (load balance; ranks see different rows)
-                    rec["rank_target_tokens"] = [int(x) for x in accelerator.gather(local[:1]).tolist()]
-                if main:
-                    metrics.write(rec)
-                    reporters.log(rec)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / dt:.0f}")
-
-                # Stop on a signal (all ranks agree), checkpoint when due or stopping.
-                stopping = stop.received is not None
-                if world > 1:
-                    flag = torch.tensor([float(stopping)], device=accelerator.device)
-                    stopping = float(accelerator.reduce(flag, reduction="sum")) > 0
-                if (step % cfg.save_every == 0 or stopping) and step < total_steps:
-                    norm = weight_norm(trainable)
-                    if not math.isfinite(norm):
-                        return diverge(
-                            step,
-                            step,
-                            step,
-                            f"non-finite weights after the update of step {step} (norm {norm}); "
-                            "not saved as a checkpoint",
-                        )
-                    state = {
-                        "step": step,
-                        "epoch": rec["epoch"],
-                        "elapsed_s": round(elapsed(), 3),
-                        "train_s": round(train_s, 3),
-                        "tokens": tokens_seen,
-                        "blow_up": blowup.state(),
-                    }
-                    # while the loss is above the blow-up threshold, keep the checkpoints from before it
-                    keep = cfg.keep_checkpoints if blowup.streak == 0 else 10**9
-                    ck = save_checkpoint(accelerator, out, model, optimizer, scheduler, state, keep)
-                    last_saved = step
-                    write_run(step=step, last_checkpoint=str(ck), runtime_s=round(elapsed(), 3))
-                if fault == ("sigkill", step):
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if stopping and step < total_steps:
-                    name = (
-                        signal.Signals(int(stop.received)).name
-                        if stop.received
-                        else "a signal on another rank"
-                    )
-                    write_run(
-                        status="interrupted",
-                        step=step,
-                        reason=f"stopped by {name} after step {step}; continue with --resume",
-                        runtime_s=round(elapsed(), 3),
-                    )
-                    return run
-
-        # Finish: the trained weights (final/, merged/), then the run record. The last update's weights
-        # had no next step's loss to check them, so their norm is checked: non-finite weights are never saved.
-        norm = weight_norm(trainable)
-        if not math.isfinite(norm):
-            return diverge(
-                total_steps,
-                total_steps,
-                total_steps,
-                f"non-finite weights after the update of step {total_steps}, the last (norm {norm}); "
-                "final/ not written",
-            )
-        unwrapped = accelerator.unwrap_model(model)
-        summary = {
-            "step": total_steps,
-            "runtime_s": round(elapsed(), 3),
-            "train_s": round(train_s, 3),
-            "samples_per_s": round(
-                cfg.batch_size * (total_steps - start_step) / max(train_s - prior["train_s"], 1e-9), 3
-            ),
-            "tokens_per_s": round(tokens_seen / max(train_s, 1e-9), 2),
-            "peak_mem_mib": round(peak_memory_mib(accelerator.device)[0], 1),
-        }
-        if main:
-            save_final(unwrapped, tokenizer, out / "final", cfg)
-            if cfg.merge:
-                if cfg.method == "full":
-                    print(
-                        "--merge: nothing to merge for full fine-tuning; final/ is the full model",
-                        file=sys.stderr,
-                    )
-                else:
-                    save_merged(unwrapped, tokenizer, out / "merged")
-        summary["final"] = str(out / "final")
-        summary["merged"] = str(out / "merged") if cfg.merge and cfg.method != "full" else None
-        write_run(status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary)
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            write_run(
-                status="interrupted",
-                reason=f"KeyboardInterrupt during step {step}; continue with --resume "
-                f"(from step {last_saved})",
-            )
-        else:
-            write_run(status="failed", reason=f"{type(e).__name__}: {e}"[:500])
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
-        if reporters is not None:
-            reporters.close()
-
-    del model, optimizer, unwrapped
-    accelerator.free_memory()  # drop accelerate's references too, so evaluation has the memory
-    accelerator.wait_for_everyone()
-    if cfg.eval and main:  # a failed evaluation is retried by --resume (the run itself is finished)
         run = _evaluate(cfg, out, run)
     return run
 
 
-def save_final(model: Any, tokenizer: Any, dest: Path, cfg: TrainConfig) -> None:
-    """``final/``: the adapter (adapter_model.safetensors + adapter_config.json naming the user's --model as
-    its base) or the full model, with the tokenizer; written to a temp dir and renamed into place."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    extra: dict[str, Any] = {}
-    if cfg.method != "full":
-        model.peft_config["default"].base_model_name_or_path = adapter_base_ref(cfg.model)
-        # We never resize or target the embeddings; without this peft looks the base up on the Hub to check
-        # (a network call, and a warning offline or for an alias).
-        extra["save_embedding_layers"] = False
-    model.save_pretrained(tmp, safe_serialization=True, **extra)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+class Recipe:
+    """One training run. The constructor prepares it (data, model, optimizer, output directory, resume
+    state, the run record); :meth:`run` takes the optimizer steps (:meth:`steps`) and finishes
+    (:meth:`finish`); :meth:`release` frees the model for the evaluation that follows.
+
+    Every status change goes through :meth:`write_run`, which updates the record and rewrites
+    ``run.json`` (main process only).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: Path,
+        mode: str,
+        accelerator: Any,
+        accumulation: int,
+        locks: contextlib.ExitStack,
+    ) -> None:
+        self.cfg, self.out, self.mode, self.accelerator, self.accumulation = cfg, out, mode, accelerator, accumulation
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.main = accelerator.is_main_process
+        self._setup_data_and_model()
+        self._setup_optimizer()
+        self._setup_output(locks)
+        self._setup_resume()
+        self._setup_record()
+        self._setup_loop()
+
+    # -- prepare ------------------------------------------------------------------------------------
+
+    def _setup_data_and_model(self) -> None:
+        """Rows -> token ids with completion-only labels; the model; provenance digests (a resume from
+        other files is refused here, before anything is written)."""
+        from tinyslm.datasets import encode_examples, load_training_set
+        from tinyslm.provenance import training_provenance
+
+        cfg, out = self.cfg, self.out
+        self.tset = load_training_set(
+            cfg.dataset,
+            data_dir=cfg.data_dir,
+            question_field=cfg.question_field,
+            answer_field=cfg.answer_field,
+            limit=cfg.limit,
+        )
+        self.model, self.tokenizer = load_for_training(cfg)
+        prev = read_run(out) if self.mode == "resume" else None
+        device = str(self.accelerator.device)
+        self.provenance = training_provenance(cfg.model, self.tset.source, self.tokenizer, device, prev, out)
+        if self.accelerator.device.type == "cpu":
+            # (imported here: it imports torch, which `--help` should not wait for)
+            from tinyslm.dropout import use_uniform_mask_dropout
+
+            use_uniform_mask_dropout(self.model)  # same dropout, drawn ~2x faster than bernoulli_ on CPU
+        self.rows, self.enc_stats = encode_examples(
+            self.tokenizer, self.tset.examples, self.tset.answer_style, cfg.max_length
+        )
+        self.steps_per_epoch = len(self.rows) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"{len(self.rows)} usable training examples make no full batch of {cfg.batch_size}; "
+                "lower --batch-size or raise --limit"
+            )
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.lengths = [len(r.input_ids) for r in self.rows]
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.warmup_steps = math.ceil(self.cfg.warmup_ratio * self.total_steps)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, self.warmup_steps, self.total_steps)
+        self.params = count_parameters(self.model)
+
+    def _setup_output(self, locks: contextlib.ExitStack) -> None:
+        """Lock the output directory from the first write on (not earlier: bad input leaves no directory
+        behind) and check again under the lock, in case another process wrote there meanwhile; then start
+        afresh or keep what a resume needs."""
+        out = self.out
+        if self.main:
+            _lock_output(locks, out)
+            if check_output(out, self.cfg) != self.mode:
+                raise UserError(
+                    f"{out} was changed by another process while this one started; run the command again"
+                )
+        self.ckpts = list_checkpoints(out) if self.mode == "resume" else []
+        if self.main:
+            if self.mode == "fresh":
+                clear_run(out)
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in (out / "checkpoints").glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _setup_resume(self) -> None:
+        """Restore the newest checkpoint (weights/optimizer/scheduler now, RNG just before the loop) and
+        forget the metrics logged after it; then hand model and optimizer to accelerate."""
+        self.start_step, self.prior = 0, {"elapsed_s": 0.0, "train_s": 0.0, "tokens": 0}
+        self.blowup = BlowUp(self.cfg.divergence_factor, self.cfg.divergence_patience)
+        if self.ckpts:
+            model = self.accelerator.unwrap_model(self.model)
+            state = load_checkpoint(self.ckpts[-1], model, self.optimizer, self.scheduler)
+            self.start_step = int(state["step"])
+            self.prior = {k: state.get(k, 0) for k in self.prior}
+            self.blowup.restore(state.get("blow_up"))
+        if self.main and self.mode == "resume":
+            truncate_metrics(self.out / "metrics.jsonl", self.start_step)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def _setup_record(self) -> None:
+        """The run record (``run.json``, status ``running``), the W&B/TensorBoard mirrors, the banner."""
+        cfg, prev = self.cfg, read_run(self.out) if self.mode == "resume" else None
+        self.record = _run_record(self, prev)
+        wandb_run_id = (prev or {}).get("wandb_run_id") or None
+        if wandb_run_id:
+            self.record.wandb_run_id = wandb_run_id
+        self.reporters = None
+        if self.main:
+            targets = report_targets(cfg.report_to)
+            self.reporters = Reporters(targets, self.out, self.record.config, self.start_step, wandb_run_id)
+            if self.reporters.wandb_run_id:
+                self.record.wandb_run_id = self.reporters.wandb_run_id
+        self.write_run()
+        if self.main:
+            _announce(self)
+
+    def _setup_loop(self) -> None:
+        """What the loop reads on every step: fault hooks, the loss path, RNG, clocks, the metrics file."""
+        import torch
+
+        cfg = self.cfg
+        self.fault = _fault()
+        self.keep_logits = supports_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.ckpts:
+            restore_rng(self.ckpts[-1], self.rank, cfg.seed + self.rank + self.start_step)
+        else:
+            torch.manual_seed(cfg.seed + self.rank)  # dropout masks: reproducible, different per rank
+        if not reset_peak_memory(self.accelerator.device):  # the peak then covers the whole process so far
+            self.record.peak_mem_kind = "cpu_max_rss_process"
+        self.bar = progress_bar(self.total_steps, self.start_step, cfg.progress and self.main)
+        self.metrics = JsonlAppender(self.out / "metrics.jsonl") if self.main else None
+        self.t_start = time.perf_counter()
+        self.train_s, self.tokens_seen = self.prior["train_s"], self.prior["tokens"]
+        self.step = self.last_saved = self.start_step
+        self.order_epoch, self.order = -1, []
+
+    # -- the run record -----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run, across resumed sessions."""
+        return self.prior["elapsed_s"] + time.perf_counter() - self.t_start
+
+    def write_run(self, **updates: Any) -> None:
+        self.record.update(**updates)
+        if self.main:
+            self.record.write(self.out / "run.json")
+
+    def diverge(self, at: int, logged: int, bad_update: int, reason: str) -> dict:
+        """Record ``diverged``, seen at step ``at``; ``logged``: the last step in metrics.jsonl (its update
+        applied). ``bad_update``: the first update whose weights are bad; the checkpoint named is the newest
+        one before it (checkpoints are not pruned during a blow-up, and non-finite weights are never saved)."""
+        good = [c for c in list_checkpoints(self.out) if int(c.name.split("-")[1]) < bad_update]
+        self.write_run(
+            status=Status.DIVERGED,
+            step=logged,
+            diverged_at_step=at,
+            reason=reason,
+            last_checkpoint=str(good[-1]) if good else None,
+            runtime_s=round(self.elapsed(), 3),
+        )
+        return self.record.to_json()
+
+    def interrupted(self, step: int, signum: int | None) -> dict:
+        name = signal.Signals(int(signum)).name if signum else "a signal on another rank"
+        self.write_run(
+            status=Status.INTERRUPTED,
+            step=step,
+            reason=f"stopped by {name} after step {step}; continue with --resume",
+            runtime_s=round(self.elapsed(), 3),
+        )
+        return self.record.to_json()
+
+    # -- steps and finish ---------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Steps, then finish; the record says how it ended. An exception is recorded (``failed``, or
+        ``interrupted`` for Ctrl-C) and re-raised."""
+        try:
+            ended = self.steps()
+            return ended if ended is not None else self.finish()
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                self.write_run(
+                    status=Status.INTERRUPTED,
+                    reason=f"KeyboardInterrupt during step {self.step}; continue with --resume "
+                    f"(from step {self.last_saved})",
+                )
+            else:
+                self.write_run(status=Status.FAILED, reason=f"{type(e).__name__}: {e}"[:500])
+            raise
+        finally:
+            self.close()
+
+    def steps(self) -> dict | None:
+        """The optimizer steps after ``start_step``; the run record if the run diverged or was stopped."""
+        import torch
+
+        with StopSignals() as stop:
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                self.step, t0 = step, time.perf_counter()
+                # Data: this rank's micro-batches of the step, and the step's token counts over all ranks.
+                batches, local, n_target, n_tokens = self._batches(step)
+                if self.fault == ("nan", step):  # test hook: a NaN weight before step K
+                    with torch.no_grad():
+                        self.trainable[0].fill_(float("nan"))
+                # Forward/backward over the micro-batches; loss and gradient norm over all ranks.
+                loss, grad_norm = self._forward_backward(batches, n_target)
+                # Divergence, judged before this step's update.
+                diverged = self._divergence(step, loss, grad_norm)
+                if diverged is not None:
+                    return self.diverge(*diverged)
+                # The update.
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                # Telemetry: metrics.jsonl, W&B/TensorBoard, the progress bar.
+                epoch = self._log(step, time.perf_counter() - t0, loss, grad_norm, lr, n_target, n_tokens, local)
+                # Stop on a signal (all ranks agree), checkpoint when due or stopping.
+                stopping = self._stopping(stop)
+                if (step % self.cfg.save_every == 0 or stopping) and step < self.total_steps:
+                    ended = self.checkpoint(step, epoch)
+                    if ended is not None:
+                        return ended
+                if self.fault == ("sigkill", step):  # test hook: a hard kill right after step K is logged
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if stopping and step < self.total_steps:
+                    return self.interrupted(step, stop.received)
+        return None
+
+    def _batches(self, step: int) -> tuple[list[dict], Any, int, int]:
+        """This rank's micro-batches of ``step``, its [target, attention] token counts, and the step's
+        target and attention token counts summed over all ranks."""
+        import torch
+
+        from tinyslm.datasets import IGNORE_INDEX, collate
+
+        cfg = self.cfg
+        epoch, pos = divmod(step - 1, self.steps_per_epoch)
+        if epoch != self.order_epoch:
+            self.order, self.order_epoch = epoch_order(len(self.rows), cfg.seed, epoch), epoch
+        chunks = step_micro_batches(
+            self.order, pos, cfg.batch_size, cfg.micro_batch_size, self.rank, self.world, self.lengths
+        )
+        batches = [collate([self.rows[i] for i in chunk], self.pad_id) for chunk in chunks]
+        local = torch.tensor(
+            [
+                sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches),
+                sum(int(b["attention_mask"].sum()) for b in batches),
+            ],
+            device=self.accelerator.device,
+        )
+        n_target, n_tokens = (int(x) for x in self.accelerator.reduce(local.clone(), reduction="sum"))
+        return batches, local, n_target, n_tokens
+
+    def _forward_backward(self, batches: list[dict], n_target: int) -> tuple[float, float]:
+        """The step's token-weighted mean loss and (clipped) gradient norm, the same on every rank."""
+        acc = self.accelerator
+        loss_sum = accumulate_gradients(acc, self.model, batches, n_target, self.keep_logits)
+        loss = float(acc.reduce(loss_sum, reduction="sum")) / n_target
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        return loss, float(acc.clip_grad_norm_(self.trainable, max_norm))
+
+    def _divergence(self, step: int, loss: float, grad_norm: float) -> tuple[int, int, int, str] | None:
+        """:meth:`diverge`'s arguments if the run diverged. The loss is that of the previous update's weights
+        (so a NaN from update k shows at step k + 1; after the last update, and before every checkpoint, the
+        weights themselves are checked)."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            return step, step - 1, step, f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
+        if self.blowup.update(step, loss):
+            # the first loss above the threshold came from the weights of the update before it
+            bad = int(self.blowup.streak_start) - 1
+            return step, step - 1, bad, self.blowup.reason(step, loss, grad_norm)
+        return None
+
+    def _log(
+        self, step: int, dt: float, loss: float, grad_norm: float, lr: float, n_target: int, n_tokens: int, local: Any
+    ) -> float:
+        """Append the step's metrics line (and mirror it); returns the step's epoch position."""
+        self.train_s += dt
+        self.tokens_seen += n_tokens
+        rec = {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens_per_s": round(n_tokens / dt, 2),
+            "samples_per_s": round(self.cfg.batch_size / dt, 3),
+            "target_tokens": n_target,
+            "peak_mem_mib": round(peak_memory_mib(self.accelerator.device)[0], 1),
+            "elapsed_s": round(self.elapsed(), 3),
+        }
+        if self.world > 1:  # per-rank share of the step's target tokens (load balance; ranks see different rows)
+            rec["rank_target_tokens"] = [int(x) for x in self.accelerator.gather(local[:1]).tolist()]
+        if self.main:
+            self.metrics.write(rec)
+            self.reporters.log(rec)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / dt:.0f}")
+        return rec["epoch"]
+
+    def _stopping(self, stop: StopSignals) -> bool:
+        """Whether a stop signal reached any rank (all ranks must agree, or the collectives would hang)."""
+        import torch
+
+        stopping = stop.received is not None
+        if self.world > 1:
+            flag = torch.tensor([float(stopping)], device=self.accelerator.device)
+            stopping = float(self.accelerator.reduce(flag, reduction="sum")) > 0
+        return stopping
+
+    def checkpoint(self, step: int, epoch: float) -> dict | None:
+        """Save ``checkpoints/step-N`` (weights checked finite first: non-finite weights are never saved);
+        the run record if the weights are bad (diverged)."""
+        norm = weight_norm(self.trainable)
+        if not math.isfinite(norm):
+            why = f"non-finite weights after the update of step {step} (norm {norm}); not saved as a checkpoint"
+            return self.diverge(step, step, step, why)
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "elapsed_s": round(self.elapsed(), 3),
+            "train_s": round(self.train_s, 3),
+            "tokens": self.tokens_seen,
+            "blow_up": self.blowup.state(),
+        }
+        # while the loss is above the blow-up threshold, keep the checkpoints from before it
+        keep = self.cfg.keep_checkpoints if self.blowup.streak == 0 else 10**9
+        ck = save_checkpoint(self.accelerator, self.out, self.model, self.optimizer, self.scheduler, state, keep)
+        self.last_saved = step
+        self.write_run(step=step, last_checkpoint=str(ck), runtime_s=round(self.elapsed(), 3))
+        return None
+
+    def finish(self) -> dict:
+        """The trained weights (final/, merged/), then the run record ``finished``. The last update's weights
+        had no next step's loss to check them, so their norm is checked: non-finite weights are never saved."""
+        cfg, out, total = self.cfg, self.out, self.total_steps
+        norm = weight_norm(self.trainable)
+        if not math.isfinite(norm):
+            why = f"non-finite weights after the update of step {total}, the last (norm {norm}); final/ not written"
+            return self.diverge(total, total, total, why)
+        summary = {
+            "step": total,
+            "runtime_s": round(self.elapsed(), 3),
+            "train_s": round(self.train_s, 3),
+            "samples_per_s": round(
+                cfg.batch_size * (total - self.start_step) / max(self.train_s - self.prior["train_s"], 1e-9), 3
+            ),
+            "tokens_per_s": round(self.tokens_seen / max(self.train_s, 1e-9), 2),
+            "peak_mem_mib": round(peak_memory_mib(self.accelerator.device)[0], 1),
+        }
+        if self.main:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            base = None if cfg.method == "full" else adapter_base_ref(cfg.model)
+            save_final(unwrapped, self.tokenizer, out / "final", base)
+            if cfg.merge and cfg.method == "full":
+                print("--merge: nothing to merge for full fine-tuning; final/ is the full model", file=sys.stderr)
+            elif cfg.merge:
+                save_merged(unwrapped, self.tokenizer, out / "merged")
+        summary["final"] = str(out / "final")
+        summary["merged"] = str(out / "merged") if cfg.merge and cfg.method != "full" else None
+        self.write_run(status=Status.FINISHED, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary)
+        return self.record.to_json()
+
+    def close(self) -> None:
+        for closable in (self.bar, self.metrics, self.reporters):
+            if closable is not None:
+                closable.close()
+
+    def release(self) -> None:
+        """Drop the model and optimizer (and accelerate's references), so evaluation has the memory."""
+        self.model = self.optimizer = None
+        self.trainable = []
+        self.accelerator.free_memory()
+        self.accelerator.wait_for_everyone()
 
 
-def save_merged(model: Any, tokenizer: Any, dest: Path) -> None:
-    """``merged/``: the adapter folded into the base weights, a full model (final/ keeps the adapter)."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged = model.merge_and_unload()
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
+    """The run record as training starts (status ``running``): what is trained, on what, how, and where from.
+    ``prev``: the record of the run being resumed (its start time and resume history carry over)."""
+    from tinyslm.evaluate import package_versions
+
+    cfg = r.cfg
+    return RunRecord(
+        status=Status.RUNNING,
+        config=asdict(cfg),
+        model=_model_name(cfg.model),
+        model_ref=cfg.model,
+        method=cfg.method,
+        parameters=r.params,
+        data=_data_section(r),
+        schedule=_schedule_section(r),
+        precision="bf16 autocast, fp32 master weights" if r.accelerator.mixed_precision == "bf16" else "fp32",
+        device=str(r.accelerator.device),
+        peak_mem_kind=peak_memory_mib(r.accelerator.device)[1],
+        step=r.start_step,
+        resumed_from_steps=[
+            *((prev or {}).get("resumed_from_steps") or []),
+            *([r.start_step] if r.mode == "resume" else []),
+        ],
+        argv=sys.argv,
+        versions=package_versions(),
+        provenance=r.provenance,
+        started_at=(prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def _data_section(r: Recipe) -> dict[str, Any]:
+    """run.json's ``data``: which rows, how many were used, cut or dropped, and how they were prompted."""
+    cfg, rows, enc_stats, tset = r.cfg, r.rows, r.enc_stats, r.tset
+    whole = next((x for x in rows if not x.truncated), None)  # the token that ends a complete target
+    return {
+        "dataset": tset.name,
+        "source": tset.source,
+        **tset.info,
+        "examples": enc_stats["examples"],
+        "used_examples": len(rows),
+        "truncated_examples": enc_stats["truncated"],
+        "dropped_examples": enc_stats["dropped"],
+        "max_length": cfg.max_length,
+        "target_tokens_per_epoch": enc_stats["target_tokens"],
+        "completion_only": True,
+        "prompt": "evaluation zero-shot prompt (prompts.build_prompt), chat template"
+        if getattr(r.tokenizer, "chat_template", None)
+        else "evaluation zero-shot prompt, base format",
+        "stop_token": r.tokenizer.convert_ids_to_tokens(whole.labels[-1]) if whole else None,
+        "order": "torch.randperm seeded with seed + epoch; last partial batch of an epoch dropped",
+    }
+
+
+def _schedule_section(r: Recipe) -> dict[str, Any]:
+    """run.json's ``schedule``: steps, warmup, optimizer and how the effective batch is split."""
+    cfg = r.cfg
+    return {
+        "steps_per_epoch": r.steps_per_epoch,
+        "total_steps": r.total_steps,
+        "epochs": round(r.total_steps / r.steps_per_epoch, 4),
+        "warmup_steps": r.warmup_steps,
+        "lr_schedule": "cosine with linear warmup",
+        "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8); weight decay on matrices only",
+        "effective_batch_size": cfg.batch_size,
+        "micro_batch_size": cfg.micro_batch_size,
+        "gradient_accumulation_steps": r.accumulation,
+        "num_processes": r.world,
+        "loss": "token-weighted mean over the effective batch (completion tokens only)",
+    }
+
+
+def _announce(r: Recipe) -> None:
+    """The one-line summary of what is about to be trained (stderr), and a note on truncated examples."""
+    cfg, enc = r.cfg, r.enc_stats
+    print(
+        f"training {cfg.method} on {r.record.model}: {len(r.rows)} examples, {r.total_steps} steps of "
+        f"{cfg.batch_size} ({r.world} process(es) x {r.accumulation} x {cfg.micro_batch_size}), "
+        f"{r.params['trainable']:,} of {r.params['total']:,} parameters trainable"
+        + (f"; resuming after step {r.start_step}" if r.start_step else ""),
+        file=sys.stderr,
+    )
+    if enc["truncated"]:
+        print(
+            f"{enc['truncated']} of {enc['examples']} examples are longer than --max-length "
+            f"{cfg.max_length} and were cut ({enc['dropped']} dropped: no target token left)",
+            file=sys.stderr,
+        )
 
 
 def eval_config(cfg: TrainConfig, out: Path) -> Any:
@@ -1354,7 +1191,8 @@ def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
 
     ecfg = eval_config(cfg, out)
     results = run_eval(ecfg)
-    run["eval"] = {
+    record = RunRecord.from_json(run)
+    record.eval = {
         name: {
             "model": ecfg.model,
             "adapter": ecfg.adapter,
@@ -1365,22 +1203,14 @@ def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
         }
         for name, r in results.items()
     }
-    atomic_write_json(out / "run.json", run)
-    return run
+    record.write(out / "run.json")
+    return record.to_json()
 
 
 def _model_name(ref: str) -> str:
     from tinyslm.models import model_name_for_results
 
     return model_name_for_results(ref)
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
 if __name__ == "__main__":  # the command line lives in tinyslm.cli.train; say so instead of doing nothing

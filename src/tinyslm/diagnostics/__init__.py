@@ -411,12 +411,12 @@ class _PeakMemory:
         self.kind: str | None = None
 
     def start(self) -> None:
-        from tinyslm.train import reset_peak_memory
+        from tinyslm.telemetry import reset_peak_memory
 
         self.resettable = reset_peak_memory(self.device)
 
     def stop(self, name: str) -> None:
-        from tinyslm.train import peak_memory_mib
+        from tinyslm.telemetry import peak_memory_mib
 
         mib, kind = peak_memory_mib(self.device)
         self.kind = kind if self.resettable else "cpu_max_rss_process"

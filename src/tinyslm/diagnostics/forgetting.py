@@ -182,7 +182,7 @@ def continuation_logprobs(
     """
     import torch
 
-    from tinyslm.train import supports_logits_to_keep
+    from tinyslm.loss import supports_logits_to_keep
 
     device = next(model.parameters()).device
     keep_logits = supports_logits_to_keep(model)

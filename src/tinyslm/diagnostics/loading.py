@@ -20,9 +20,10 @@ from typing import Any
 
 from tinyslm.errors import UserError
 from tinyslm.io import read_json_object
+from tinyslm.methods import PEFT_METHODS
+from tinyslm.methods import TRAINED_METHODS as METHODS
+from tinyslm.results import Status
 
-PEFT_METHODS = ("lora", "dora")
-METHODS = ("full", *PEFT_METHODS)
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -57,8 +58,8 @@ def read_run_dir(run_dir: str | Path, base: str | None = None) -> RunInfo:
         run = read_json_object(run_json)
     except ValueError as e:
         raise UserError(str(e)) from None
-    status = run.get("status", "unknown")
-    if status != "finished":
+    status = run.get("status", Status.UNKNOWN.value)
+    if status != Status.FINISHED:
         raise UserError(
             f"{d} holds an unfinished run (status {status}); finish it first (tiny-slm-train ... --resume)"
         )

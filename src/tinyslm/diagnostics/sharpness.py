@@ -279,7 +279,7 @@ def loss_terms(model: Any, batch: dict, micro_batch_size: int | None = None) -> 
     batch is split (a mean per micro-batch would weight a short row's tokens more).
     """
     from tinyslm.datasets import IGNORE_INDEX
-    from tinyslm.train import supports_logits_to_keep, target_loss_sum
+    from tinyslm.loss import supports_logits_to_keep, target_loss_sum
 
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}

@@ -25,8 +25,9 @@ from typing import Any
 
 from tinyslm.errors import UserError
 from tinyslm.io import read_json_object, read_jsonl
+from tinyslm.methods import TRAINED_METHODS
+from tinyslm.results import Status
 
-TRAINED_METHODS = ("full", "lora", "dora")
 ZERO_SHOT = "zero-shot"
 
 
@@ -70,7 +71,7 @@ class Cell:
 
     @property
     def finished(self) -> bool:
-        return self.status == "finished"
+        return self.status == Status.FINISHED
 
 
 @dataclass
@@ -204,14 +205,14 @@ def read_study_cell(d: Path, warnings: list[str]) -> Cell:
         meta = _read_json(d / "cell.json")
     except _Unreadable as e:
         warnings.append(str(e))
-        return Cell(d, "study", d.parent.parent.name, d.parent.name, _seed_from_dir(d), "unreadable", str(e))
+        return Cell(d, "study", d.parent.parent.name, d.parent.name, _seed_from_dir(d), Status.UNREADABLE.value, str(e))
     cell = Cell(
         dir=d,
         layout="study",
         model=str(meta.get("model") or d.parent.parent.name),
         method=str(meta.get("method") or d.parent.name),
         seed=meta.get("seed"),
-        status=str(meta.get("status") or "unknown"),
+        status=str(meta.get("status") or Status.UNKNOWN),
         reason=meta.get("reason"),
         model_ref=meta.get("model_ref"),
         declared_benchmarks=[str(b) for b in meta.get("benchmarks") or []],
@@ -227,7 +228,7 @@ def read_train_dir(d: Path, warnings: list[str]) -> Cell:
         run = _read_json(d / "run.json")
     except _Unreadable as e:
         warnings.append(str(e))
-        return Cell(d, "train", d.name, "unknown", None, "unreadable", str(e))
+        return Cell(d, "train", d.name, "unknown", None, Status.UNREADABLE.value, str(e))
     cfg = run.get("config") or {}
     cell = Cell(
         dir=d,
@@ -235,7 +236,7 @@ def read_train_dir(d: Path, warnings: list[str]) -> Cell:
         model=str(run.get("model") or d.name),
         method=str(run.get("method") or cfg.get("method") or "unknown"),
         seed=cfg.get("seed"),
-        status=str(run.get("status") or "unknown"),
+        status=str(run.get("status") or Status.UNKNOWN),
         reason=run.get("reason"),
         model_ref=run.get("model_ref"),
         declared_benchmarks=[b for b in str(cfg.get("eval") or "").split(",") if b],
@@ -261,7 +262,7 @@ def read_eval_dir(d: Path, warnings: list[str]) -> Cell | None:
         model=str(first.get("model") or d.name),
         method=_method_from_shots(first),
         seed=first.get("seed"),
-        status="finished",
+        status=Status.FINISHED.value,
         model_ref=first.get("model_ref"),
         declared_benchmarks=sorted(benchmarks),
         wall_s=sum(float(b.results.get("wall_s") or 0) for b in benchmarks.values()),

@@ -24,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinyslm.methods import TRAINED_METHODS
 from tinyslm.report.collect import (
     ZERO_SHOT,
     BenchmarkRun,
@@ -32,6 +33,7 @@ from tinyslm.report.collect import (
     method_order,
     natural_key,
 )
+from tinyslm.results import Status
 from tinyslm.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
 from tinyslm.textstats import has_repetition_loop
 
@@ -287,7 +289,7 @@ def results_csv_rows(col: Collection) -> tuple[list[str], Rows]:
             r = b.results
             n, k = int(r["n"]), int(r["correct"])
             lo, hi = wilson_interval(k, n)
-            rows.append([g.model, g.method, g.benchmark, _s(c.seed), "finished", str(n), str(k),
+            rows.append([g.model, g.method, g.benchmark, _s(c.seed), Status.FINISHED.value, str(n), str(k),
                          f"{k / n if n else 0.0:.6f}", f"{lo:.6f}", f"{hi:.6f}", _s(r.get("strict_correct")),
                          _s(r.get("strict_exact_match")), _s(r.get("model_parameters")), _s(r.get("shots")),
                          _s(r.get("device")), _s(r.get("wall_s")), "", str(c.dir)])
@@ -295,7 +297,7 @@ def results_csv_rows(col: Collection) -> tuple[list[str], Rows]:
             b = c.benchmarks.get(g.benchmark)
             r = b.results if b else {}
             n, k = r.get("n"), r.get("correct")
-            rows.append([g.model, g.method, g.benchmark, _s(c.seed), c.status if c.status != "finished" else "missing",
+            rows.append([g.model, g.method, g.benchmark, _s(c.seed), c.status if c.status != Status.FINISHED else "missing",
                          _s(n), _s(k), "", "", "", "", "", _s(r.get("model_parameters")), _s(r.get("shots")),
                          _s(r.get("device")), "", str(c.reason or ("no results.json" if not b else "")), str(c.dir)])
     return cols, rows
@@ -584,7 +586,7 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                 tied_with_best.append(m)
         if tied_with_best:
             options = [best, *tied_with_best]
-            costs = {m: (0.0 if m not in ("full", "lora", "dora") else _train_runtime(col, model, m)) for m in options}
+            costs = {m: (0.0 if m not in TRAINED_METHODS else _train_runtime(col, model, m)) for m in options}
             known = {m: v for m, v in costs.items() if v is not None}
             if known:
                 cheapest = min(known, key=lambda m: (known[m], method_order(m)))
