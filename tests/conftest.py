@@ -64,3 +64,23 @@ def tiny_model_dir(tmp_path_factory, real_tokenizer) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(d)
     real_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def small_jsonl(tmp_path_factory) -> Path:
+    """Sixteen short word problems for tiny training runs: prompt + target fit in 128 tokens of the real
+    tokenizer. Shared by the training, hostile-input and diagnostics tests (one file, written once)."""
+    import json
+
+    rows = []
+    for i in range(16):
+        a, b = i + 2, (3 * i) % 7 + 1
+        rows.append(
+            {
+                "question": f"Tom has {a} apples and gets {b} more. How many apples?",
+                "answer": f"{a} + {b} = {a + b}.\n#### {a + b}",
+            }
+        )
+    p = tmp_path_factory.mktemp("data") / "small.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p

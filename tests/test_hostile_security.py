@@ -85,23 +85,6 @@ def _train_cfg(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def small_jsonl(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("data") / "small.jsonl"
-    p.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "question": f"Tom has {i} apples and gets 2 more. How many?",
-                    "answer": f"{i} + 2 = {i + 2}.\n#### {i + 2}",
-                }
-            )
-            + "\n"
-            for i in range(8)
-        )
-    )
-    return p
-
 
 @pytest.fixture(scope="module")
 def stopped_run(tiny_model_dir, small_jsonl, tmp_path_factory) -> Path:

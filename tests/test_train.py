@@ -47,22 +47,6 @@ def _run_json(out: Path) -> dict:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def small_jsonl(tmp_path_factory) -> Path:
-    """Sixteen short word problems: prompt + target fit in 128 tokens of the real tokenizer."""
-    rows = []
-    for i in range(16):
-        a, b = i + 2, (3 * i) % 7 + 1
-        rows.append(
-            {
-                "question": f"Tom has {a} apples and gets {b} more. How many apples?",
-                "answer": f"{a} + {b} = {a + b}.\n#### {a + b}",
-            }
-        )
-    p = tmp_path_factory.mktemp("data") / "small.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
-
 
 def _cfg(model: Path, data: Path, out: Path, method: str, **kw) -> TrainConfig:
     base = dict(
