@@ -938,15 +938,30 @@ def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
 
     The alarm repeats every :data:`_REFIRE_S` seconds after the deadline: a :class:`_Deadline` raised
     inside a bare ``except:`` (sympy has some), a ``__del__`` or a gc callback is swallowed, and one
-    swallowed alarm must not leave the check unbounded. ``active`` turns the handler into a no-op as soon
-    as ``fn`` has stopped, and both exits restore the previous handler and timer (once).
+    swallowed alarm must not leave the check unbounded. Such a swallowed deadline reaches
+    ``sys.unraisablehook``, which is wrapped for the check's duration: ours are dropped, and no re-fire
+    lands inside another hook. ``active`` turns the handler into a no-op as soon as ``fn`` has stopped,
+    and both exits restore the previous handler, timer and hook (once).
     """
     active = [True]
     restored = [False]
+    in_hook = [False]
 
     def on_alarm(signum: int, frame: Any) -> None:
-        if active[0]:
+        if active[0] and not in_hook[0]:
             raise _Deadline
+
+    def unraisable(u: Any) -> None:
+        # A deadline swallowed by a __del__ or gc callback is ours and already handled by the re-firing
+        # alarm: drop it. Anything else goes to the previous hook, with the alarm held off meanwhile, so
+        # a re-fire cannot break the hook itself (pytest's imports tracemalloc there).
+        if isinstance(u.exc_value, _Deadline):
+            return
+        in_hook[0] = True
+        try:
+            old_hook(u)
+        finally:
+            in_hook[0] = False
 
     def restore() -> None:
         active[0] = False
@@ -955,11 +970,14 @@ def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
         restored[0] = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        sys.unraisablehook = old_hook
         if old_delay > 0:
             remaining = max(old_delay - (time.monotonic() - start), 0.001)
             signal.setitimer(signal.ITIMER_REAL, remaining, old_interval)
 
     start = time.monotonic()
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.01), _REFIRE_S)
     try:
