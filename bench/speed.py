@@ -15,13 +15,13 @@ random weights, which never write an answer line, so every row runs to ``--max-n
 measures the per-step cost only, not the gain from dropping finished rows.
 
 **Training.** For each method (full, LoRA, DoRA) and target set, the anchor, HF ``Trainer`` (+ ``peft``
-``get_peft_model`` for LoRA/DoRA), against ``tinyslm.train.train``, each in its own process (so peak
+``get_peft_model`` for LoRA/DoRA), against ``tinyslm.train.recipe.train``, each in its own process (so peak
 memory is per run and neither inherits the other's state), on
 
 * the same weights: a model built from the shape's config with random weights (seed 0), saved once to a
   temporary directory with the SmolLM2 tokenizer; the hub is unreachable on the benchmark machines, and
   throughput does not depend on the weights' values;
-* the same data: the first rows of GSM8K train, encoded by :func:`tinyslm.datasets.encode_examples`
+* the same data: the first rows of GSM8K train, encoded by :func:`tinyslm.data.training.encode_examples`
   (the evaluation prompt + target, completion-only labels), in the order tiny-slm's recipe takes them, so
   optimizer step ``s`` sees the same rows on both sides (the anchor's sampler is made sequential over
   rows pre-arranged in that order). The ``loss@1`` column shows it: both sides' first-step losses agree,
@@ -58,26 +58,69 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tinyslm.generation import decode_rows, eos_ids  # noqa: E402
+from tinyslm.evaluate.generation import decode_rows, eos_ids  # noqa: E402
 
 # The real architectures of the study's models (from their hub config.json), for random-weight runs.
 # "tiny" is a 2-layer toy for checking the benchmark itself in seconds; its figures mean nothing.
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
-                                   max_position_embeddings=8192)),
-    "smollm2-360m": ("llama", dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-                                   num_attention_heads=15, num_key_value_heads=5, vocab_size=49152,
-                                   tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5,
-                                   max_position_embeddings=8192)),
-    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                   tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                                   max_position_embeddings=32768)),
-    "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True,
-                           initializer_range=0.2)),  # a large init: losses differ from row to row
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=8192,
+        ),
+    ),
+    "smollm2-360m": (
+        "llama",
+        dict(
+            hidden_size=960,
+            intermediate_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=15,
+            num_key_value_heads=5,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=8192,
+        ),
+    ),
+    "qwen2.5-0.5b": (
+        "qwen2",
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            rope_theta=1000000.0,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+        ),
+    ),
+    "tiny": (
+        "llama",
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            initializer_range=0.2,
+        ),
+    ),  # a large init: losses differ from row to row
 }
 REAL_WEIGHTS = {"smollm2-135m": "smollm2-135m-instruct"}  # shape -> offline alias with the real weights
 METHODS = ("full", "lora", "dora")
@@ -90,7 +133,8 @@ TOKENIZER_ALIAS = "smollm2-135m-instruct"
 
 def load_bench_tokenizer(path: str | None) -> Any:
     """``--tokenizer DIR``, else the installed SmolLM2 alias's (a GPU box has no alias: pass a copied one)."""
-    from tinyslm.models import is_installed, load_tokenizer, resolve_model
+    from tinyslm.models.load import load_tokenizer, resolve_model
+    from tinyslm.models.zoo import is_installed
 
     if path:  # tokenizer files only (no config.json), so not through load_tokenizer's checkpoint check
         from transformers import AutoTokenizer
@@ -100,8 +144,10 @@ def load_bench_tokenizer(path: str | None) -> Any:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
     if not is_installed(TOKENIZER_ALIAS):
-        sys.exit(f"the {TOKENIZER_ALIAS} alias is not installed here; pass --tokenizer DIR (a copy of its "
-                 "tokenizer files)")
+        sys.exit(
+            f"the {TOKENIZER_ALIAS} alias is not installed here; pass --tokenizer DIR (a copy of its "
+            "tokenizer files)"
+        )
     return load_tokenizer(resolve_model(TOKENIZER_ALIAS))
 
 
@@ -110,8 +156,13 @@ def build_random_model(shape: str, tokenizer: Any, dest: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     arch, kwargs = SHAPES[shape]
-    config = AutoConfig.for_model(arch, **kwargs, bos_token_id=tokenizer.bos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(
+        arch,
+        **kwargs,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(dest)
@@ -141,16 +192,26 @@ def data_dir_default() -> str:
 
 def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int, shots: int = 0) -> list[list[int]]:
     """The first ``n`` GSM8K test prompts as ``tiny-slm-eval`` builds them (``shots`` exemplars, seed 1234)."""
-    from tinyslm.benchmarks import get_benchmark, load_examples, plan_fewshot
-    from tinyslm.prompts import build_prompt
+    from tinyslm.data.benchmarks import get_benchmark, load_examples, plan_fewshot
+    from tinyslm.data.prompts import build_prompt
 
     plan = plan_fewshot(load_examples(get_benchmark("gsm8k"), data_dir), shots, 1234, data_dir)
-    return [tokenizer(build_prompt(tokenizer, e, "number", plan.exemplars), add_special_tokens=False)["input_ids"]
-            for e in plan.eval_examples[:n]]
+    return [
+        tokenizer(build_prompt(tokenizer, e, "number", plan.exemplars), add_special_tokens=False)["input_ids"]
+        for e in plan.eval_examples[:n]
+    ]
 
 
-def run_engine(name: str, model: Any, tokenizer: Any, rows: list[list[int]], batch_size: int,
-               max_new_tokens: int, stop_ids: list[int], device: str) -> tuple[list[list[int]], float]:
+def run_engine(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    rows: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    device: str,
+) -> tuple[list[list[int]], float]:
     """Decode ``rows`` with one engine at the same batch size; the generated ids per row and the wall time.
 
     ``hf`` decodes length-sorted fixed batches through ``model.generate``; ``fast`` is what ``tiny-slm-eval``
@@ -160,8 +221,15 @@ def run_engine(name: str, model: Any, tokenizer: Any, rows: list[list[int]], bat
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for i, g in decode_rows(model, tokenizer, rows, engine=name, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, stop_ids=stop_ids):
+    for i, g in decode_rows(
+        model,
+        tokenizer,
+        rows,
+        engine=name,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop_ids=stop_ids,
+    ):
         out[i] = g
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -172,14 +240,19 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
     """The evaluation table; returns per-case figures keyed by shape."""
     from transformers import AutoModelForCausalLM
 
-    from tinyslm.models import is_installed, load_model
+    from tinyslm.models.load import load_model
+    from tinyslm.models.zoo import is_installed
 
     tokenizer.padding_side = "left"
     rows = gsm8k_prompts(tokenizer, Path(args.data_dir), args.n, args.shots)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    print(f"\n== evaluation: device={args.device} prompts={len(rows)} shots={args.shots} batch={args.eval_batch_size} "
-          f"max_new_tokens={args.max_new_tokens}")
-    print(f"{'model':<36} {'engine':<11} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}")
+    print(
+        f"\n== evaluation: device={args.device} prompts={len(rows)} shots={args.shots} batch={args.eval_batch_size} "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
+    print(
+        f"{'model':<36} {'engine':<11} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}"
+    )
     summary: dict[str, dict] = {}
     for shape in args.shapes:
         alias = REAL_WEIGHTS.get(shape)
@@ -193,17 +266,28 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
         stop = eos_ids(model, tokenizer)
         res = {}
         for engine in ("hf", "fast"):  # untimed warm-up: first-call costs would fall on whichever runs first
-            run_engine(engine, model, tokenizer, rows[: args.eval_batch_size], args.eval_batch_size, 2, stop,
-                       args.device)
+            run_engine(
+                engine,
+                model,
+                tokenizer,
+                rows[: args.eval_batch_size],
+                args.eval_batch_size,
+                2,
+                stop,
+                args.device,
+            )
         for engine in ("hf", "fast"):
-            gen, wall = run_engine(engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop,
-                                   args.device)
+            gen, wall = run_engine(
+                engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop, args.device
+            )
             res[engine] = (gen, wall, sum(len(g) for g in gen))
         same = res["fast"][0] == res["hf"][0]
         for engine, name in (("hf", "HF generate"), ("fast", "ours")):
             _, wall, n = res[engine]
-            print(f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
-                  f"{str(same):>11}")
+            print(
+                f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
+                f"{str(same):>11}"
+            )
         summary[shape] = {
             "model": label,
             "hf_generate_tokens_per_s": round(res["hf"][2] / res["hf"][1], 2),
@@ -225,21 +309,23 @@ def step_ordered_rows(tokenizer: Any, spec: dict) -> list:
     Exactly what ``train()`` does: the first ``limit`` GSM8K train rows, :func:`encode_examples`, then
     :func:`epoch_order` with the run's seed. Step ``s`` takes rows ``[s * batch, (s + 1) * batch)``.
     """
-    from tinyslm.datasets import encode_examples, load_training_set
-    from tinyslm.train import epoch_order
+    from tinyslm.data.training import encode_examples, load_training_set
+    from tinyslm.train.recipe import epoch_order
 
     tset = load_training_set("gsm8k-train", data_dir=spec["data_dir"], limit=spec["limit"])
     rows, _ = encode_examples(tokenizer, tset.examples, tset.answer_style, spec["max_length"])
     need = spec["steps"] * spec["batch_size"]
     if len(rows) < need:
-        raise SystemExit(f"only {len(rows)} of the first {spec['limit']} GSM8K train rows fit --max-length "
-                         f"{spec['max_length']} with a target token left; raise --max-length")
+        raise SystemExit(
+            f"only {len(rows)} of the first {spec['limit']} GSM8K train rows fit --max-length "
+            f"{spec['max_length']} with a target token left; raise --max-length"
+        )
     order = epoch_order(len(rows), spec["seed"], 0)
     return [rows[i] for i in order[:need]]
 
 
 def _peak_mib(device: str) -> float:
-    from tinyslm.telemetry import peak_memory_mib
+    from tinyslm.core.telemetry import peak_memory_mib
 
     return peak_memory_mib(torch.device(device))[0]
 
@@ -256,21 +342,29 @@ def anchor_worker(spec: dict) -> dict:
         TrainingArguments,
     )
 
-    from tinyslm.datasets import IGNORE_INDEX
-    from tinyslm.train import PROTOCOL, parse_target_modules
+    from tinyslm.data.training import IGNORE_INDEX
+    from tinyslm.train.config import PROTOCOL, parse_target_modules
 
     cuda = spec["device"] == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     tokenizer.padding_side = "right"
     rows = step_ordered_rows(tokenizer, spec)
-    dataset = [{"input_ids": r.input_ids, "attention_mask": [1] * len(r.input_ids), "labels": r.labels} for r in rows]
+    dataset = [
+        {"input_ids": r.input_ids, "attention_mask": [1] * len(r.input_ids), "labels": r.labels} for r in rows
+    ]
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
     method = spec["method"]
     if method != "full":
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=parse_target_modules(spec["targets"]),
-                          use_dora=method == "dora", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=8,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            target_modules=parse_target_modules(spec["targets"]),
+            use_dora=method == "dora",
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
 
     class StepClock(TrainerCallback):
@@ -318,33 +412,51 @@ def anchor_worker(spec: dict) -> dict:
         processing_class=tokenizer,
         callbacks=[clock],
     )
-    from tinyslm.telemetry import reset_peak_memory
+    from tinyslm.core.telemetry import reset_peak_memory
 
-    reset_peak_memory(torch.device(spec["device"]))  # the same window as tinyslm.train's: the loop, not the load
+    reset_peak_memory(
+        torch.device(spec["device"])
+    )  # the same window as tinyslm.train's: the loop, not the load
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"step_ends": clock.ends, "losses": losses, "peak_mem_mib": _peak_mib(spec["device"])}
 
 
 def ours_worker(spec: dict) -> dict:
-    """``tinyslm.train.train`` on the same model, data and settings; step times from its metrics.jsonl."""
-    from tinyslm.io import read_jsonl
-    from tinyslm.train import TrainConfig, train
+    """``tinyslm.train.recipe.train`` on the same model, data and settings; step times from its metrics.jsonl."""
+    from tinyslm.core.files import read_jsonl
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     out = Path(spec["out"]) / "ours"
     cfg = TrainConfig(
-        model=spec["model_dir"], method=spec["method"], output=str(out), dataset="gsm8k-train",
-        data_dir=spec["data_dir"], limit=spec["limit"], max_steps=spec["steps"], target_modules=spec["targets"],
-        batch_size=spec["batch_size"], micro_batch_size=spec["micro_batch_size"], max_length=spec["max_length"],
-        seed=spec["seed"], device=spec["device"], save_every=10**9, overwrite=True, progress=False,
+        model=spec["model_dir"],
+        method=spec["method"],
+        output=str(out),
+        dataset="gsm8k-train",
+        data_dir=spec["data_dir"],
+        limit=spec["limit"],
+        max_steps=spec["steps"],
+        target_modules=spec["targets"],
+        batch_size=spec["batch_size"],
+        micro_batch_size=spec["micro_batch_size"],
+        max_length=spec["max_length"],
+        seed=spec["seed"],
+        device=spec["device"],
+        save_every=10**9,
+        overwrite=True,
+        progress=False,
     )
     run = train(cfg)
     if run.get("status") != "finished":
         raise SystemExit(f"tiny-slm training did not finish: {run.get('status')} {run.get('reason', '')}")
     assert run["schedule"]["warmup_steps"] == spec["lr_warmup_steps"], "lr schedules differ"
     metrics = list(read_jsonl(out / "metrics.jsonl"))
-    return {"step_ends": [m["elapsed_s"] for m in metrics], "losses": [m["loss"] for m in metrics],
-            "peak_mem_mib": run["peak_mem_mib"]}
+    return {
+        "step_ends": [m["elapsed_s"] for m in metrics],
+        "losses": [m["loss"] for m in metrics],
+        "peak_mem_mib": run["peak_mem_mib"],
+    }
 
 
 WORKERS = {"anchor": anchor_worker, "ours": ours_worker}
@@ -353,11 +465,21 @@ WORKERS = {"anchor": anchor_worker, "ours": ours_worker}
 def run_worker(kind: str, spec: dict) -> dict:
     """Run one side in a fresh interpreter; its output is shown only if it fails."""
     result = Path(spec["out"]) / f"{kind}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec),
-           "--result", str(result)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--spec",
+        json.dumps(spec),
+        "--result",
+        str(result),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"{kind} worker failed ({spec['method']}, {spec['targets']}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        sys.exit(
+            f"{kind} worker failed ({spec['method']}, {spec['targets']}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+        )
     return json.loads(result.read_text())
 
 
@@ -370,30 +492,50 @@ def throughput(res: dict, rows: list, spec: dict) -> dict:
     wall = ends[-1] - ends[w - 1]
     tokens = sum(len(r.input_ids) for r in rows[w * b :])
     samples = (spec["steps"] - w) * b
-    return {"samples_per_s": round(samples / wall, 3), "tokens_per_s": round(tokens / wall, 1),
-            "timed_s": round(wall, 2), "peak_mem_mib": round(res["peak_mem_mib"], 1),
-            "loss_first": round(res["losses"][0], 4), "loss_last": round(res["losses"][-1], 4)}
+    return {
+        "samples_per_s": round(samples / wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "timed_s": round(wall, 2),
+        "peak_mem_mib": round(res["peak_mem_mib"], 1),
+        "loss_first": round(res["losses"][0], 4),
+        "loss_last": round(res["losses"][-1], 4),
+    }
 
 
-def bench_train(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs, work: Path) -> dict[str, dict]:
+def bench_train(
+    args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs, work: Path
+) -> dict[str, dict]:
     """The training table; returns per-case figures keyed by ``shape/targets``."""
     steps = args.warmup_steps + args.train_steps
-    print(f"\n== training: device={args.device} batch={args.batch_size} micro={args.micro_batch_size} "
-          f"max_length={args.max_length} steps={args.warmup_steps} warm-up + {args.train_steps} timed "
-          f"({'bf16 autocast' if args.device == 'cuda' else 'fp32'})")
-    print(f"{'shape':<14} {'targets':<10} {'method':<6} {'side':<11} {'samples/s':>9} {'real tok/s':>10} "
-          f"{'speed-up':>8} {'peak MiB':>9} {'loss@1':>8} {f'loss@{steps}':>8}")
+    print(
+        f"\n== training: device={args.device} batch={args.batch_size} micro={args.micro_batch_size} "
+        f"max_length={args.max_length} steps={args.warmup_steps} warm-up + {args.train_steps} timed "
+        f"({'bf16 autocast' if args.device == 'cuda' else 'fp32'})"
+    )
+    print(
+        f"{'shape':<14} {'targets':<10} {'method':<6} {'side':<11} {'samples/s':>9} {'real tok/s':>10} "
+        f"{'speed-up':>8} {'peak MiB':>9} {'loss@1':>8} {f'loss@{steps}':>8}"
+    )
     summary: dict[str, dict] = {}
     for shape in args.shapes:
         for targets in args.targets:
             case: dict[str, Any] = {}
             for method in args.methods:
                 spec = {
-                    "model_dir": str(model_dirs[shape]), "method": method, "targets": targets, "data_dir": args.data_dir,
-                    "limit": steps * args.batch_size, "steps": steps, "warmup_steps": args.warmup_steps,
-                    "lr_warmup_steps": math.ceil(0.03 * steps), "batch_size": args.batch_size,
-                    "micro_batch_size": args.micro_batch_size, "max_length": args.max_length, "seed": args.seed,
-                    "device": args.device, "out": str(work / f"{shape}-{targets}-{method}"),
+                    "model_dir": str(model_dirs[shape]),
+                    "method": method,
+                    "targets": targets,
+                    "data_dir": args.data_dir,
+                    "limit": steps * args.batch_size,
+                    "steps": steps,
+                    "warmup_steps": args.warmup_steps,
+                    "lr_warmup_steps": math.ceil(0.03 * steps),
+                    "batch_size": args.batch_size,
+                    "micro_batch_size": args.micro_batch_size,
+                    "max_length": args.max_length,
+                    "seed": args.seed,
+                    "device": args.device,
+                    "out": str(work / f"{shape}-{targets}-{method}"),
                 }
                 Path(spec["out"]).mkdir(parents=True, exist_ok=True)
                 rows = step_ordered_rows(tokenizer, spec)
@@ -401,18 +543,24 @@ def bench_train(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs,
                 ours = throughput(run_worker("ours", spec), rows, spec)
                 ratio = ours["samples_per_s"] / anchor["samples_per_s"]
                 if abs(ours["loss_first"] - anchor["loss_first"]) > 1e-2 * abs(anchor["loss_first"]):
-                    print(f"warning: first-step losses differ ({anchor['loss_first']} vs {ours['loss_first']}): "
-                          "the two sides did not train on the same rows", file=sys.stderr)
+                    print(
+                        f"warning: first-step losses differ ({anchor['loss_first']} vs {ours['loss_first']}): "
+                        "the two sides did not train on the same rows",
+                        file=sys.stderr,
+                    )
                 for side, r, x in (("HF Trainer", anchor, 1.0), ("ours", ours, ratio)):
-                    print(f"{shape:<14} {targets:<10} {method:<6} {side:<11} {r['samples_per_s']:9.3f} "
-                          f"{r['tokens_per_s']:10.1f} {x:7.2f}x {r['peak_mem_mib']:9.0f} {r['loss_first']:8.4f} {r['loss_last']:8.4f}")
+                    print(
+                        f"{shape:<14} {targets:<10} {method:<6} {side:<11} {r['samples_per_s']:9.3f} "
+                        f"{r['tokens_per_s']:10.1f} {x:7.2f}x {r['peak_mem_mib']:9.0f} {r['loss_first']:8.4f} {r['loss_last']:8.4f}"
+                    )
                 case[f"hf_trainer_{method}"] = anchor
                 case[f"ours_{method}"] = ours
                 case[f"{method}_speedup_vs_hf_trainer_{method}"] = round(ratio, 3)
             if "full" in args.methods:
                 for method in args.methods:
                     case[f"{method}_speedup_vs_hf_trainer_full"] = round(
-                        case[f"ours_{method}"]["samples_per_s"] / case["hf_trainer_full"]["samples_per_s"], 3)
+                        case[f"ours_{method}"]["samples_per_s"] / case["hf_trainer_full"]["samples_per_s"], 3
+                    )
             summary[f"{shape}/{targets}"] = case
     return summary
 
@@ -422,8 +570,17 @@ def flat_figures(eval_summary: dict, train_summary: dict) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     if eval_summary:
         first = next(iter(eval_summary.values()))
-        flat.update({k: first[k] for k in ("eval_speedup_vs_hf_generate", "hf_generate_tokens_per_s",
-                                           "ours_eval_tokens_per_s", "identical_tokens")})
+        flat.update(
+            {
+                k: first[k]
+                for k in (
+                    "eval_speedup_vs_hf_generate",
+                    "hf_generate_tokens_per_s",
+                    "ours_eval_tokens_per_s",
+                    "identical_tokens",
+                )
+            }
+        )
     if train_summary:
         for key, value in next(iter(train_summary.values())).items():
             if isinstance(value, dict):
@@ -437,30 +594,45 @@ def flat_figures(eval_summary: dict, train_summary: dict) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--shapes", default="smollm2-135m",
-                    help=f"comma-separated architectures ({', '.join(SHAPES)}; default smollm2-135m)")
+    ap.add_argument(
+        "--shapes",
+        default="smollm2-135m",
+        help=f"comma-separated architectures ({', '.join(SHAPES)}; default smollm2-135m)",
+    )
     ap.add_argument("--parts", default="eval,train", help="eval, train or both (default)")
-    ap.add_argument("--tokenizer", help="tokenizer directory (default: the installed smollm2-135m-instruct alias)")
+    ap.add_argument(
+        "--tokenizer", help="tokenizer directory (default: the installed smollm2-135m-instruct alias)"
+    )
     ap.add_argument("--data-dir", default=data_dir_default(), help="offline data (default $TINYSLM_DATA_DIR)")
     ap.add_argument("--seed", type=int, default=1234)
     g = ap.add_argument_group("evaluation")
     g.add_argument("--n", type=int, default=64, help="GSM8K test prompts (default 64)")
-    g.add_argument("--eval-batch-size", type=int, default=16, help="decoding batch, both engines (default 16)")
+    g.add_argument(
+        "--eval-batch-size", type=int, default=16, help="decoding batch, both engines (default 16)"
+    )
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--shots", type=int, default=0, help="few-shot exemplars in each prompt (default 0)")
-    g.add_argument("--random-eval", action="store_true", help="evaluate random weights even where real ones exist")
+    g.add_argument(
+        "--random-eval", action="store_true", help="evaluate random weights even where real ones exist"
+    )
     g = ap.add_argument_group("training")
     g.add_argument("--methods", default="full,lora,dora", help="comma-separated (default full,lora,dora)")
-    g.add_argument("--targets", action="append",
-                   help="LoRA/DoRA target modules: all-linear (default) or e.g. q,v; repeat for several sets")
+    g.add_argument(
+        "--targets",
+        action="append",
+        help="LoRA/DoRA target modules: all-linear (default) or e.g. q,v; repeat for several sets",
+    )
     g.add_argument("--batch-size", type=int, default=64, help="effective batch (default 64)")
     g.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward pass (default 8)")
     g.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
     g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
-    ap.add_argument("--quick", action="store_true",
-                    help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 24 prompts x 256 new tokens at "
-                         "batch 16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 24 prompts x 256 new tokens at "
+        "batch 16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps",
+    )
     ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -501,16 +673,35 @@ def main(argv: list[str] | None = None) -> None:
         model_dirs = ModelDirs(tokenizer, work)
         eval_summary = bench_eval(args, tokenizer, model_dirs) if "eval" in args.parts else {}
         train_summary = bench_train(args, tokenizer, model_dirs, work) if "train" in args.parts else {}
-    settings: dict[str, Any] = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    settings: dict[str, Any] = {
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if eval_summary:
-        settings["eval"] = {"n_prompts": args.n, "shots": args.shots, "batch_size": args.eval_batch_size,
-                            "max_new_tokens": args.max_new_tokens}
+        settings["eval"] = {
+            "n_prompts": args.n,
+            "shots": args.shots,
+            "batch_size": args.eval_batch_size,
+            "max_new_tokens": args.max_new_tokens,
+        }
     if train_summary:
-        settings["train"] = {"batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-                             "max_length": args.max_length, "warmup_steps": args.warmup_steps,
-                             "timed_steps": args.train_steps}
-    print(json.dumps({**flat_figures(eval_summary, train_summary), "settings": settings,
-                      "cases": {"eval": eval_summary, "train": train_summary}}))
+        settings["train"] = {
+            "batch_size": args.batch_size,
+            "micro_batch_size": args.micro_batch_size,
+            "max_length": args.max_length,
+            "warmup_steps": args.warmup_steps,
+            "timed_steps": args.train_steps,
+        }
+    print(
+        json.dumps(
+            {
+                **flat_figures(eval_summary, train_summary),
+                "settings": settings,
+                "cases": {"eval": eval_summary, "train": train_summary},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -98,9 +98,14 @@ def main() -> None:
     funcs, edges, private = facts(load(repo))
     print("longest functions:", ", ".join(f"{n} ({length})" for length, n in funcs[:8]))
     print("import cycles:", cycles(edges) or "none")
-    print(f"private names across modules: {len(private)}")
+
+    def package(module: str) -> str:  # tinyslm.scoring.extract -> scoring; a flat module is its own package
+        return module.split(".")[1] if "." in module else module
+
+    across = [p for p in private if package(p.split()[0]) != package(p.split()[2])]
+    print(f"private names across modules: {len(private)}, across packages: {len(across)}")
     for p in private:
-        print("  ", p)
+        print("  ", p, "(across packages)" if p in across else "(inside its package)")
 
 
 if __name__ == "__main__":

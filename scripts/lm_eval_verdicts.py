@@ -34,11 +34,15 @@ def main() -> None:
     task_yaml = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
     task = yaml.safe_load(task_yaml.read_text())
     metric = next(m for m in task["metric_list"] if m["metric"] == "exact_match")
-    metric_kwargs = {k: metric[k] for k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore") if k in metric}
+    metric_kwargs = {
+        k: metric[k] for k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore") if k in metric
+    }
     filters = {}
     for f in task["filter_list"]:
         regex = next(s for s in f["filter"] if s["function"] == "regex")
-        filters[f["name"]] = RegexFilter(regex_pattern=regex["regex_pattern"], group_select=regex.get("group_select", 0))
+        filters[f["name"]] = RegexFilter(
+            regex_pattern=regex["regex_pattern"], group_select=regex.get("group_select", 0)
+        )
 
     rows = []
     for path in args.predictions:
@@ -53,7 +57,9 @@ def main() -> None:
                 rec[f"lm_eval_{name}_correct"] = bool(em == 1.0)
             rows.append(rec)
     Path(args.output).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    print(f"{len(rows)} verdicts from lm_eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else ''} -> {args.output}")
+    print(
+        f"{len(rows)} verdicts from lm_eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else ''} -> {args.output}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (installed by `make setup`; installs it if missing)."""
-    from tinyslm.models import load_tokenizer, resolve_model
+    from tinyslm.models.load import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("smollm2-135m-instruct"))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm.benchmarks import BENCHMARKS, get_benchmark, load_examples, plan_fewshot, resolve_data_dir
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
+from tinyslm.data.benchmarks import BENCHMARKS, get_benchmark, load_examples, plan_fewshot, resolve_data_dir
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "svamp", "math", "math500", "asdiv", "mawps"])
@@ -68,7 +68,9 @@ def test_malformed_record_names_file_and_line(tmp_path: Path):
     (tmp_path / "gsm8k" / "test.jsonl").write_text(f"{good}\n" + json.dumps({"question": "q"}) + "\n")
     with pytest.raises(UserError, match=r"test\.jsonl:2: record lacks field\(s\) answer"):
         load_examples(BENCHMARKS["gsm8k"], tmp_path)
-    (tmp_path / "gsm8k" / "test.jsonl").write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
+    (tmp_path / "gsm8k" / "test.jsonl").write_text(
+        json.dumps({"question": "q", "answer": "no marker"}) + "\n"
+    )
     with pytest.raises(UserError, match=r"test\.jsonl:1: GSM8K answer has no '####'"):
         load_examples(BENCHMARKS["gsm8k"], tmp_path)
 

@@ -50,16 +50,30 @@ def test_missing_output_flag(capsys):
 
 
 def test_console_script_bad_input_no_traceback(tmp_path):
-    r = subprocess.run([str(BIN / "tiny-slm-eval"), "--benchmark", "nope", "--output", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(BIN / "tiny-slm-eval"), "--benchmark", "nope", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "unknown benchmark 'nope'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_help_reads_like_the_protocol():
     r = subprocess.run([str(BIN / "tiny-slm-eval"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for flag in ("--model", "--adapter", "--benchmark", "--shots", "--limit", "--batch-size", "--max-new-tokens",
-                 "--seed", "--data-dir", "--overwrite", "--output"):
+    for flag in (
+        "--model",
+        "--adapter",
+        "--benchmark",
+        "--shots",
+        "--limit",
+        "--batch-size",
+        "--max-new-tokens",
+        "--seed",
+        "--data-dir",
+        "--overwrite",
+        "--output",
+    ):
         assert flag in r.stdout
 
 
@@ -71,7 +85,20 @@ def test_score_command_rescores_any_predictions(tmp_path, capsys):
         {"id": "c", "output": "I think 12.", "reference": "11"},
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["score", "--benchmark", "svamp", "--predictions", str(src), "--output", str(tmp_path / "out.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--benchmark",
+                "svamp",
+                "--predictions",
+                str(src),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 3 and summary["correct"] == 2
     assert summary["strict_exact_match"] == pytest.approx(1 / 3)
@@ -86,5 +113,8 @@ def test_score_bad_input(tmp_path, capsys):
     assert "predictions file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "output": "x"}\n')
-    assert main(["score", "--benchmark", "gsm8k", "--predictions", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(["score", "--benchmark", "gsm8k", "--predictions", str(bad), "--output", str(tmp_path / "o")])
+        == 2
+    )
     assert "lacks field(s) reference" in capsys.readouterr().err

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyslm import decoder
-from tinyslm.decoder import CASCADE_MIN_PREFIX, SlotDecoder, unsupported_reason
-from tinyslm.generation import decode_rows, shared_prefix_length
+from tinyslm.evaluate import decoder
+from tinyslm.evaluate.decoder import CASCADE_MIN_PREFIX, SlotDecoder, unsupported_reason
+from tinyslm.evaluate.generation import decode_rows, shared_prefix_length
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,8 +19,16 @@ def _model(kind: str = "llama", vocab: int = 300):
 
     torch.manual_seed(0)
     # A large init makes the random model emit varied tokens (the default init repeats one token).
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, initializer_range=0.2, max_position_embeddings=512)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+        max_position_embeddings=512,
+    )
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).eval()  # q/k/v projections with biases
     return LlamaForCausalLM(LlamaConfig(**common)).eval()
@@ -50,23 +58,34 @@ class _Tok:
 def _rows(n: int, shared: int, vocab: int = 300, seed: int = 1) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     prefix = torch.randint(2, vocab, (shared,), generator=g).tolist()
-    return [prefix + torch.randint(2, vocab, (int(torch.randint(3, 15, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
+    return [
+        prefix
+        + torch.randint(2, vocab, (int(torch.randint(3, 15, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
 
 
 def _stops_at_various_steps(model, tok, rows, max_new_tokens) -> list[int]:
     """Tokens that the free-running rows emit at different steps: used as stop tokens, rows then leave
     (and new rows enter) at many different steps."""
     free = dict(decode_rows(model, tok, rows, engine="hf", max_new_tokens=max_new_tokens, stop_ids=[]))
-    picks = {free[i][k] for i, k in zip(range(len(rows)), (2, 5, 9, 13, 17, 25, 40, 40), strict=False)
-             if k < len(free[i])}
+    picks = {
+        free[i][k]
+        for i, k in zip(range(len(rows)), (2, 5, 9, 13, 17, 25, 40, 40), strict=False)
+        if k < len(free[i])
+    }
     return sorted(picks)
 
 
-@pytest.mark.parametrize(("shared", "cpu_flash"), [
-    (0, True), (20, True),  # no prefix; a short one copied into the slots
-    (CASCADE_MIN_PREFIX + 10, True), (CASCADE_MIN_PREFIX + 10, False),  # read once: CPU flash op, or plain math (GPUs)
-])
+@pytest.mark.parametrize(
+    ("shared", "cpu_flash"),
+    [
+        (0, True),
+        (20, True),  # no prefix; a short one copied into the slots
+        (CASCADE_MIN_PREFIX + 10, True),
+        (CASCADE_MIN_PREFIX + 10, False),  # read once: CPU flash op, or plain math (GPUs)
+    ],
+)
 @torch.inference_mode()
 def test_decoder_logits_equal_the_models_forward(shared, cpu_flash, monkeypatch):
     monkeypatch.setattr(decoder, "CPU_FLASH_LSE", cpu_flash and decoder.CPU_FLASH_LSE)
@@ -106,7 +125,9 @@ def test_continuous_batching_gives_generates_tokens(kind, shared):
 def test_unmerged_lora_layers_are_applied():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    model = get_peft_model(
+        _model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
     with torch.no_grad():  # a non-zero B, so that the adapter changes the outputs
         for name, prm in model.named_parameters():
             if "lora_B" in name:
@@ -124,18 +145,31 @@ def test_other_architectures_fall_back_to_the_models_forward():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)
+    ).eval()
     assert "gpt2" in unsupported_reason(model, 100)
     tok, rows = _Tok(), _rows(5, shared=20)
     kw = dict(max_new_tokens=10, batch_size=2, stop_ids=[])
-    assert dict(decode_rows(model, tok, rows, engine="fast", **kw)) == dict(decode_rows(model, tok, rows, engine="hf", **kw))
+    assert dict(decode_rows(model, tok, rows, engine="fast", **kw)) == dict(
+        decode_rows(model, tok, rows, engine="hf", **kw)
+    )
 
 
 def test_sliding_window_shorter_than_the_cache_is_refused():
     from transformers import MistralConfig, MistralForCausalLM
 
-    model = MistralForCausalLM(MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=64))
+    model = MistralForCausalLM(
+        MistralConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=64,
+        )
+    )
     assert unsupported_reason(model, 64) is None
     assert "sliding" in unsupported_reason(model, 65)
 

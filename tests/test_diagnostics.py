@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tinyslm.cli import main
+from tinyslm.core.errors import UserError
+from tinyslm.core.textstats import arithmetic_errors, find_equations
 from tinyslm.diagnostics import HVP_DEFAULTS, MEASURES, analyze, parse_measures, summarize
 from tinyslm.diagnostics.displacement import relative_displacement, weight_displacement
 from tinyslm.diagnostics.forgetting import (
@@ -34,8 +36,6 @@ from tinyslm.diagnostics.sharpness import (
     split_batch,
     top_hessian_eigenvalue,
 )
-from tinyslm.errors import UserError
-from tinyslm.textstats import arithmetic_errors, find_equations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -284,7 +284,7 @@ def test_summed_loss_terms_give_the_hessian_of_the_sum():
 def tiny_eager(tiny_model_dir):
     import torch
 
-    from tinyslm.models import load_model
+    from tinyslm.models.load import load_model
 
     model, _ = load_model(str(tiny_model_dir), dtype=torch.float32)
     model.set_attn_implementation("eager")  # differentiable twice
@@ -296,7 +296,7 @@ def _uneven_batch(vocab: int) -> dict:
     """Four right-padded rows of different lengths with 1 to 9 target tokens: micro-batch means would differ."""
     import torch
 
-    from tinyslm.datasets import IGNORE_INDEX, EncodedExample, collate
+    from tinyslm.data.training import IGNORE_INDEX, EncodedExample, collate
 
     g = torch.Generator().manual_seed(5)
     rows = []
@@ -388,7 +388,7 @@ def test_scoring_picks_the_highest_loglikelihood_and_normalises_by_length():
 def test_continuation_logprobs_equal_a_hand_computed_sum(tiny_model_dir):
     import torch
 
-    from tinyslm.models import load_model
+    from tinyslm.models.load import load_model
 
     model, tok = load_model(str(tiny_model_dir), dtype=torch.float32)
     requests = [
@@ -423,7 +423,8 @@ def test_mmlu_subset_is_stratified_seeded_and_fixed(data_dir):
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
-    from tinyslm.train import TrainConfig, train
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     d = tmp_path_factory.mktemp("diag")
     data = d / "small.jsonl"

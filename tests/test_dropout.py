@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinyslm.dropout import UniformMaskDropout, use_uniform_mask_dropout
+from tinyslm.models.dropout import UniformMaskDropout, use_uniform_mask_dropout
 
 
 def test_keeps_one_minus_p_scaled_and_backprops_through_the_same_mask():
@@ -42,12 +42,22 @@ def test_swaps_peft_dropout_layers_only():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=1)
-    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, lora_dropout=0.05, target_modules="all-linear"))
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = get_peft_model(
+        LlamaForCausalLM(cfg), LoraConfig(r=2, lora_dropout=0.05, target_modules="all-linear")
+    )
     assert use_uniform_mask_dropout(model) == 2 * 7
     drops = [m for m in model.modules() if isinstance(m, UniformMaskDropout)]
     assert len(drops) == 14 and all(d.p == 0.05 for d in drops)
     assert not any(type(m) is torch.nn.Dropout for m in model.modules() if m is not model)
-    no_drop = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, lora_dropout=0.0, target_modules="all-linear"))
+    no_drop = get_peft_model(
+        LlamaForCausalLM(cfg), LoraConfig(r=2, lora_dropout=0.0, target_modules="all-linear")
+    )
     assert use_uniform_mask_dropout(no_drop) == 0  # nn.Identity stays: peft skips work for it

@@ -7,14 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm.errors import UserError
-from tinyslm.evaluate import EvalConfig, run_eval
-from tinyslm.generation import cut_at_stop
+from tinyslm.core.errors import UserError
+from tinyslm.evaluate.generation import cut_at_stop
+from tinyslm.evaluate.runner import EvalConfig, run_eval
 
 
 def _cfg(model: Path, out: Path, data_dir: Path, **kw) -> EvalConfig:
-    base = dict(model=str(model), benchmarks="gsm8k", output=str(out), limit=5, batch_size=2,
-                max_new_tokens=6, data_dir=str(data_dir), progress=False)
+    base = dict(
+        model=str(model),
+        benchmarks="gsm8k",
+        output=str(out),
+        limit=5,
+        batch_size=2,
+        max_new_tokens=6,
+        data_dir=str(data_dir),
+        progress=False,
+    )
     base.update(kw)
     return EvalConfig(**base)
 
@@ -30,7 +38,16 @@ def test_eval_writes_predictions_and_results(tiny_model_dir, tmp_path, data_dir)
         preds = _lines(d / "predictions.jsonl")
         assert len(preds) == 5 and len({p["id"] for p in preds}) == 5
         for p in preds:
-            assert {"id", "prompt", "output", "extracted", "reference", "correct", "strict_correct", "n_tokens"} <= set(p)
+            assert {
+                "id",
+                "prompt",
+                "output",
+                "extracted",
+                "reference",
+                "correct",
+                "strict_correct",
+                "n_tokens",
+            } <= set(p)
             assert p["prompt"].startswith("<|im_start|>") and 1 <= p["n_tokens"] <= 6
         r = json.loads((d / "results.json").read_text())
         assert r == res[name]
@@ -38,7 +55,15 @@ def test_eval_writes_predictions_and_results(tiny_model_dir, tmp_path, data_dir)
         assert r["exact_match"] == r["correct"] / 5
         lo, hi = r["exact_match_ci95"]
         assert 0 <= lo <= r["exact_match"] <= hi <= 1
-        for key in ("model", "benchmark", "shots", "strict_exact_match", "generated_tokens_per_s", "wall_s", "versions"):
+        for key in (
+            "model",
+            "benchmark",
+            "shots",
+            "strict_exact_match",
+            "generated_tokens_per_s",
+            "wall_s",
+            "versions",
+        ):
             assert key in r
         assert r["dtype"] == "float32" and r["versions"]["torch"]
 
@@ -73,7 +98,9 @@ def test_finished_result_is_kept_and_not_overwritten(tiny_model_dir, tmp_path, d
         run_eval(_cfg(tiny_model_dir, tmp_path / "out", data_dir, limit=3))
     # A failing rerun with --overwrite (missing adapter) does not damage the finished result either.
     with pytest.raises(UserError, match="adapter not found"):
-        run_eval(_cfg(tiny_model_dir, tmp_path / "out", data_dir, overwrite=True, adapter=str(tmp_path / "none")))
+        run_eval(
+            _cfg(tiny_model_dir, tmp_path / "out", data_dir, overwrite=True, adapter=str(tmp_path / "none"))
+        )
     assert res_file.read_bytes() == before
     res = run_eval(_cfg(tiny_model_dir, tmp_path / "out", data_dir, shots=1, overwrite=True))["gsm8k"]
     assert res["shots"] == 1 and len(res["exemplar_ids"]) == 1
@@ -98,10 +125,20 @@ def test_stop_points():
 @pytest.mark.slow
 def test_real_smollm2_on_a_few_gsm8k_problems(tmp_path, data_dir):
     """The offline default model, end to end: chat prompt, stop at the answer line, scored outputs."""
-    from tinyslm.scoring import score_output
+    from tinyslm.scoring.equivalence import score_output
 
-    res = run_eval(EvalConfig(model="smollm2-135m-instruct", benchmarks="gsm8k", output=str(tmp_path),
-                              limit=4, batch_size=4, max_new_tokens=200, data_dir=str(data_dir), progress=False))
+    res = run_eval(
+        EvalConfig(
+            model="smollm2-135m-instruct",
+            benchmarks="gsm8k",
+            output=str(tmp_path),
+            limit=4,
+            batch_size=4,
+            max_new_tokens=200,
+            data_dir=str(data_dir),
+            progress=False,
+        )
+    )
     r = res["gsm8k"]
     assert r["model"] == "smollm2-135m-instruct" and r["n"] == 4 and r["dtype"] == "float32"
     preds = _lines(tmp_path / "gsm8k" / "predictions.jsonl")
@@ -112,6 +149,10 @@ def test_real_smollm2_on_a_few_gsm8k_problems(tmp_path, data_dir):
         assert "Question:" not in p["output"]  # run-on text is cut
         assert p["extracted"] is not None  # a real model always writes some number
         s = score_output(p["output"], p["reference"], "number")
-        assert (s["extracted"], s["correct"], s["strict_correct"]) == (p["extracted"], p["correct"], p["strict_correct"])
+        assert (s["extracted"], s["correct"], s["strict_correct"]) == (
+            p["extracted"],
+            p["correct"],
+            p["strict_correct"],
+        )
     assert all(p["n_tokens"] <= 200 for p in preds)
     assert r["generated_tokens"] == sum(p["n_tokens"] for p in preds) and r["generated_tokens_per_s"] > 0

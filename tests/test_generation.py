@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from tinyslm.generation import (
+from tinyslm.evaluate.generation import (
     MIN_SHARED_PREFIX,
     _decode_batch_fast,
     _decode_batch_hf,
@@ -22,7 +22,9 @@ from tinyslm.generation import (
 def _prompts(tokenizer, data_dir, n: int) -> list[str]:
     rows = [json.loads(x) for x in (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:n]]
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["question"]}], tokenize=False, add_generation_prompt=True
+        )
         for r in rows
     ]
 
@@ -34,8 +36,15 @@ def test_fast_equals_hf_when_rows_stop_at_different_steps(real_tokenizer, data_d
     tok = real_tokenizer
     torch.manual_seed(0)
     # Large init so that the random model emits varied tokens (the default init repeats one token).
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     tok.padding_side = "left"
     rows = [tok(p, add_special_tokens=False)["input_ids"] for p in _prompts(tok, data_dir, 6)]
@@ -63,17 +72,32 @@ def test_fast_equals_hf_with_a_long_shared_prefix(tiny_model_dir, real_tokenizer
     """Few-shot prompts: hundreds of shared tokens, suffixes of different lengths padded after the prefix."""
     from transformers import AutoModelForCausalLM
 
-    from tinyslm.benchmarks import Example
-    from tinyslm.prompts import build_prompt
+    from tinyslm.data.benchmarks import Example
+    from tinyslm.data.prompts import build_prompt
 
     tok = real_tokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    shots = [Example(id=f"s{i}", question=f"What is {i} plus {i}?", reference=str(2 * i),
-                     solution=f"{i} + {i} = {2 * i}\n#### {2 * i}") for i in range(3)]
-    qs = ["How many legs do 3 cats have?", "Tom had 5 apples and ate 2 of them. How many apples are left now?",
-          "What is 7 times 6?"]
-    rows = [tok(build_prompt(tok, Example(id=str(i), question=q, reference="0"), "number", shots),
-                add_special_tokens=False)["input_ids"] for i, q in enumerate(qs)]
+    shots = [
+        Example(
+            id=f"s{i}",
+            question=f"What is {i} plus {i}?",
+            reference=str(2 * i),
+            solution=f"{i} + {i} = {2 * i}\n#### {2 * i}",
+        )
+        for i in range(3)
+    ]
+    qs = [
+        "How many legs do 3 cats have?",
+        "Tom had 5 apples and ate 2 of them. How many apples are left now?",
+        "What is 7 times 6?",
+    ]
+    rows = [
+        tok(
+            build_prompt(tok, Example(id=str(i), question=q, reference="0"), "number", shots),
+            add_special_tokens=False,
+        )["input_ids"]
+        for i, q in enumerate(qs)
+    ]
     assert shared_prefix_length(rows) > 100 and len({len(r) for r in rows}) == 3
     tok.padding_side = "left"
     kw = dict(max_new_tokens=12, stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, device="cpu")
@@ -97,7 +121,7 @@ def test_fast_engine_matches_generate_on_the_real_model(real_tokenizer, data_dir
     96 new tokens is where most answers are still being written (so rows leave the fast engine's batch at
     many different steps, the case to get right) while the test stays near a minute on one core.
     """
-    from tinyslm.models import load_model
+    from tinyslm.models.load import load_model
 
     n = 50
     model, tok = load_model("smollm2-135m-instruct")
@@ -114,10 +138,10 @@ def test_fast_engine_matches_generate_on_the_real_model(real_tokenizer, data_dir
 def test_fast_engine_matches_generate_on_the_real_model_few_shot(data_dir):
     """The same with 3-shot prompts (as `tiny-slm-eval --shots 3` builds them): ~640 shared tokens, long
     enough that the fast engine keeps the prefix in one place and merges its attention with each row's."""
-    from tinyslm.benchmarks import get_benchmark, load_examples, plan_fewshot
-    from tinyslm.decoder import CASCADE_MIN_PREFIX
-    from tinyslm.models import load_model
-    from tinyslm.prompts import build_prompt
+    from tinyslm.data.benchmarks import get_benchmark, load_examples, plan_fewshot
+    from tinyslm.data.prompts import build_prompt
+    from tinyslm.evaluate.decoder import CASCADE_MIN_PREFIX
+    from tinyslm.models.load import load_model
 
     n = 24
     model, tok = load_model("smollm2-135m-instruct")

@@ -22,11 +22,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tinyslm import study
 from tinyslm.cli import eval_main, main
 from tinyslm.cli.train import main as train_main
-from tinyslm.errors import UserError
-from tinyslm.limits import MAX_SEED
+from tinyslm.config.limits import MAX_SEED
+from tinyslm.core.errors import UserError
+from tinyslm.study import grid as study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,8 +53,20 @@ def _one_error_line(code: int, err: str, *needles: str) -> None:
 
 
 def _eval(capsys, tmp_path: Path, data_dir: Path, *argv: str) -> tuple[int, str]:
-    args = ["--output", str(tmp_path / "out"), "--data-dir", str(data_dir), "--limit", "1",
-            "--max-new-tokens", "2", "--batch-size", "1", "--no-progress", *argv]
+    args = [
+        "--output",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--batch-size",
+        "1",
+        "--no-progress",
+        *argv,
+    ]
     return _call(eval_main, args, capsys)
 
 
@@ -98,7 +110,9 @@ def _lora(base: Path, dest: Path) -> Path:
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(base)
-    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(dest)
+    get_peft_model(
+        model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(dest)
     return dest
 
 
@@ -116,16 +130,34 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_adapter_for_a_base_of_other_shapes(tmp_path, tiny_model_dir, adapters, data_dir, capsys):
-    code, err = _eval(capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--adapter", str(adapters["other-shapes"]))
-    _one_error_line(code, err, "does not fit model", "other sizes", "[2, 48] in the adapter but [2, 32] in the model")
+    code, err = _eval(
+        capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--adapter", str(adapters["other-shapes"])
+    )
+    _one_error_line(
+        code, err, "does not fit model", "other sizes", "[2, 48] in the adapter but [2, 32] in the model"
+    )
 
 
 def test_adapter_errors_are_one_line_from_the_console(tmp_path, tiny_model_dir, adapters, data_dir):
     """In a real process nothing else reaches stderr either (pytest hides Python warnings from capsys)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    argv = [sys.executable, "-m", "tinyslm.cli", "eval", "--model", str(tiny_model_dir), "--adapter",
-            str(adapters["other-shapes"]), "--data-dir", str(data_dir), "--limit", "1", "--no-progress",
-            "--output", str(tmp_path / "out")]
+    argv = [
+        sys.executable,
+        "-m",
+        "tinyslm.cli",
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--adapter",
+        str(adapters["other-shapes"]),
+        "--data-dir",
+        str(data_dir),
+        "--limit",
+        "1",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "out"),
+    ]
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     _one_error_line(r.returncode, r.stderr, "does not fit model")
 
@@ -173,7 +205,9 @@ def test_truncated_or_missing_adapter_weights(tmp_path, tiny_model_dir, adapters
     _one_error_line(code, err, "has no weights")
 
 
-def test_adapter_trained_on_another_base_warns_and_records_both(tmp_path, tiny_model_dir, adapters, data_dir, capsys):
+def test_adapter_trained_on_another_base_warns_and_records_both(
+    tmp_path, tiny_model_dir, adapters, data_dir, capsys
+):
     adapter = adapters["other-base"]
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--adapter", str(adapter))
     assert code == 0, err
@@ -198,7 +232,9 @@ def test_adapter_on_its_own_base_gives_no_warning(tmp_path, tiny_model_dir, adap
 def test_config_that_does_not_match_the_weights(tmp_path, tiny_model_dir, data_dir, capsys):
     model = _variant(tiny_model_dir, tmp_path / "wider", hidden_size=64)
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(model))
-    _one_error_line(code, err, "config.json does not match the weights", "32] in the weights but [", "64] by the config")
+    _one_error_line(
+        code, err, "config.json does not match the weights", "32] in the weights but [", "64] by the config"
+    )
     # A config that contradicts itself (hidden size not a multiple of the heads) is refused too.
     odd = _variant(tiny_model_dir, tmp_path / "odd", hidden_size=30)
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(odd))
@@ -221,7 +257,9 @@ def test_config_with_more_layers_than_the_weights(tmp_path, tiny_model_dir, data
     saved = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
     model = _variant(tiny_model_dir, tmp_path / "deeper", num_hidden_layers=saved + 2)
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(model))
-    _one_error_line(code, err, f"lack {2 * per_layer} tensor(s)", f"model.layers.{saved}.", "--allow-missing-weights")
+    _one_error_line(
+        code, err, f"lack {2 * per_layer} tensor(s)", f"model.layers.{saved}.", "--allow-missing-weights"
+    )
     assert not (tmp_path / "out" / "gsm8k" / "predictions.jsonl").exists()
 
     code, err = _eval(capsys, tmp_path, data_dir, "--model", str(model), "--allow-missing-weights")
@@ -229,15 +267,19 @@ def test_config_with_more_layers_than_the_weights(tmp_path, tiny_model_dir, data
     assert len([ln for ln in err.splitlines() if "warning" in ln]) == 1
     res = json.loads((tmp_path / "out" / "gsm8k" / "results.json").read_text())
     assert len(res["missing_weights"]) == 2 * per_layer
-    assert all(k.startswith((f"model.layers.{saved}.", f"model.layers.{saved + 1}.")) for k in res["missing_weights"])
+    assert all(
+        k.startswith((f"model.layers.{saved}.", f"model.layers.{saved + 1}.")) for k in res["missing_weights"]
+    )
     assert "randomly initialised" in res["warnings"][0]
 
 
-def test_prompt_longer_than_the_context_is_refused_before_generating(tmp_path, tiny_model_dir, data_dir, capsys):
+def test_prompt_longer_than_the_context_is_refused_before_generating(
+    tmp_path, tiny_model_dir, data_dir, capsys
+):
     from transformers import AutoTokenizer
 
-    from tinyslm.benchmarks import BENCHMARKS, load_examples
-    from tinyslm.prompts import build_prompt, is_chat_tokenizer
+    from tinyslm.data.benchmarks import BENCHMARKS, load_examples
+    from tinyslm.data.prompts import build_prompt, is_chat_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     first = load_examples(BENCHMARKS["gsm8k"], data_dir).examples[0]
@@ -264,8 +306,12 @@ GOOD = {
     "asdiv": {"body": "Tom has 2 apples.", "question": "How many?", "answer": "2"},
     "mawps": {"input": "Tom has 2 apples. How many?", "target": 2.0},
 }
-FILES = {"gsm8k": "gsm8k/test.jsonl", "math": "math/test.jsonl", "asdiv": "asdiv/test.jsonl",
-         "mawps": "mawps/test.jsonl"}
+FILES = {
+    "gsm8k": "gsm8k/test.jsonl",
+    "math": "math/test.jsonl",
+    "asdiv": "asdiv/test.jsonl",
+    "mawps": "mawps/test.jsonl",
+}
 
 
 @pytest.mark.parametrize(
@@ -289,19 +335,45 @@ def test_benchmark_record_of_the_wrong_type_names_file_and_line(tmp_path, capsys
     path = tmp_path / "data" / FILES[bench]
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(GOOD[bench]) + "\n" + json.dumps({**GOOD[bench], field: value}) + "\n")
-    code, err = _call(eval_main, ["--benchmark", bench, "--data-dir", str(tmp_path / "data"),
-                                  "--output", str(tmp_path / "out"), "--model", str(tmp_path)], capsys)
+    code, err = _call(
+        eval_main,
+        [
+            "--benchmark",
+            bench,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     _one_error_line(code, err, f"{path}:2", f"'{field}'")
 
 
-@pytest.mark.parametrize(("field", "value"), [("Body", None), ("Question", 3), ("Answer", None), ("Answer", "")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("Body", None), ("Question", 3), ("Answer", None), ("Answer", "")]
+)
 def test_svamp_record_of_the_wrong_type_names_the_item(tmp_path, capsys, field, value):
     path = tmp_path / "data" / "svamp" / "SVAMP.json"
     path.parent.mkdir(parents=True)
     good = {"ID": "a", "Body": "Tom has 2 apples.", "Question": "How many?", "Answer": 2.0}
     path.write_text(json.dumps([good, {**good, field: value}]))
-    code, err = _call(eval_main, ["--benchmark", "svamp", "--data-dir", str(tmp_path / "data"),
-                                  "--output", str(tmp_path / "out"), "--model", str(tmp_path)], capsys)
+    code, err = _call(
+        eval_main,
+        [
+            "--benchmark",
+            "svamp",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     _one_error_line(code, err, f"{path} (item 1)", f"'{field}'")
 
 
@@ -310,9 +382,25 @@ def test_training_file_of_the_wrong_type_through_data_dir(tmp_path, tiny_model_d
     path = tmp_path / "data" / "gsm8k" / "train.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(GOOD["gsm8k"]) + "\n" + json.dumps({**GOOD["gsm8k"], field: value}) + "\n")
-    code, err = _call(train_main, ["--method", "lora", "--model", str(tiny_model_dir), "--dataset", "gsm8k-train",
-                                   "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "run"),
-                                   "--device", "cpu", "--no-progress"], capsys)
+    code, err = _call(
+        train_main,
+        [
+            "--method",
+            "lora",
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            "gsm8k-train",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capsys,
+    )
     _one_error_line(code, err, f"{path}:2", f"'{field}'")
     assert not (tmp_path / "run" / "run.json").exists()
 
@@ -327,16 +415,39 @@ def test_eval_and_train_seed_out_of_range(tmp_path, tiny_model_dir, data_dir, ca
     _one_error_line(code, err, "--seed")
     small = tmp_path / "small.jsonl"
     small.write_text(json.dumps(GOOD["gsm8k"]) + "\n")
-    code, err = _call(train_main, ["--method", "lora", "--model", str(tiny_model_dir), "--seed", seed,
-                                   "--dataset", str(small), "--batch-size", "1", "--micro-batch-size", "1",
-                                   "--max-steps", "1", "--device", "cpu", "--no-progress",
-                                   "--output", str(tmp_path / "run")], capsys)
+    code, err = _call(
+        train_main,
+        [
+            "--method",
+            "lora",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            seed,
+            "--dataset",
+            str(small),
+            "--batch-size",
+            "1",
+            "--micro-batch-size",
+            "1",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     _one_error_line(code, err, "--seed")
     assert not (tmp_path / "run").exists()
 
 
 def test_largest_seed_is_accepted_and_runs(tmp_path, tiny_model_dir, data_dir, capsys):
-    code, err = _eval(capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--seed", str(MAX_SEED), "--shots", "1")
+    code, err = _eval(
+        capsys, tmp_path, data_dir, "--model", str(tiny_model_dir), "--seed", str(MAX_SEED), "--shots", "1"
+    )
     assert code == 0, err
     res = json.loads((tmp_path / "out" / "gsm8k" / "results.json").read_text())
     assert res["seed"] == MAX_SEED
@@ -345,8 +456,16 @@ def test_largest_seed_is_accepted_and_runs(tmp_path, tiny_model_dir, data_dir, c
 @pytest.mark.parametrize("seed", [2**64, 2**63, -1])
 def test_study_seed_out_of_range_fails_the_config_up_front(tmp_path, tiny_model_dir, data_dir, capsys, seed):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(yaml.safe_dump({"models": [str(tiny_model_dir)], "methods": ["zero-shot", "lora"],
-                                   "data_dir": str(data_dir), "seeds": [1, seed]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "models": [str(tiny_model_dir)],
+                "methods": ["zero-shot", "lora"],
+                "data_dir": str(data_dir),
+                "seeds": [1, seed],
+            }
+        )
+    )
     code, err = _call(main, ["run", str(cfg), "--output", str(tmp_path / "grid"), "--dry-run"], capsys)
     _one_error_line(code, err, "seeds", "2**63-1")
     assert not (tmp_path / "grid").exists()
@@ -371,15 +490,22 @@ _SCALARS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, 5e-324]),
     st.text(max_size=12),
-    st.sampled_from(["", "lora", "zero-shot", "cpu", "auto", "gsm8k", "fast", "1e-4", "ｌｏｒａ", "\u202e", "a\nb", "nan"]),
+    st.sampled_from(
+        ["", "lora", "zero-shot", "cpu", "auto", "gsm8k", "fast", "1e-4", "ｌｏｒａ", "\u202e", "a\nb", "nan"]
+    ),
 )
 _JUNK = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 _BASE: dict = {
-    "name": "s", "models": ["m"], "methods": ["zero-shot", "few-shot", "lora"], "seeds": [1],
+    "name": "s",
+    "models": ["m"],
+    "methods": ["zero-shot", "few-shot", "lora"],
+    "seeds": [1],
     "train": {"limit": 4, "epochs": 1, "max_length": 64, "warmup_ratio": 0.1, "merge": False},
     "eval": {"benchmarks": ["gsm8k"], "limit": 2, "shots": 1, "engine": "fast"},
     "hardware": {"device": "cpu", "num_processes": 1},
@@ -387,9 +513,12 @@ _BASE: dict = {
     "diagnostics": {"enabled": True, "probe_limit": 5},
     "report": {"enabled": False, "price_per_gpu_hour": 2.0},
 }
-_PATHS = [(k,) for k in _BASE] + [(k, sub) for k, v in _BASE.items() if isinstance(v, dict) for sub in v] + [
-    ("overrides", "lora", k) for k in _BASE["overrides"]["lora"]] + [("seeds", 0), ("models", 0), ("methods", 1),
-                                                                    ("unknown",), ("train", "unknown")]
+_PATHS = (
+    [(k,) for k in _BASE]
+    + [(k, sub) for k, v in _BASE.items() if isinstance(v, dict) for sub in v]
+    + [("overrides", "lora", k) for k in _BASE["overrides"]["lora"]]
+    + [("seeds", 0), ("models", 0), ("methods", 1), ("unknown",), ("train", "unknown")]
+)
 
 
 def _replace(cfg: object, path: tuple, value: object) -> object:
@@ -399,7 +528,9 @@ def _replace(cfg: object, path: tuple, value: object) -> object:
         node = out
         for key in path[:-1]:
             node = node[key]
-        if isinstance(node, dict) or (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
+        if isinstance(node, dict) or (
+            isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)
+        ):
             node[path[-1]] = value
     except (KeyError, IndexError, TypeError):
         pass
@@ -410,8 +541,10 @@ def _replace(cfg: object, path: tuple, value: object) -> object:
 @example(edits=[(("train",), {"a\rb": None})], top=None)  # found by this test: a key with a line break
 @example(edits=[(("methods", 1), "lo\nra")], top=None)
 @example(edits=[(("seeds", 0), 2**64), (("train", "limit"), math.nan)], top=None)
-@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _JUNK), min_size=1, max_size=3),
-       top=st.one_of(st.none(), _JUNK))
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(_PATHS), _JUNK), min_size=1, max_size=3),
+    top=st.one_of(st.none(), _JUNK),
+)
 def test_study_config_loader_is_a_user_error_or_a_valid_config(tmp_path, edits, top):
     cfg: object = _BASE
     for path, value in edits:

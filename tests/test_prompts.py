@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from tinyslm.benchmarks import Example
-from tinyslm.prompts import build_base_prompt, build_messages, build_prompt, format_target
+from tinyslm.data.benchmarks import Example
+from tinyslm.data.prompts import build_base_prompt, build_messages, build_prompt, format_target
 
-Q = Example(id="t1", question="Tom has 3 apples and buys 4 more. How many apples does he have?", reference="7")
+Q = Example(
+    id="t1", question="Tom has 3 apples and buys 4 more. How many apples does he have?", reference="7"
+)
 SHOT = Example(id="s1", question="What is 2 + 2?", reference="4", solution="2 + 2 = 4.\n#### 4")
 MATH_SHOT = Example(id="m1", question="Compute $1/2 + 1/2$.", reference="1", solution="We get $\\boxed{1}$.")
 
@@ -46,4 +48,6 @@ def test_targets_end_in_the_answer_marker():
     assert format_target(SHOT, "number").endswith("#### 4")
     assert format_target(Example("x", "q", "12", "Add them: 12"), "number").endswith("\n#### 12")
     assert format_target(MATH_SHOT, "math") == "We get $\\boxed{1}$."
-    assert format_target(Example("x", "q", "\\frac{1}{2}", "Half."), "math").endswith("$\\boxed{\\frac{1}{2}}$.")
+    assert format_target(Example("x", "q", "\\frac{1}{2}", "Half."), "math").endswith(
+        "$\\boxed{\\frac{1}{2}}$."
+    )

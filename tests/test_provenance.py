@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm import provenance as pv
-from tinyslm.errors import UserError
-from tinyslm.evaluate import EvalConfig, run_eval
+from tinyslm.core.errors import UserError
+from tinyslm.evaluate.runner import EvalConfig, run_eval
+from tinyslm.results import provenance as pv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -269,7 +269,8 @@ def test_adapter_weights_are_hashed(tmp_path, home):
 def interrupted_run(tiny_model_dir, tmp_path, home) -> tuple[Path, Path, Path]:
     """A two-step LoRA run on copies of the tiny model and a small JSONL file, marked as interrupted after
     its last checkpoint (what a kill leaves, minus the wait). Returns (run dir, model dir, data file)."""
-    from tinyslm.train import TrainConfig, train
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     model = _copy_model(tiny_model_dir, tmp_path / "model")
     data = tmp_path / "train.jsonl"
@@ -303,7 +304,8 @@ def interrupted_run(tiny_model_dir, tmp_path, home) -> tuple[Path, Path, Path]:
 
 
 def _resume(out: Path, model: Path, data: Path) -> dict:
-    from tinyslm.train import TrainConfig, train
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     return train(
         TrainConfig(

@@ -22,11 +22,11 @@ import pytest
 
 from tinyslm.cli import main as cli_main
 from tinyslm.cli.report import main as report_main
-from tinyslm.evaluate import summarize
+from tinyslm.core.stats import holm_adjust, mcnemar_exact
+from tinyslm.evaluate.runner import summarize
 from tinyslm.report import write_report
 from tinyslm.report.collect import collect
 from tinyslm.report.tables import build_groups, compare, comparisons, cost_table, recommendations
-from tinyslm.stats import holm_adjust, mcnemar_exact
 
 N_GSM, N_SVAMP = 60, 40
 LOOP = "so the answer is so the answer is so the answer is so the answer is so the answer is"
@@ -37,9 +37,21 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2))
 
 
-def write_benchmark(eval_dir: Path, bench: str, n: int, correct: set[int], *, model: str, shots: int = 0,
-                    seed: int = 1, params: int = 135_000_000, device: str = "cpu", unmarked: set[int] = frozenset(),
-                    looping: set[int] = frozenset(), adapter: str | None = None) -> None:
+def write_benchmark(
+    eval_dir: Path,
+    bench: str,
+    n: int,
+    correct: set[int],
+    *,
+    model: str,
+    shots: int = 0,
+    seed: int = 1,
+    params: int = 135_000_000,
+    device: str = "cpu",
+    unmarked: set[int] = frozenset(),
+    looping: set[int] = frozenset(),
+    adapter: str | None = None,
+) -> None:
     """results.json + predictions.jsonl for problems 0..n-1; ``correct`` are solved, ``unmarked`` of those
     lack the '#### X' mark (flexible right, strict wrong), ``looping`` outputs repeat themselves."""
     preds = []
@@ -47,53 +59,135 @@ def write_benchmark(eval_dir: Path, bench: str, n: int, correct: set[int], *, mo
         gold = str(i + 7)
         ok = i in correct
         answer = gold if ok else "0"
-        text = f"{LOOP} {answer}" if i in looping else (f"Work for {i}. {answer}" if i in unmarked
-                                                        else f"Work for {i}.\n#### {answer}")
-        preds.append({"id": str(i), "prompt": f"Question {i}", "output": text, "extracted": answer, "reference": gold,
-                      "correct": ok, "strict_correct": ok and i not in unmarked and i not in looping,
-                      "n_tokens": 256 if i in looping else 20, "prompt_tokens": 30})
+        text = (
+            f"{LOOP} {answer}"
+            if i in looping
+            else (f"Work for {i}. {answer}" if i in unmarked else f"Work for {i}.\n#### {answer}")
+        )
+        preds.append(
+            {
+                "id": str(i),
+                "prompt": f"Question {i}",
+                "output": text,
+                "extracted": answer,
+                "reference": gold,
+                "correct": ok,
+                "strict_correct": ok and i not in unmarked and i not in looping,
+                "n_tokens": 256 if i in looping else 20,
+                "prompt_tokens": 30,
+            }
+        )
     d = eval_dir / bench
     d.mkdir(parents=True, exist_ok=True)
     # predictions are written in decoding order (by prompt length), not by id: shuffle deterministically
     order = sorted(preds, key=lambda p: (int(p["id"]) * 7) % n)
     (d / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in order))
-    res = summarize(bench, preds, {
-        "model": model, "model_ref": model, "adapter": adapter, "device": device, "dtype": "float32",
-        "model_parameters": params, "shots": shots, "seed": seed, "max_new_tokens": 256, "wall_s": 30.0,
-        "generated_tokens_per_s": 50.0 + shots, "versions": {"tiny-slm": "0.1.0", "torch": "2.x-test"},
-        "finished_at": "2026-01-02T03:04:05+0000",
-    })
+    res = summarize(
+        bench,
+        preds,
+        {
+            "model": model,
+            "model_ref": model,
+            "adapter": adapter,
+            "device": device,
+            "dtype": "float32",
+            "model_parameters": params,
+            "shots": shots,
+            "seed": seed,
+            "max_new_tokens": 256,
+            "wall_s": 30.0,
+            "generated_tokens_per_s": 50.0 + shots,
+            "versions": {"tiny-slm": "0.1.0", "torch": "2.x-test"},
+            "finished_at": "2026-01-02T03:04:05+0000",
+        },
+    )
     _write_json(d / "results.json", res)
 
 
-def write_cell(root: Path, model: str, method: str, seed: int, *, status: str = "finished",
-               reason: str | None = None, patterns: dict[str, set[int]] | None = None, shots: int = 0,
-               params: int = 135_000_000, run: dict | None = None, **bench_kw) -> Path:
+def write_cell(
+    root: Path,
+    model: str,
+    method: str,
+    seed: int,
+    *,
+    status: str = "finished",
+    reason: str | None = None,
+    patterns: dict[str, set[int]] | None = None,
+    shots: int = 0,
+    params: int = 135_000_000,
+    run: dict | None = None,
+    **bench_kw,
+) -> Path:
     d = root / model / method / f"seed{seed}"
-    _write_json(d / "cell.json", {"model": model, "model_ref": f"ref/{model}", "method": method, "shots": shots,
-                                  "seed": seed, "status": status, "reason": reason,
-                                  "benchmarks": ["gsm8k", "svamp"], "wall_s": 100.0})
+    _write_json(
+        d / "cell.json",
+        {
+            "model": model,
+            "model_ref": f"ref/{model}",
+            "method": method,
+            "shots": shots,
+            "seed": seed,
+            "status": status,
+            "reason": reason,
+            "benchmarks": ["gsm8k", "svamp"],
+            "wall_s": 100.0,
+        },
+    )
     for bench, correct in (patterns or {}).items():
         n = N_GSM if bench == "gsm8k" else N_SVAMP
-        write_benchmark(d / "eval", bench, n, correct, model=model, shots=shots, seed=seed, params=params, **bench_kw)
+        write_benchmark(
+            d / "eval", bench, n, correct, model=model, shots=shots, seed=seed, params=params, **bench_kw
+        )
     if run is not None:
         _write_json(d / "run.json", run)
-        steps = [{"step": s, "epoch": s / 5, "loss": 2.0 / s, "grad_norm": 10.0 / s, "lr": 1e-4,
-                  "tokens_per_s": 1000.0, "samples_per_s": 10.0, "target_tokens": 500, "peak_mem_mib": 900.0,
-                  "elapsed_s": float(s)} for s in range(1, 6)]
+        steps = [
+            {
+                "step": s,
+                "epoch": s / 5,
+                "loss": 2.0 / s,
+                "grad_norm": 10.0 / s,
+                "lr": 1e-4,
+                "tokens_per_s": 1000.0,
+                "samples_per_s": 10.0,
+                "target_tokens": 500,
+                "peak_mem_mib": 900.0,
+                "elapsed_s": float(s),
+            }
+            for s in range(1, 6)
+        ]
         (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps))
     return d
 
 
-def run_record(method: str, seed: int, *, runtime: float, processes: int = 1, device: str = "cuda:0",
-               trainable: int = 1_000_000, total: int = 135_000_000, sps: float = 10.0) -> dict:
-    return {"status": "finished", "method": method, "model": "x", "runtime_s": runtime, "train_s": runtime * 0.9,
-            "samples_per_s": sps, "tokens_per_s": sps * 100, "peak_mem_mib": 2048.0,
-            "peak_mem_kind": "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss",
-            "device": device, "precision": "bf16 autocast, fp32 master weights",
-            "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
-            "schedule": {"num_processes": processes}, "config": {"seed": seed, "method": method},
-            "versions": {"tiny-slm": "0.1.0"}, "finished_at": "2026-01-02T02:00:00+0000"}
+def run_record(
+    method: str,
+    seed: int,
+    *,
+    runtime: float,
+    processes: int = 1,
+    device: str = "cuda:0",
+    trainable: int = 1_000_000,
+    total: int = 135_000_000,
+    sps: float = 10.0,
+) -> dict:
+    return {
+        "status": "finished",
+        "method": method,
+        "model": "x",
+        "runtime_s": runtime,
+        "train_s": runtime * 0.9,
+        "samples_per_s": sps,
+        "tokens_per_s": sps * 100,
+        "peak_mem_mib": 2048.0,
+        "peak_mem_kind": "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss",
+        "device": device,
+        "precision": "bf16 autocast, fp32 master weights",
+        "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
+        "schedule": {"num_processes": processes},
+        "config": {"seed": seed, "method": method},
+        "versions": {"tiny-slm": "0.1.0"},
+        "finished_at": "2026-01-02T02:00:00+0000",
+    }
 
 
 def r(a: int, b: int) -> set[int]:
@@ -110,27 +204,77 @@ def study_dir(tmp_path_factory) -> Path:
         # 5-shot: zero-shot's problems plus 10 more on gsm8k (wins 10, p ~ 0.002), same on svamp
         write_cell(root, a, "few-shot-5", seed, shots=5, patterns={"gsm8k": r(0, 40), "svamp": r(0, 20)})
         # full FT: loses 2 gsm8k problems (p = 0.5, n.s.); some answers unmarked (strict < flexible)
-        write_cell(root, a, "full", seed, patterns={"gsm8k": r(0, 28), "svamp": r(0, 20)}, unmarked=r(0, 10),
-                   run=run_record("full", seed, runtime=3600.0, processes=2, trainable=135_000_000, sps=10.0))
+        write_cell(
+            root,
+            a,
+            "full",
+            seed,
+            patterns={"gsm8k": r(0, 28), "svamp": r(0, 20)},
+            unmarked=r(0, 10),
+            run=run_record("full", seed, runtime=3600.0, processes=2, trainable=135_000_000, sps=10.0),
+        )
         # LoRA: loses 15 (seed 1) / 14 (seed 2) gsm8k problems, wins none: negative transfer; outputs loop
-        write_cell(root, a, "lora", seed, patterns={"gsm8k": r(0, 15 + seed - 1), "svamp": r(0, 20)},
-                   looping=r(50, 60), run=run_record("lora", seed, runtime=1800.0, sps=20.0))
-    _write_json(root / a / "lora" / "seed1" / "diagnostics.json",
-                {"summary": {"effective rank": 3.5, "update norm": 0.25}, "layers": [1, 2, 3]})
-    _write_json(root / a / "lora" / "seed2" / "diagnostics.json", {"summary": {"effective rank": 4.0, "update norm": 0.25}})
+        write_cell(
+            root,
+            a,
+            "lora",
+            seed,
+            patterns={"gsm8k": r(0, 15 + seed - 1), "svamp": r(0, 20)},
+            looping=r(50, 60),
+            run=run_record("lora", seed, runtime=1800.0, sps=20.0),
+        )
+    _write_json(
+        root / a / "lora" / "seed1" / "diagnostics.json",
+        {"summary": {"effective rank": 3.5, "update norm": 0.25}, "layers": [1, 2, 3]},
+    )
+    _write_json(
+        root / a / "lora" / "seed2" / "diagnostics.json",
+        {"summary": {"effective rank": 4.0, "update norm": 0.25}},
+    )
     write_cell(root, a, "dora", 1, status="failed", reason="CUDA out of memory. Tried to allocate 2.00 GiB")
     # tiny-b: bigger, trained on CPU; full FT clearly better than zero-shot
     big = 360_000_000
     write_cell(root, b, "zero-shot", 1, params=big, patterns={"gsm8k": r(0, 20), "svamp": r(0, 10)})
-    write_cell(root, b, "full", 1, params=big, patterns={"gsm8k": r(0, 45), "svamp": r(0, 30)},
-               run=run_record("full", 1, runtime=7200.0, device="cpu", trainable=big, total=big))
-    cells = [{"dir": f"{m}/{meth}/seed{s}", "model": m, "method": meth, "seed": s, "status": "finished", "reason": None}
-             for m, meth, s in [(a, "zero-shot", 1), (b, "zero-shot", 1)]]
+    write_cell(
+        root,
+        b,
+        "full",
+        1,
+        params=big,
+        patterns={"gsm8k": r(0, 45), "svamp": r(0, 30)},
+        run=run_record("full", 1, runtime=7200.0, device="cpu", trainable=big, total=big),
+    )
+    cells = [
+        {
+            "dir": f"{m}/{meth}/seed{s}",
+            "model": m,
+            "method": meth,
+            "seed": s,
+            "status": "finished",
+            "reason": None,
+        }
+        for m, meth, s in [(a, "zero-shot", 1), (b, "zero-shot", 1)]
+    ]
     # listed in study.json, never started (no cell.json): must still appear as not finished
-    cells.append({"dir": f"{b}/dora/seed1", "model": b, "method": "dora", "seed": 1, "status": "failed",
-                  "reason": "diverged: non-finite loss at step 3"})
-    _write_json(root / "study.json", {"name": "fab", "config": {"seeds": [1, 2]}, "cells": cells,
-                                      "updated_at": "2026-01-02T05:00:00+0000"})
+    cells.append(
+        {
+            "dir": f"{b}/dora/seed1",
+            "model": b,
+            "method": "dora",
+            "seed": 1,
+            "status": "failed",
+            "reason": "diverged: non-finite loss at step 3",
+        }
+    )
+    _write_json(
+        root / "study.json",
+        {
+            "name": "fab",
+            "config": {"seeds": [1, 2]},
+            "cells": cells,
+            "updated_at": "2026-01-02T05:00:00+0000",
+        },
+    )
     return root
 
 
@@ -150,7 +294,12 @@ def test_writes_all_files(report_dir):
     for name in ("report.md", "report.html", "results.csv"):
         assert (report_dir / name).is_file(), name
     pngs = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    assert pngs == ["accuracy_vs_parameters.png", "throughput.png", "training_tiny-a.png", "training_tiny-b.png"]
+    assert pngs == [
+        "accuracy_vs_parameters.png",
+        "throughput.png",
+        "training_tiny-a.png",
+        "training_tiny-b.png",
+    ]
     html = (report_dir / "report.html").read_text()
     srcs = re.findall(r'<img src="([^"]*)"', html)
     assert len(srcs) == len(pngs) and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -160,13 +309,27 @@ def test_writes_all_files(report_dir):
 
 def test_results_csv_one_row_per_cell_and_benchmark(report_dir):
     rows = _csv(report_dir)
-    for col in ("model", "method", "benchmark", "seed", "n", "correct", "exact_match", "strict_exact_match",
-                "ci95_lo", "ci95_hi", "status"):
+    for col in (
+        "model",
+        "method",
+        "benchmark",
+        "seed",
+        "n",
+        "correct",
+        "exact_match",
+        "strict_exact_match",
+        "ci95_lo",
+        "ci95_hi",
+        "status",
+    ):
         assert col in rows[0]
     # tiny-a: zs 1 + fs 2 + full 2 + lora 2 + dora(failed) 1 = 8 cells; tiny-b: zs, full, dora(not started) = 3
     assert len(rows) == (8 + 3) * 2
-    lora1 = next(x for x in rows if x["model"] == "tiny-a" and x["method"] == "lora" and x["seed"] == "1"
-                 and x["benchmark"] == "gsm8k")
+    lora1 = next(
+        x
+        for x in rows
+        if x["model"] == "tiny-a" and x["method"] == "lora" and x["seed"] == "1" and x["benchmark"] == "gsm8k"
+    )
     assert (lora1["n"], lora1["correct"], lora1["status"]) == ("60", "15", "finished")
     assert float(lora1["exact_match"]) == pytest.approx(0.25)
     assert float(lora1["ci95_lo"]) < 0.25 < float(lora1["ci95_hi"])
@@ -308,8 +471,21 @@ def test_bad_price_and_subcommand(study_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report_main([str(study_dir), "--output", str(tmp_path / "o"), "--price-per-gpu-hour", "-1"])
     assert e.value.code == 2
-    assert cli_main(["report", str(study_dir), "--output", str(tmp_path / "sub"), "--price-per-gpu-hour", "2.5",
-                     "--examples", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "report",
+                str(study_dir),
+                "--output",
+                str(tmp_path / "sub"),
+                "--price-per-gpu-hour",
+                "2.5",
+                "--examples",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "$2.50 per GPU-hour" in (tmp_path / "sub" / "report.md").read_text()
 
 
@@ -325,8 +501,11 @@ def _chromium() -> str | None:
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
         return None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "install", "-y", "-qq", "chromium"], ["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "chromium"]):
+    for cmd in (
+        ["apt-get", "install", "-y", "-qq", "chromium"],
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "chromium"],
+    ):
         try:
             subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False)
         except (OSError, subprocess.TimeoutExpired):
@@ -351,13 +530,26 @@ window.addEventListener('load', () => {
 def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     browser = _chromium()
     if browser is None:
-        pytest.skip("no Chromium and it cannot be installed here (needs root and apt-get: apt-get install chromium)")
+        pytest.skip(
+            "no Chromium and it cannot be installed here (needs root and apt-get: apt-get install chromium)"
+        )
     page = tmp_path / "probe.html"
     page.write_text((report_dir / "report.html").read_text().replace("</body>", PROBE + "</body>"))
     proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     m = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert m, f"no probe output from Chromium (rc {proc.returncode}): {proc.stderr[-2000:]}"
@@ -388,8 +580,14 @@ def _flip_study(root: Path) -> Path:
     """One model, one seed: full FT loses 6 gsm8k problems (raw p = 2/2**6 = 0.031 < 0.05) and 2 svamp
     problems (p = 0.5). Two tests in the family: Holm gives 0.031 * 2 = 0.0625 and max(0.0625, 0.5) = 0.5."""
     write_cell(root, "flip", "zero-shot", 1, patterns={"gsm8k": r(0, 30), "svamp": r(0, 20)})
-    write_cell(root, "flip", "full", 1, patterns={"gsm8k": r(0, 24), "svamp": r(0, 18)},
-               run=run_record("full", 1, runtime=60.0))
+    write_cell(
+        root,
+        "flip",
+        "full",
+        1,
+        patterns={"gsm8k": r(0, 24), "svamp": r(0, 18)},
+        run=run_record("full", 1, runtime=60.0),
+    )
     return root
 
 
@@ -446,13 +644,15 @@ def test_recommendation_not_beaten_list_uses_holm(tmp_path):
 # Provenance in the header: digests in short form, warnings for mixed data files and versions.
 
 
-def _with_provenance(eval_dir: Path, bench: str, *, data_sha: str, model_sha: str = "a" * 64,
-                     torch_version: str = "2.x-test") -> None:
+def _with_provenance(
+    eval_dir: Path, bench: str, *, data_sha: str, model_sha: str = "a" * 64, torch_version: str = "2.x-test"
+) -> None:
     f = eval_dir / bench / "results.json"
     res = json.loads(f.read_text())
     res["versions"]["torch"] = torch_version
     res["provenance"] = {
-        "model": {"ref": "m", "sha256": model_sha}, "adapter": None,
+        "model": {"ref": "m", "sha256": model_sha},
+        "adapter": None,
         "data": {"benchmark": {"path": f"/data/{bench}.jsonl", "sha256": data_sha}},
         "chat_template_sha256": "c" * 64,
         "code": {"tiny_slm": "0.1.0", "git_commit": "d" * 40, "git_dirty": False},
@@ -478,10 +678,14 @@ def test_header_shows_digests_and_warns_on_mixed_data_and_versions(tmp_path):
     _with_provenance(fs / "eval", "gsm8k", data_sha="2" * 64, torch_version="9.9")
     write_report([root], tmp_path / "mixed")
     md = (tmp_path / "mixed" / "report.md").read_text()
-    assert ("Warning: the gsm8k results were made from 2 different data files: "
-            "111111111111 (m zero-shot seed 1); 222222222222 (m few-shot-5 seed 1)") in md
-    assert "Warning: the cells were made with different package versions: torch: 2.x-test (m zero-shot seed 1); " \
-           "9.9 (m few-shot-5 seed 1)" in md
+    assert (
+        "Warning: the gsm8k results were made from 2 different data files: "
+        "111111111111 (m zero-shot seed 1); 222222222222 (m few-shot-5 seed 1)"
+    ) in md
+    assert (
+        "Warning: the cells were made with different package versions: torch: 2.x-test (m zero-shot seed 1); "
+        "9.9 (m few-shot-5 seed 1)" in md
+    )
 
 
 def test_old_results_without_provenance_still_report(report_dir):

@@ -8,15 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm.results import (
-    SCHEMA_VERSION,
-    UNSET,
-    CellRecord,
-    EvalResult,
-    Record,
-    RunRecord,
-    Status,
-)
+from tinyslm.results.schema import SCHEMA_VERSION, UNSET, CellRecord, EvalResult, Record, RunRecord, Status
 
 # Files as the version before the records wrote them (no schema_version), abridged but with every top-level
 # key those writers produce, including nested sections and keys that only some runs have.
@@ -193,7 +185,8 @@ def test_a_file_that_is_not_an_object_is_refused(tmp_path: Path):
 
 def test_files_written_by_training_and_evaluation_round_trip(tiny_model_dir, data_dir, tmp_path: Path):
     """run.json and results.json as this version writes them: versioned, and to_json(from_json(x)) == x."""
-    from tinyslm.train import TrainConfig, train
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     rows = [
         {"question": f"Tom has {i} apples and gets 2 more. How many?", "answer": f"#### {i + 2}"}
@@ -228,8 +221,9 @@ def test_files_written_by_training_and_evaluation_round_trip(tiny_model_dir, dat
 def test_a_run_json_that_is_no_object_is_one_clear_error(tiny_model_dir, tmp_path: Path):
     """run.json holding valid JSON that is not an object (a hand edit, another tool's file): --resume says
     which file and what to do, before anything loads (it used to fail with an AttributeError traceback)."""
-    from tinyslm.errors import UserError
-    from tinyslm.train import TrainConfig, train
+    from tinyslm.core.errors import UserError
+    from tinyslm.train.config import TrainConfig
+    from tinyslm.train.recipe import train
 
     out = tmp_path / "run"
     out.mkdir()

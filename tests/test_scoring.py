@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm import scoring
-from tinyslm.errors import UserError
-from tinyslm.scoring import (
-    ANSWER_STYLES,
-    Extraction,
-    extract_answer,
-    gold_from_gsm8k_answer,
-    gold_from_math_solution,
-    is_equivalent,
-    last_boxed,
-    normalize_number,
-    score_output,
-)
+from tinyslm.core.errors import UserError
+from tinyslm.scoring import equivalence as scoring_equivalence
+from tinyslm.scoring import extract as scoring_extract
+from tinyslm.scoring import symbolic as scoring_symbolic
+from tinyslm.scoring.equivalence import is_equivalent, normalize_number, score_output
+from tinyslm.scoring.extract import ANSWER_STYLES, Extraction, extract_answer, last_boxed
+from tinyslm.scoring.gold import gold_from_gsm8k_answer, gold_from_math_solution
 
 JANET = (
     "Janet's ducks lay 16 eggs per day. She eats 3 for breakfast and bakes muffins with 4.\n"
@@ -68,7 +62,10 @@ def test_gold_from_gsm8k_answer_without_marker_is_a_user_error() -> None:
     ("solution", "gold"),
     [
         ("so the answer is $\\boxed{\\frac{14}{3}}$.", "\\frac{14}{3}"),
-        ("polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        (
+            "polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$",
+            "\\left( 3, \\frac{\\pi}{2} \\right)",
+        ),
         # MATH solutions sometimes box an intermediate result first: the LAST box is the answer.
         ("$x = \\boxed{\\frac{11}{2}}$ ... &=\\boxed{161}.\n\\end{align*}", "161"),
         ("The set is $\\boxed{\\{1, 2\\}}$.", "\\{1, 2\\}"),
@@ -245,7 +242,9 @@ def test_restated_problem_at_the_start_is_not_cut() -> None:
 
 def test_numbered_sub_questions_are_not_run_on() -> None:
     """A real MATH solution (row 3883) walks through "Question 5:", "Question 6:" before its box."""
-    output = "Question 5: yes, as $\\frac{1}{2}j = \\frac{j}{2}$.\n\nQuestion 6: yes.\n\nThe sum is $\\boxed{14}$."
+    output = (
+        "Question 5: yes, as $\\frac{1}{2}j = \\frac{j}{2}$.\n\nQuestion 6: yes.\n\nThe sum is $\\boxed{14}$."
+    )
     assert extract_answer(output, "math") == Extraction("14", True)
 
 
@@ -262,8 +261,11 @@ def test_hash_marker_preferred_over_boxed_and_answer_is() -> None:
 @pytest.mark.parametrize(
     ("output", "text", "marked"),
     [
-        ("We get $r = 3$ and $\\theta = \\frac{\\pi}{2}$, so $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.",
-         "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        (
+            "We get $r = 3$ and $\\theta = \\frac{\\pi}{2}$, so $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.",
+            "\\left( 3, \\frac{\\pi}{2} \\right)",
+            True,
+        ),
         ("First $\\boxed{2}$ is wrong; the real answer is $\\boxed{\\dfrac{9}{7}}$.", "\\dfrac{9}{7}", True),
         ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}", True),
         ("The answer is 3.5.", "3.5", True),
@@ -505,10 +507,22 @@ def test_where_lm_eval_accepts_we_accept(output: str, gold: str) -> None:
         # a number after the answer line: flexible takes it; strict and we take the #### line.
         ("#### 18\nThat is 2 more than 16.", "18", True, False, True),
         # run-on: a model that does not stop answers the next question too; flexible scores that answer.
-        ("The answer is 18.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\n"
-         "Answer: 5 - 2 = 3. The answer is 3.", "18", False, False, True),
-        ("The answer is 3.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\n"
-         "Answer: 5 - 2 = 3. The answer is 3.", "3", False, True, True),
+        (
+            "The answer is 18.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\n"
+            "Answer: 5 - 2 = 3. The answer is 3.",
+            "18",
+            False,
+            False,
+            True,
+        ),
+        (
+            "The answer is 3.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\n"
+            "Answer: 5 - 2 = 3. The answer is 3.",
+            "3",
+            False,
+            True,
+            True,
+        ),
         # hedging: flexible credits the last of two candidates; we take the first number of the marked
         # line, so "18 or 19" is wrong for gold 19. Intentional: a hedge is not an answer.
         ("#### 18 or 19", "19", False, True, False),
@@ -665,7 +679,7 @@ def test_checks_off_the_main_thread_are_bounded_too() -> None:
     assert results["equal"] is True
     assert results["different"] is False
     assert results["slow"] is False
-    assert results["slow_s"] < 0.5 + scoring._WORKER_GRACE_S + 1
+    assert results["slow_s"] < 0.5 + scoring_extract._WORKER_GRACE_S + 1
     assert results["after"] is True
     assert results["number"] is True
 
@@ -683,7 +697,7 @@ def _plain(value: Fraction) -> str:
     """A number written the plain way a model would: "9", "11.5", "-1/3"."""
     if value.denominator == 1:
         return str(value.numerator)
-    if scoring._terminates(value):
+    if scoring_equivalence._terminates(value):
         with decimal.localcontext(prec=100):
             return str(decimal.Decimal(value.numerator) / decimal.Decimal(value.denominator))
     return f"{value.numerator}/{value.denominator}"
@@ -754,7 +768,7 @@ def test_every_math_gold_is_understood(data_dir: Path) -> None:
 
 
 def _sympy_parsed(gold: str) -> bool:
-    return any(not isinstance(x, str) for x in scoring._parse_math(gold))
+    return any(not isinstance(x, str) for x in scoring_symbolic._parse_math(gold))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -892,7 +906,11 @@ def test_math_grouped_numbers_still_equal(pred: str, gold: str) -> None:
     [
         ("Final Answer: The final answer is $\\$14.50$. I hope it is correct.", "\\$14.50", True),
         ("The pen costs \\$3 and the book \\$11, so she pays \\$14 in all.", "\\$14", False),
-        ("The price is \\$3 per pound, so the cost is $4 \\cdot \\$3 = \\$12$.", "4 \\cdot \\$3 = \\$12", False),
+        (
+            "The price is \\$3 per pound, so the cost is $4 \\cdot \\$3 = \\$12$.",
+            "4 \\cdot \\$3 = \\$12",
+            False,
+        ),
     ],
 )
 def test_escaped_dollar_is_currency_in_math_style(output: str, text: str, marked: bool) -> None:
@@ -900,10 +918,12 @@ def test_escaped_dollar_is_currency_in_math_style(output: str, text: str, marked
 
 
 def test_escaped_dollar_answer_is_right_in_math_style() -> None:
-    assert score_output("Final Answer: The final answer is $\\$14.50$. I hope it is correct.", "14.50", "math")[
-        "strict_correct"
+    assert score_output(
+        "Final Answer: The final answer is $\\$14.50$. I hope it is correct.", "14.50", "math"
+    )["strict_correct"]
+    assert score_output("The pen costs \\$3 and the book \\$11, so she pays \\$14 in all.", "\\$14", "math")[
+        "correct"
     ]
-    assert score_output("The pen costs \\$3 and the book \\$11, so she pays \\$14 in all.", "\\$14", "math")["correct"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -934,8 +954,11 @@ def test_math_final_answer_sentence(output: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("output", "style", "text"),
     [
-        ("Here $\\boxed{15}$ counts the pairs.\n\nFinal Answer: The final answer is $16$. I hope it is correct.",
-         "math", "16"),
+        (
+            "Here $\\boxed{15}$ counts the pairs.\n\nFinal Answer: The final answer is $16$. I hope it is correct.",
+            "math",
+            "16",
+        ),
         ("So $n = \\boxed{4}$ at first, and after the correction:\nThe final answer is 9.", "math", "9"),
         ("The total is \\boxed{24}.\n#### 25", "math", "25"),
         ("The total is \\boxed{24}, then I double-check.\nThe final answer is 26.", "number", "26"),
@@ -964,10 +987,17 @@ def test_last_marker_wins(output: str, style: str, text: str) -> None:
         ("The solutions are $\\boxed{(2, 7)}$ and $\\boxed{(0, -1)}$.", "(0,-1), (2,7)", "(2, 7), (0, -1)"),
         ("So $\\boxed{\\frac{1}{2}}$ and $\\boxed{4}$.", "\\{4, \\tfrac12\\}", "\\frac{1}{2}, 4"),
         # the final k boxes: an earlier intermediate box does not count
-        ("First $\\boxed{10}$ is the discriminant; the roots are $\\boxed{-5}$, $\\boxed{3}$.", "3, -5", "-5, 3"),
+        (
+            "First $\\boxed{10}$ is the discriminant; the roots are $\\boxed{-5}$, $\\boxed{3}$.",
+            "3, -5",
+            "-5, 3",
+        ),
         # a tuple is ordered: r first, then theta
-        ("$r = \\boxed{6}$ and $\\theta = \\boxed{\\frac{\\pi}{3}}$", "\\left( 6, \\frac{\\pi}{3} \\right)",
-         "6, \\frac{\\pi}{3}"),
+        (
+            "$r = \\boxed{6}$ and $\\theta = \\boxed{\\frac{\\pi}{3}}$",
+            "\\left( 6, \\frac{\\pi}{3} \\right)",
+            "6, \\frac{\\pi}{3}",
+        ),
     ],
 )
 def test_one_box_per_part(output: str, gold: str, extracted: str) -> None:
@@ -998,7 +1028,10 @@ def test_one_box_per_part_only_for_boxes() -> None:
     """The rule reads boxes: an answer taken from a final-answer line is compared as it stands."""
     output = "$\\boxed{-5}$ and $\\boxed{3}$.\nFinal Answer: The final answer is $3$."
     assert score_output(output, "-5, 3", "math") == {
-        "extracted": "3", "marked": True, "correct": False, "strict_correct": False
+        "extracted": "3",
+        "marked": True,
+        "correct": False,
+        "strict_correct": False,
     }
 
 
@@ -1012,25 +1045,55 @@ def _score_cli(tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[s
 
     src = tmp_path / "theirs.jsonl"
     src.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
-    rc = main(["score", "--benchmark", "gsm8k", "--predictions", str(src), "--output", str(tmp_path / "out.jsonl")])
+    rc = main(
+        ["score", "--benchmark", "gsm8k", "--predictions", str(src), "--output", str(tmp_path / "out.jsonl")]
+    )
     return rc, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (['{"id": "p1", "output": "#### 4", "reference": "4"}', "",
-          '{"id": "p2", "output": "#### 9", "reference": "9"}', '{"id": "p1", "output": "#### 5", "reference": "5"}'],
-         "theirs.jsonl:4: duplicate id 'p1' (first on line 1)"),
-        (['{"id": 7, "output": "#### 4", "reference": "4"}', '{"id": "7", "output": "#### 4", "reference": "4"}'],
-         "theirs.jsonl:2: duplicate id '7' (first on line 1)"),
-        (['{"id": "p1", "output": "#### 4", "reference": "4"}', '{"id": "p2", "output": "None", "reference": null}'],
-         "theirs.jsonl:2: reference is null (id 'p2')"),
-        (['{"id": "p1", "output": "#### 4", "reference": "  "}'], "theirs.jsonl:1: reference must be a non-empty"),
-        (['{"id": "p1", "output": "#### 4", "reference": ["4"]}'], "theirs.jsonl:1: reference must be a non-empty"),
+        (
+            [
+                '{"id": "p1", "output": "#### 4", "reference": "4"}',
+                "",
+                '{"id": "p2", "output": "#### 9", "reference": "9"}',
+                '{"id": "p1", "output": "#### 5", "reference": "5"}',
+            ],
+            "theirs.jsonl:4: duplicate id 'p1' (first on line 1)",
+        ),
+        (
+            [
+                '{"id": 7, "output": "#### 4", "reference": "4"}',
+                '{"id": "7", "output": "#### 4", "reference": "4"}',
+            ],
+            "theirs.jsonl:2: duplicate id '7' (first on line 1)",
+        ),
+        (
+            [
+                '{"id": "p1", "output": "#### 4", "reference": "4"}',
+                '{"id": "p2", "output": "None", "reference": null}',
+            ],
+            "theirs.jsonl:2: reference is null (id 'p2')",
+        ),
+        (
+            ['{"id": "p1", "output": "#### 4", "reference": "  "}'],
+            "theirs.jsonl:1: reference must be a non-empty",
+        ),
+        (
+            ['{"id": "p1", "output": "#### 4", "reference": ["4"]}'],
+            "theirs.jsonl:1: reference must be a non-empty",
+        ),
         (['{"id": null, "output": "#### 4", "reference": "4"}'], "theirs.jsonl:1: id must be"),
-        (['{"id": "p1", "output": {"text": "4"}, "reference": "4"}'], "theirs.jsonl:1: output must be a string"),
-        (['{"id": "p1", "output": "#### 4", "reference": "4"}', "[1, 2]"], "theirs.jsonl:2: expected a JSON object"),
+        (
+            ['{"id": "p1", "output": {"text": "4"}, "reference": "4"}'],
+            "theirs.jsonl:1: output must be a string",
+        ),
+        (
+            ['{"id": "p1", "output": "#### 4", "reference": "4"}', "[1, 2]"],
+            "theirs.jsonl:2: expected a JSON object",
+        ),
     ],
 )
 def test_score_command_rejects_bad_records(
@@ -1071,10 +1134,10 @@ def test_a_swallowed_deadline_fires_again() -> None:
         return "finished"
 
     start = time.monotonic()
-    assert scoring._with_alarm(stubborn, 0.2) is None
+    assert scoring_symbolic._with_alarm(stubborn, 0.2) is None
     assert time.monotonic() - start < 2
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # nothing left armed
-    assert scoring._with_alarm(lambda: "quick", 0.2) == "quick"
+    assert scoring_symbolic._with_alarm(lambda: "quick", 0.2) == "quick"
     time.sleep(0.4)  # no stray alarm fires after a check that finished in time
 
 
@@ -1104,7 +1167,7 @@ def test_a_deadline_swallowed_in_del_never_reaches_the_unraisable_hook(monkeypat
     (pytest's hook imports tracemalloc, and a re-fire inside it failed a CI run)."""
     import sys
 
-    from tinyslm import scoring
+    from tinyslm.scoring import symbolic as scoring_symbolic
 
     seen: list[str] = []
 
@@ -1127,7 +1190,7 @@ def test_a_deadline_swallowed_in_del_never_reaches_the_unraisable_hook(monkeypat
         return True
 
     start = time.monotonic()
-    assert scoring._with_alarm(check, 0.1) is None
+    assert scoring_symbolic._with_alarm(check, 0.1) is None
     assert time.monotonic() - start < 2
     assert seen == []
     assert sys.unraisablehook is outer

@@ -23,16 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyslm import scoring
-from tinyslm.scoring import (
-    ANSWER_STYLES,
-    Extraction,
-    extract_answer,
-    is_equivalent,
-    last_boxed,
-    normalize_number,
-    score_output,
-)
+from tinyslm.scoring import symbolic as scoring
+from tinyslm.scoring.equivalence import is_equivalent, normalize_number, score_output
+from tinyslm.scoring.extract import ANSWER_STYLES, Extraction, extract_answer, last_boxed
 
 CHEAP = settings(
     max_examples=100,

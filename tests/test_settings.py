@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyslm import study
 from tinyslm.cli.args import Parser
 from tinyslm.cli.train import add_train_args, config_from_args
-from tinyslm.errors import UserError
-from tinyslm.models import DEFAULT_MODEL
-from tinyslm.runtime import device_problem
-from tinyslm.settings import rule_text
-from tinyslm.train import RESUMABLE_CHANGES, TrainConfig, resolve_config
+from tinyslm.config.settings import rule_text
+from tinyslm.core.errors import UserError
+from tinyslm.core.runtime import device_problem
+from tinyslm.models.zoo import DEFAULT_MODEL
+from tinyslm.study import grid as study
+from tinyslm.train.config import RESUMABLE_CHANGES, TrainConfig, resolve_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tinyslm"
 

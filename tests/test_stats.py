@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tinyslm.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
+from tinyslm.core.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
 
 
 def test_mcnemar_known_values():
@@ -51,7 +51,9 @@ def test_holm_adjust_hand_computed():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06; input order kept
     assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm_adjust([0.5, 0.6]) == [1.0, 1.0]  # 0.5*2 = 1.0 caps, and 0.6 inherits the running max
-    assert holm_adjust([0.02, 0.02]) == pytest.approx([0.04, 0.04])  # ties: both get the larger factor's value
+    assert holm_adjust([0.02, 0.02]) == pytest.approx(
+        [0.04, 0.04]
+    )  # ties: both get the larger factor's value
     assert holm_adjust([0.03]) == [0.03]  # a family of one is not adjusted
     assert holm_adjust([]) == []
     p = [0.001, 0.2, 0.049, 0.7, 0.01]

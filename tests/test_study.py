@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinyslm import study
 from tinyslm.cli import main
-from tinyslm.errors import UserError
-from tinyslm.io import LOCK_FILE
-from tinyslm.io import umask as _umask
-from tinyslm.train import FAULT_ENV
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import LOCK_FILE
+from tinyslm.core.files import umask as _umask
+from tinyslm.study import grid as study_grid
+from tinyslm.study import runner as study_runner
+from tinyslm.train.recipe import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,9 +42,22 @@ def _tiny_study(model: Path, data_dir: Path, **over) -> dict:
         "models": [str(model)],
         "methods": ["zero-shot", "few-shot", "full", "lora", "dora"],
         "seeds": [7],
-        "train": {"dataset": "gsm8k-train", "limit": 4, "batch_size": 4, "micro_batch_size": 2,
-                  "max_length": 256, "max_steps": 1, "merge": True},
-        "eval": {"benchmarks": ["gsm8k", "svamp"], "limit": 2, "shots": 1, "batch_size": 2, "max_new_tokens": 4},
+        "train": {
+            "dataset": "gsm8k-train",
+            "limit": 4,
+            "batch_size": 4,
+            "micro_batch_size": 2,
+            "max_length": 256,
+            "max_steps": 1,
+            "merge": True,
+        },
+        "eval": {
+            "benchmarks": ["gsm8k", "svamp"],
+            "limit": 2,
+            "shots": 1,
+            "batch_size": 2,
+            "max_new_tokens": 4,
+        },
         "hardware": {"device": "cpu"},
         "report": {"enabled": False},
     }
@@ -66,10 +80,19 @@ def _cell(root: Path, cid: str) -> dict:
         ({"models": ["m"], "methods": ["lora"], "trian": {}}, r"trian: unknown key"),
         ({"models": ["m"], "methods": ["lora"], "train": {"lr": 1e-4}}, r"train\.lr: unknown key"),
         ({"models": ["m"], "methods": ["qlora"]}, r"methods: unknown method 'qlora'"),
-        ({"models": ["m"], "methods": ["lora"], "train": {"batch_size": 0}}, r"train\.batch_size: .*greater than or equal to 1"),
+        (
+            {"models": ["m"], "methods": ["lora"], "train": {"batch_size": 0}},
+            r"train\.batch_size: .*greater than or equal to 1",
+        ),
         ({"models": ["m"], "methods": ["lora"], "eval": {"engine": "vllm"}}, r"eval\.engine"),
-        ({"models": ["m"], "methods": ["zero-shot"], "overrides": {"zero-shot": {"lr": 1.0}}}, r"overrides are for trained"),
-        ({"models": ["m"], "methods": ["lora"], "overrides": {"lora": {"rank": 4}}}, r"overrides\.lora\.rank: unknown key"),
+        (
+            {"models": ["m"], "methods": ["zero-shot"], "overrides": {"zero-shot": {"lr": 1.0}}},
+            r"overrides are for trained",
+        ),
+        (
+            {"models": ["m"], "methods": ["lora"], "overrides": {"lora": {"rank": 4}}},
+            r"overrides\.lora\.rank: unknown key",
+        ),
         ({"models": ["m"], "methods": ["lora"], "hardware": {"device": "tpu"}}, r"hardware\.device"),
         ({"methods": ["lora"]}, r"models: Field required"),
         ({"models": ["m", "m"], "methods": ["lora"]}, r"models: .*listed twice"),
@@ -77,17 +100,17 @@ def _cell(root: Path, cid: str) -> dict:
 )
 def test_bad_configs_name_the_key(tmp_path, cfg, message):
     with pytest.raises(UserError, match=message):
-        study.load_config(_write(tmp_path / "c.yaml", cfg))
+        study_grid.load_config(_write(tmp_path / "c.yaml", cfg))
 
 
 def test_unreadable_configs_are_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [a\nmethods: lora\n")
     with pytest.raises(UserError, match=r"not valid YAML \(line"):
-        study.load_config(bad)
+        study_grid.load_config(bad)
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(UserError, match="expected a mapping"):
-        study.load_config(tmp_path / "list.yaml")
+        study_grid.load_config(tmp_path / "list.yaml")
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "config file not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -95,8 +118,8 @@ def test_unreadable_configs_are_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["quick", "offline", "paper"])
 def test_shipped_configs_validate_and_plan(name):
-    cfg = study.load_config(REPO / "configs" / f"{name}.yaml")
-    cells = study.plan_cells(cfg)
+    cfg = study_grid.load_config(REPO / "configs" / f"{name}.yaml")
+    cells = study_grid.plan_cells(cfg)
     methods = {c.label.split("-")[0] if c.method == "few-shot" else c.method for c in cells}
     assert methods == {"zero-shot", "few", "full", "lora", "dora"}
     assert len(cells) == len(cfg.models) * (1 + (len(cfg.methods) - 1) * len(cfg.seeds))
@@ -107,37 +130,46 @@ def test_shipped_configs_validate_and_plan(name):
 
 
 def test_plan_protocol_and_overrides(tmp_path):
-    cfg = study.StudyConfig.model_validate(
-        {"models": ["a/b", "c"], "methods": ["zero-shot", "few-shot", "full", "lora"], "seeds": [1, 2],
-         "eval": {"shots": 3}, "overrides": {"lora": {"lr": 1e-3, "lora_r": 16}}}
+    cfg = study_grid.StudyConfig.model_validate(
+        {
+            "models": ["a/b", "c"],
+            "methods": ["zero-shot", "few-shot", "full", "lora"],
+            "seeds": [1, 2],
+            "eval": {"shots": 3},
+            "overrides": {"lora": {"lr": 1e-3, "lora_r": 16}},
+        }
     )
-    cells = study.plan_cells(cfg)
+    cells = study_grid.plan_cells(cfg)
     ids = [c.id for c in cells]
     assert ids[:4] == ["b/zero-shot/seed1", "b/few-shot-3/seed1", "b/few-shot-3/seed2", "b/full/seed1"]
     assert len(ids) == 2 * (1 + 3 * 2)
     lora = next(c for c in cells if c.method == "lora")
-    t = study.train_config(cfg, lora, tmp_path)
+    t = study_grid.train_config(cfg, lora, tmp_path)
     assert (t.lr, t.lora_r, t.lora_alpha, t.batch_size, t.resume) == (1e-3, 16, 32, 64, True)
     full = next(c for c in cells if c.method == "full")
-    assert study.train_config(cfg, full, tmp_path).lr is None  # the protocol default (2e-5) fills it in
-    e = study.eval_config(cfg, lora, tmp_path)
+    assert study_grid.train_config(cfg, full, tmp_path).lr is None  # the protocol default (2e-5) fills it in
+    e = study_grid.eval_config(cfg, lora, tmp_path)
     assert (e.model, e.adapter, e.shots) == ("a/b", str(tmp_path / "final"), 0)
-    assert study.eval_config(cfg, cells[1], tmp_path).shots == 3
+    assert study_grid.eval_config(cfg, cells[1], tmp_path).shots == 3
 
 
 def test_train_argv_round_trips_through_the_cli(tmp_path):
     from tinyslm.cli.train import add_train_args, config_from_args
 
-    cfg = study.StudyConfig.model_validate(
-        {"models": ["m"], "methods": ["dora"], "train": {"limit": 5, "max_steps": 3, "merge": True},
-         "overrides": {"dora": {"target_modules": "q,v", "lora_dropout": 0.1}}}
+    cfg = study_grid.StudyConfig.model_validate(
+        {
+            "models": ["m"],
+            "methods": ["dora"],
+            "train": {"limit": 5, "max_steps": 3, "merge": True},
+            "overrides": {"dora": {"target_modules": "q,v", "lora_dropout": 0.1}},
+        }
     )
-    tcfg = study.train_config(cfg, study.plan_cells(cfg)[0], tmp_path, progress=False)
+    tcfg = study_grid.train_config(cfg, study_grid.plan_cells(cfg)[0], tmp_path, progress=False)
     import argparse
 
     p = argparse.ArgumentParser()
     add_train_args(p)
-    assert config_from_args(p.parse_args(study.train_argv(tcfg))) == tcfg
+    assert config_from_args(p.parse_args(study_runner.train_argv(tcfg))) == tcfg
 
 
 def test_dry_run_and_print_commands(tmp_path, capsys, tiny_model_dir, data_dir):
@@ -158,7 +190,7 @@ def test_dry_run_and_print_commands(tmp_path, capsys, tiny_model_dir, data_dir):
 def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir):
     cfg = _write(tmp_path / "s.yaml", _tiny_study(tiny_model_dir, data_dir))
     root = tmp_path / "out"
-    res = study.run_study(cfg, str(root), progress=False, report=False)
+    res = study_runner.run_study(cfg, str(root), progress=False, report=False)
     name = tiny_model_dir.name
     ids = [f"{name}/{m}/seed7" for m in ("zero-shot", "few-shot-1", "full", "lora", "dora")]
     assert sorted(res["cells"]) == sorted(ids)
@@ -180,9 +212,13 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
 
     # A second run finds everything done: nothing is retrained or re-evaluated, only the report is written.
     # (the lock files are rewritten with the new process's PID: that is no result)
-    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name not in ("study.json", LOCK_FILE)}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in ("study.json", LOCK_FILE)
+    }
     with_report = _write(tmp_path / "r.yaml", _tiny_study(tiny_model_dir, data_dir, report={"enabled": True}))
-    res2 = study.run_study(with_report, str(root), progress=False)
+    res2 = study_runner.run_study(with_report, str(root), progress=False)
     assert all(r["skipped"] for r in res2["cells"].values())
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
     assert res2["report"] == str(root / "report" / "report.html")
@@ -192,19 +228,30 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
     assert all(m in md for m in ("zero-shot", "few-shot-1", "full", "lora", "dora"))
 
     # A changed setting is refused for the cells it touches, never mixed with the old results.
-    changed = _write(tmp_path / "s2.yaml", _tiny_study(tiny_model_dir, data_dir, train={"limit": 8, "max_steps": 2}))
-    res3 = study.run_study(changed, str(root), progress=False, report=False)
+    changed = _write(
+        tmp_path / "s2.yaml", _tiny_study(tiny_model_dir, data_dir, train={"limit": 8, "max_steps": 2})
+    )
+    res3 = study_runner.run_study(changed, str(root), progress=False, report=False)
     lora_rec = res3["cells"][f"{name}/lora/seed7"]
-    assert lora_rec["status"] == "failed" and "train.limit" in lora_rec["reason"] and "train.max_steps" in lora_rec["reason"]
+    assert (
+        lora_rec["status"] == "failed"
+        and "train.limit" in lora_rec["reason"]
+        and "train.max_steps" in lora_rec["reason"]
+    )
     assert res3["cells"][f"{name}/zero-shot/seed7"]["status"] == "finished"
 
 
-def test_failing_cells_are_recorded_and_the_grid_goes_on(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys):
+def test_failing_cells_are_recorded_and_the_grid_goes_on(
+    tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys
+):
     missing = tmp_path / "no-such-model"
     cfg = _write(
         tmp_path / "s.yaml",
-        {**_tiny_study(tiny_model_dir, data_dir), "models": [str(missing), str(tiny_model_dir)],
-         "methods": ["zero-shot", "lora"]},
+        {
+            **_tiny_study(tiny_model_dir, data_dir),
+            "models": [str(missing), str(tiny_model_dir)],
+            "methods": ["zero-shot", "lora"],
+        },
     )
     root = tmp_path / "out"
     monkeypatch.setenv(FAULT_ENV, "nan@1")  # every training run diverges at its first step
@@ -269,11 +316,15 @@ def test_bad_benchmark_fails_before_any_cell(tmp_path, tiny_model_dir, data_dir,
 def test_diagnostics_run_on_trained_cells_when_asked(tmp_path, tiny_model_dir, data_dir):
     cfg = _write(
         tmp_path / "s.yaml",
-        _tiny_study(tiny_model_dir, data_dir, methods=["zero-shot", "lora"],
-                    diagnostics={"enabled": True, "probe_limit": 2}),
+        _tiny_study(
+            tiny_model_dir,
+            data_dir,
+            methods=["zero-shot", "lora"],
+            diagnostics={"enabled": True, "probe_limit": 2},
+        ),
     )
     root = tmp_path / "out"
-    study.run_study(cfg, str(root), progress=False, report=False)
+    study_runner.run_study(cfg, str(root), progress=False, report=False)
     name = tiny_model_dir.name
     diag = json.loads((root / f"{name}/lora/seed7/diagnostics.json").read_text())
     assert {"forgetting", "weight_displacement", "intruder_dimensions", "sharpness", "summary"} <= set(diag)

@@ -1,4 +1,4 @@
-from tinyslm.textstats import find_repetition_loop, has_repetition_loop
+from tinyslm.core.textstats import find_repetition_loop, has_repetition_loop
 
 
 def test_word_loop_of_four_copies_is_found():

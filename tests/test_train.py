@@ -20,18 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from tinyslm.benchmarks import Example, orcamath_holdout_indices
 from tinyslm.cli.train import main
-from tinyslm.datasets import (
+from tinyslm.core.errors import UserError
+from tinyslm.data.benchmarks import Example, orcamath_holdout_indices
+from tinyslm.data.prompts import build_prompt, format_target
+from tinyslm.data.training import (
     IGNORE_INDEX,
     encode_examples,
     load_training_set,
     orcamath_train_indices,
     prompt_and_completion,
 )
-from tinyslm.errors import UserError
-from tinyslm.prompts import build_prompt, format_target
-from tinyslm.train import FAULT_ENV, TrainConfig, epoch_order, step_micro_batches, train
+from tinyslm.train import recipe as train_mod
+from tinyslm.train.config import TrainConfig
+from tinyslm.train.recipe import FAULT_ENV, epoch_order, step_micro_batches, train
 
 BIN = Path(sys.executable).parent
 
@@ -45,7 +47,6 @@ def _run_json(out: Path) -> dict:
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 def _cfg(model: Path, data: Path, out: Path, method: str, **kw) -> TrainConfig:
@@ -215,7 +216,7 @@ def test_orcamath_subset_is_stratified_seeded_and_disjoint_from_the_holdout():
 
 
 def test_orcamath_and_hub_datasets_from_a_stubbed_hub(monkeypatch):
-    import tinyslm.datasets as ds
+    from tinyslm.data import training as ds
 
     n = 11_000
     orca = [
@@ -301,11 +302,11 @@ def test_each_method_trains_and_its_loss_falls(method, tiny_model_dir, small_jso
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_completion_only_logits_train_as_the_full_logits_loss(method, tiny_model_dir, small_jsonl, tmp_path,
-                                                              monkeypatch):
+def test_completion_only_logits_train_as_the_full_logits_loss(
+    method, tiny_model_dir, small_jsonl, tmp_path, monkeypatch
+):
     """The fast path (only positions that predict target tokens go through the output head) against the
     plain one (the model's logits at every position): 20 optimizer steps, same losses within 1e-3 relative."""
-    import tinyslm.train as train_mod
 
     kw = dict(epochs=20, lr=1e-3, limit=4, batch_size=4, micro_batch_size=2)
     fast = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "fast", method, **kw))
@@ -344,7 +345,7 @@ def test_lora_leaves_the_base_untouched_and_merges(lora_run, tiny_model_dir):
     import torch
     from safetensors.torch import load_file
 
-    from tinyslm.models import load_model
+    from tinyslm.models.load import load_model
 
     before = load_file(tiny_model_dir / "model.safetensors")
     merged_sd = load_file(lora_run / "merged" / "model.safetensors")
@@ -371,7 +372,7 @@ def test_lora_leaves_the_base_untouched_and_merges(lora_run, tiny_model_dir):
 
 
 def test_eval_after_training_and_eval_loads_the_outputs(lora_run, tiny_model_dir, data_dir, tmp_path):
-    from tinyslm.evaluate import EvalConfig, run_eval
+    from tinyslm.evaluate.runner import EvalConfig, run_eval
 
     run = _run_json(lora_run)
     assert set(run["eval"]) == {"gsm8k", "svamp"} and run["eval"]["gsm8k"]["n"] == 2

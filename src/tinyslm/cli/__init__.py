@@ -7,7 +7,7 @@ in :mod:`tinyslm.cli.args`. The library never imports this package: commands imp
 command where it is heavy, so that ``--help`` is instant.
 
 Every command validates its input and turns bad input into one line on stderr and exit code 2
-(:class:`~tinyslm.errors.UserError`, argparse errors); a traceback means a bug in tiny-slm.
+(:class:`~tinyslm.core.errors.UserError`, argparse errors); a traceback means a bug in tiny-slm.
 """
 
 from __future__ import annotations
@@ -29,44 +29,66 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyslm.cli.score import add_score_args, cmd_score
     from tinyslm.cli.train import add_train_args, cmd_train
 
-    p = Parser(prog="tiny-slm", description=(
-        "Compare zero-shot, few-shot, full fine-tuning, LoRA and DoRA on small language models, "
-        "scored by exact match on math-reasoning benchmarks."))
+    p = Parser(
+        prog="tiny-slm",
+        description=(
+            "Compare zero-shot, few-shot, full fine-tuning, LoRA and DoRA on small language models, "
+            "scored by exact match on math-reasoning benchmarks."
+        ),
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    e = sub.add_parser("eval", help="evaluate a model on benchmarks (also: tiny-slm-eval)",
-                       description="Batched greedy evaluation with exact-match scoring; rerunning resumes.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a model on benchmarks (also: tiny-slm-eval)",
+        description="Batched greedy evaluation with exact-match scoring; rerunning resumes.",
+    )
     add_eval_args(e)
     e.set_defaults(func=cmd_eval)
 
-    t = sub.add_parser("train", help="full fine-tuning, LoRA or DoRA under the study's protocol (also: tiny-slm-train)",
-                       description="Train with the paper's protocol defaults; every value can be overridden.")
+    t = sub.add_parser(
+        "train",
+        help="full fine-tuning, LoRA or DoRA under the study's protocol (also: tiny-slm-train)",
+        description="Train with the paper's protocol defaults; every value can be overridden.",
+    )
     add_train_args(t)
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("run", help="run a study: models x methods x seeds from one YAML config, then its report",
-                       description="Each cell (model x method x seed) is a run directory made by the same code as "
-                                   "tiny-slm-train and tiny-slm-eval. Finished cells are skipped, killed ones "
-                                   "resume, failing ones are recorded with their reason while the grid goes on.")
+    r = sub.add_parser(
+        "run",
+        help="run a study: models x methods x seeds from one YAML config, then its report",
+        description="Each cell (model x method x seed) is a run directory made by the same code as "
+        "tiny-slm-train and tiny-slm-eval. Finished cells are skipped, killed ones "
+        "resume, failing ones are recorded with their reason while the grid goes on.",
+    )
     add_run_args(r)
     r.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("report", help="tables, paired statistics and figures from runs (also: tiny-slm-report)",
-                        description="Read study cells, tiny-slm-train and tiny-slm-eval directories; write report.md, "
-                                    "a self-contained report.html, figures/ and results.csv.")
+    rp = sub.add_parser(
+        "report",
+        help="tables, paired statistics and figures from runs (also: tiny-slm-report)",
+        description="Read study cells, tiny-slm-train and tiny-slm-eval directories; write report.md, "
+        "a self-contained report.html, figures/ and results.csv.",
+    )
     add_report_args(rp)
     rp.set_defaults(func=cmd_report)
 
-    a = sub.add_parser("analyze", help="forgetting and stability diagnostics of a training run -> RUN_DIR/diagnostics.json",
-                       description="Compare a fine-tuned run with its base model: general-knowledge probes, weight "
-                                   "displacement, intruder dimensions, sharpness, repetition and arithmetic errors "
-                                   "in its outputs, gradient-norm spikes.")
+    a = sub.add_parser(
+        "analyze",
+        help="forgetting and stability diagnostics of a training run -> RUN_DIR/diagnostics.json",
+        description="Compare a fine-tuned run with its base model: general-knowledge probes, weight "
+        "displacement, intruder dimensions, sharpness, repetition and arithmetic errors "
+        "in its outputs, gradient-norm spikes.",
+    )
     add_analyze_args(a)
     a.set_defaults(func=cmd_analyze)
 
-    s = sub.add_parser("score", help="(re)score a predictions JSONL made by any tool",
-                       description="Each input line needs id, output and reference; the output repeats every line "
-                                   "with extracted, correct and strict_correct added. A JSON summary goes to stdout.")
+    s = sub.add_parser(
+        "score",
+        help="(re)score a predictions JSONL made by any tool",
+        description="Each input line needs id, output and reference; the output repeats every line "
+        "with extracted, correct and strict_correct added. A JSON summary goes to stdout.",
+    )
     add_score_args(s)
     s.set_defaults(func=cmd_score)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.settings import base_type
+from tinyslm.config.settings import base_type
+from tinyslm.core.errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,7 +59,7 @@ def float_at_least(lo: float, *, strict: bool = False, below: float | None = Non
 
 
 def add_config_args(p: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of config dataclass ``cls`` (see :mod:`tinyslm.settings`), in field order."""
+    """One flag per field of config dataclass ``cls`` (see :mod:`tinyslm.config.settings`), in field order."""
     for f in fields(cls):
         add_setting_arg(p, cls, f)
 
@@ -110,7 +110,10 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; finished work is on disk, rerun the same command to resume", file=sys.stderr)
+        print(
+            f"{parser.prog}: interrupted; finished work is on disk, rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except OSError as e:  # unwritable output dir, disk full, ...: the user's environment, not our bug
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

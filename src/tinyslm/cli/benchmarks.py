@@ -6,7 +6,7 @@ import argparse
 
 
 def cmd_benchmarks(args: argparse.Namespace) -> int:
-    from tinyslm.benchmarks import BENCHMARKS
+    from tinyslm.data.benchmarks import BENCHMARKS
 
     print(f"{'name':<10} {'style':<7} {'offline file':<20} {'hub id':<40} description")
     for b in BENCHMARKS.values():

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from tinyslm.cli.args import Parser, add_config_args, run_command
-from tinyslm.evaluate import EvalConfig
+from tinyslm.evaluate.runner import EvalConfig
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    """One flag per :class:`~tinyslm.evaluate.EvalConfig` field, generated from the field."""
+    """One flag per :class:`~tinyslm.evaluate.runner.EvalConfig` field, generated from the field."""
     add_config_args(p, EvalConfig)
 
 
@@ -20,7 +20,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tinyslm.evaluate import run_eval
+    from tinyslm.evaluate.runner import run_eval
 
     cfg = config_from_args(args)
     results = run_eval(cfg)
@@ -38,7 +38,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``tiny-slm-eval``."""
-    p = Parser(prog="tiny-slm-eval", description="Evaluate a model on math benchmarks (same as `tiny-slm eval`).")
+    p = Parser(
+        prog="tiny-slm-eval", description="Evaluate a model on math benchmarks (same as `tiny-slm eval`)."
+    )
     add_eval_args(p)
     p.set_defaults(func=cmd_eval)
     return run_command(p, argv)

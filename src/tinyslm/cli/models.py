@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
 
 
 def add_models_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_models_list() -> int:
     """``tiny-slm models``: print the alias table."""
-    from tinyslm.models import cache_home, list_aliases
+    from tinyslm.models.zoo import cache_home, list_aliases
 
     rows = list_aliases()
     header = ["name", "installed", "download", "disk", "params", "licence", "type", "packages"]
@@ -50,7 +50,7 @@ def cmd_models_list() -> int:
 
 def cmd_models_install(name: str) -> int:
     """``tiny-slm models install NAME``: install (or confirm) one alias and print where it lives."""
-    from tinyslm.models import get_alias, install_alias, is_installed
+    from tinyslm.models.zoo import get_alias, install_alias, is_installed
 
     alias = get_alias(name)
     already = is_installed(alias)

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from tinyslm.cli.args import Parser, add_config_args, run_command
-from tinyslm.train import TrainConfig, train
+from tinyslm.train.config import TrainConfig
+from tinyslm.train.recipe import train
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """One flag per :class:`~tinyslm.train.TrainConfig` field, generated from the field: its type, default,
+    """One flag per :class:`~tinyslm.train.config.TrainConfig` field, generated from the field: its type, default,
     bounds, choices and help are written once, on the field (as TRL's ``make_parser`` does for its configs)."""
     add_config_args(p, TrainConfig)
 

@@ -27,10 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import atomic_write_json
 from tinyslm.diagnostics.forgetting import PROBE_SEED
 from tinyslm.diagnostics.loading import RunInfo, read_run_dir
-from tinyslm.errors import UserError
-from tinyslm.io import atomic_write_json
 
 MEASURES = (
     "forgetting",
@@ -94,9 +94,9 @@ def analyze(
     device (a CPU gets a small budget). Bad input raises UserError before any model loads.
     The peak memory of each step is recorded in ``measured.peak_memory``.
     """
-    from tinyslm.benchmarks import resolve_data_dir
-    from tinyslm.evaluate import package_versions
-    from tinyslm.runtime import pick_device
+    from tinyslm.core.runtime import pick_device
+    from tinyslm.data.benchmarks import resolve_data_dir
+    from tinyslm.evaluate.runner import package_versions
 
     info = read_run_dir(run_dir, base)
     wanted = parse_measures(measures)
@@ -395,7 +395,7 @@ def _prefixed(say: _Say, prefix: str) -> Any:
 
 
 class _PeakMemory:
-    """Peak memory of each step (:func:`tinyslm.train.reset_peak_memory` / ``peak_memory_mib``).
+    """Peak memory of each step (:func:`tinyslm.core.telemetry.reset_peak_memory` / ``peak_memory_mib``).
 
     On a CPU the resident-set high-water mark of the process, reset at the start of each step (Linux);
     where it cannot be reset, the process's peak so far, an upper bound (``kind`` says which). On CUDA the
@@ -411,12 +411,12 @@ class _PeakMemory:
         self.kind: str | None = None
 
     def start(self) -> None:
-        from tinyslm.telemetry import reset_peak_memory
+        from tinyslm.core.telemetry import reset_peak_memory
 
         self.resettable = reset_peak_memory(self.device)
 
     def stop(self, name: str) -> None:
-        from tinyslm.telemetry import peak_memory_mib
+        from tinyslm.core.telemetry import peak_memory_mib
 
         mib, kind = peak_memory_mib(self.device)
         self.kind = kind if self.resettable else "cpu_max_rss_process"
@@ -456,7 +456,7 @@ def _bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
 @contextlib.contextmanager
 def _quiet_loading(progress: bool) -> Iterator[None]:
     """No weight-loading bars without progress; peft's warnings about transformers internals are not the user's."""
-    from tinyslm.runtime import hf_progress_bars
+    from tinyslm.core.runtime import hf_progress_bars
 
     with hf_progress_bars(progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.stats import mcnemar_exact
+from tinyslm.core.errors import UserError
+from tinyslm.core.stats import mcnemar_exact
 
 PROBE_SEED = 20240607  # fixes the probe items: every run of a study is probed on the same questions
 MAX_TOKENS = 1024  # prompt + continuation; longer prompts lose their beginning (a few MMLU passages)
@@ -182,7 +182,7 @@ def continuation_logprobs(
     """
     import torch
 
-    from tinyslm.loss import supports_logits_to_keep
+    from tinyslm.models.loss import supports_logits_to_keep
 
     device = next(model.parameters()).device
     keep_logits = supports_logits_to_keep(model)

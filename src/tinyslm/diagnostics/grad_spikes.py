@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.io import read_jsonl
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import read_jsonl
 
 FACTOR = 5.0
 MIN_HISTORY = 3

@@ -3,7 +3,7 @@
 A run directory is what ``tiny-slm-train --output DIR`` writes: ``run.json`` (status, method, model_ref, the
 TrainConfig), ``final/`` (a PEFT adapter for LoRA/DoRA, a full model for full fine-tuning), ``metrics.jsonl``
 and optionally ``eval/<benchmark>/predictions.jsonl``. Anything else is refused with one clear line
-(:class:`~tinyslm.errors.UserError`) before a model is loaded.
+(:class:`~tinyslm.core.errors.UserError`) before a model is loaded.
 
 Both models are loaded in float32 with eager attention, whatever the device: the diagnostics compare small
 differences (weights, log-likelihoods) and take second derivatives, and fused SDPA kernels have no double
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.io import read_json_object
-from tinyslm.methods import PEFT_METHODS
-from tinyslm.methods import TRAINED_METHODS as METHODS
-from tinyslm.results import Status
+from tinyslm.config.methods import PEFT_METHODS
+from tinyslm.config.methods import TRAINED_METHODS as METHODS
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import read_json_object
+from tinyslm.results.schema import Status
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -84,7 +84,7 @@ def _eager_float32(ref: str, device: str) -> tuple[Any, Any]:
     """A plain model in float32 with eager attention (differentiable twice), in eval mode, and its tokenizer."""
     import torch
 
-    from tinyslm.models import load_model
+    from tinyslm.models.load import load_model
 
     model, tokenizer = load_model(ref, dtype=torch.float32, device=device)
     model.set_attn_implementation("eager")
@@ -102,7 +102,7 @@ def load_tuned(info: RunInfo, device: str) -> tuple[Any, Any]:
 
     The tokenizer saved in ``final/`` wins, as in evaluation (training may have added tokens).
     """
-    from tinyslm.models import load_tokenizer
+    from tinyslm.models.load import load_tokenizer
 
     if not info.peft:
         return _eager_float32(str(info.final), device)

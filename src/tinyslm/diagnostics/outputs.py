@@ -4,9 +4,9 @@ Both read ``eval/<benchmark>/predictions.jsonl`` of the run (the ``output`` fiel
 per benchmark and pooled over all of them:
 
 * **repetition rate**: the share of outputs that repeat some n-gram 4+ times in a row
-  (:func:`tinyslm.textstats.has_repetition_loop`), the signature of a model that lost its stopping behaviour;
+  (:func:`tinyslm.core.textstats.has_repetition_loop`), the signature of a model that lost its stopping behaviour;
 * **arithmetic error rate**: of every ``a op b = c`` the model wrote, the share that is false under exact
-  rational arithmetic (:func:`tinyslm.textstats.find_equations`): reasoning that looks right but computes
+  rational arithmetic (:func:`tinyslm.core.textstats.find_equations`): reasoning that looks right but computes
   wrong, which exact match alone cannot tell apart from a wrong plan.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.io import read_jsonl
-from tinyslm.textstats import find_equations, has_repetition_loop
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import read_jsonl
+from tinyslm.core.textstats import find_equations, has_repetition_loop
 
 
 def read_outputs(run_dir: Path) -> dict[str, list[str]]:

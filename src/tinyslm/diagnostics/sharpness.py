@@ -12,8 +12,8 @@ iterations. Power iteration finds the eigenvalue of largest *magnitude*; when th
 settle, a second, shifted run finds the most positive one (see :func:`top_hessian_eigenvalue`).
 
 The loss is the training loss on a fixed batch: the first rows of the run's dataset, encoded exactly as
-training encodes them (:mod:`tinyslm.datasets`), token-weighted completion-only cross-entropy
-(:func:`tinyslm.train.target_loss_sum`, which sends only the completion span through the output head).
+training encodes them (:mod:`tinyslm.data.training`), token-weighted completion-only cross-entropy
+(:func:`tinyslm.models.loss.target_loss_sum`, which sends only the completion span through the output head).
 
 Memory: the graph of ``∇L`` (kept for the second backward) holds every activation of the forward pass and
 of its backward, several times the memory of a training step; for a batch of 8 training rows of a 135M
@@ -218,7 +218,7 @@ def training_batch(info: Any, tokenizer: Any, n_examples: int, data_dir: str | N
     Same dataset, fields, ``--limit`` and ``--max-length`` as the run (from run.json's config), same prompt
     and completion-only labels. Returns the collated batch and a description for diagnostics.json.
     """
-    from tinyslm.datasets import collate, encode_examples, load_training_set
+    from tinyslm.data.training import collate, encode_examples, load_training_set
 
     cfg = info.config
     tset = load_training_set(
@@ -233,7 +233,7 @@ def training_batch(info: Any, tokenizer: Any, n_examples: int, data_dir: str | N
     )
     rows = rows[:n_examples]
     if not rows:
-        from tinyslm.errors import UserError
+        from tinyslm.core.errors import UserError
 
         raise UserError(f"dataset '{tset.name}' gave no usable training example for the sharpness batch")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -253,11 +253,11 @@ def training_batch(info: Any, tokenizer: Any, n_examples: int, data_dir: str | N
 def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
     """The batch's rows in micro-batches of ``micro_batch_size``, each cut to its own longest row.
 
-    Padding is on the right (:func:`tinyslm.datasets.collate`), so the columns after a micro-batch's
+    Padding is on the right (:func:`tinyslm.data.training.collate`), so the columns after a micro-batch's
     longest row are padding in every row of it and dropping them changes no real token's output.
     Micro-batches without a target token (none reach here: encoding drops such rows) are left out.
     """
-    from tinyslm.datasets import IGNORE_INDEX
+    from tinyslm.data.training import IGNORE_INDEX
 
     n = len(batch["input_ids"])
     out = []
@@ -275,11 +275,11 @@ def loss_terms(model: Any, batch: dict, micro_batch_size: int | None = None) -> 
 
     Token-weighted over the whole batch: each micro-batch of ``micro_batch_size`` rows (None: the whole
     batch at once) returns its summed token loss divided by the *batch's* target-token count, as
-    :func:`tinyslm.train.accumulate_gradients` does; the terms add up to the full-batch mean however the
+    :func:`tinyslm.train.recipe.accumulate_gradients` does; the terms add up to the full-batch mean however the
     batch is split (a mean per micro-batch would weight a short row's tokens more).
     """
-    from tinyslm.datasets import IGNORE_INDEX
-    from tinyslm.loss import supports_logits_to_keep, target_loss_sum
+    from tinyslm.data.training import IGNORE_INDEX
+    from tinyslm.models.loss import supports_logits_to_keep, target_loss_sum
 
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}

@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyslm.io import atomic_write_bytes, atomic_write_text
-from tinyslm.provenance import short
+from tinyslm.core.files import atomic_write_bytes, atomic_write_text
 from tinyslm.report.collect import Cell, Collection, collect, method_order
 from tinyslm.report.figures import all_figures
 from tinyslm.report.render import Bullets, Section, Table, to_html, to_markdown
@@ -41,6 +40,7 @@ from tinyslm.report.tables import (
     short_reason,
     strict_table,
 )
+from tinyslm.results.provenance import short
 
 DEFAULT_PRICE = 4.00
 TITLE = "tiny-slm study report"
@@ -63,7 +63,9 @@ def _devices(col: Collection) -> list[str]:
             out.setdefault(f"training on {c.run['device']}", set()).add(str(c.run.get("precision") or "?"))
         for b in c.benchmarks.values():
             if b.results.get("device"):
-                out.setdefault(f"evaluation on {b.results['device']}", set()).add(str(b.results.get("dtype") or "?"))
+                out.setdefault(f"evaluation on {b.results['device']}", set()).add(
+                    str(b.results.get("dtype") or "?")
+                )
     return [f"{k} ({', '.join(sorted(v))})" for k, v in sorted(out.items())]
 
 
@@ -79,8 +81,10 @@ def _names(labels: list[str], limit: int = 4) -> str:
 
 def _listing(by_digest: dict[str, list[str]]) -> str:
     """'abc123def456 (a, b, c, +2 more); 0123456789ab (d)': each digest with the cells made from it."""
-    return "; ".join(f"{short(d)} ({_names(labels)})"
-                     for d, labels in sorted(by_digest.items(), key=lambda kv: -len(kv[1])))
+    return "; ".join(
+        f"{short(d)} ({_names(labels)})"
+        for d, labels in sorted(by_digest.items(), key=lambda kv: -len(kv[1]))
+    )
 
 
 def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
@@ -91,7 +95,9 @@ def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
     Results written before provenance was recorded have none: they are counted as unknown, never as a
     difference."""
     base: dict[str, dict[str, list[str]]] = {}  # model -> base weight digest -> cells
-    data: dict[str, dict[str, list[str]]] = {}  # "gsm8k", "few-shot pool", "training set x" -> digest -> cells
+    data: dict[
+        str, dict[str, list[str]]
+    ] = {}  # "gsm8k", "few-shot pool", "training set x" -> digest -> cells
     templates: dict[str, dict[str, list[str]]] = {}
     code: dict[str, list[str]] = {}
     hardware: dict[str, set[str]] = {}
@@ -107,8 +113,11 @@ def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
         cr = prov.get("code") or {}
         if cr.get("tiny_slm") or cr.get("git_commit"):
             key = f"tiny-slm {cr.get('tiny_slm') or '?'}" + (
-                f" at git {short(cr['git_commit'])}" + (" with uncommitted changes" if cr.get("git_dirty") else "")
-                if cr.get("git_commit") else "")
+                f" at git {short(cr['git_commit'])}"
+                + (" with uncommitted changes" if cr.get("git_dirty") else "")
+                if cr.get("git_commit")
+                else ""
+            )
             code.setdefault(key, []).append(label)
         dev = prov.get("device") or {}
         if dev.get("name"):
@@ -116,7 +125,9 @@ def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
 
     for c in col.cells:
         label = _label(c)
-        sources = [(b.results, "evaluation") for b in c.benchmarks.values()] + ([(c.run, "training")] if c.run else [])
+        sources = [(b.results, "evaluation") for b in c.benchmarks.values()] + (
+            [(c.run, "training")] if c.run else []
+        )
         for res, role in sources:
             files += 1
             for pkg, ver in (res.get("versions") or {}).items():
@@ -132,48 +143,75 @@ def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
             for drole, rec in (prov.get("data") or {}).items():
                 if not isinstance(rec, dict):
                     continue
-                key = {"benchmark": str(res.get("benchmark") or "?"), "fewshot_pool": "few-shot pool",
-                       "training_set": f"training set {(res.get('data') or {}).get('dataset') or ''}".strip()
-                       }.get(drole, drole)
+                key = {
+                    "benchmark": str(res.get("benchmark") or "?"),
+                    "fewshot_pool": "few-shot pool",
+                    "training_set": f"training set {(res.get('data') or {}).get('dataset') or ''}".strip(),
+                }.get(drole, drole)
                 add(data, key, rec.get("sha256"), label)
 
     lines: list[str] = []
     if base:
-        lines.append("Base model weights (sha256, first 12 hex digits): "
-                     + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(base.items())) + ".")
+        lines.append(
+            "Base model weights (sha256, first 12 hex digits): "
+            + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(base.items()))
+            + "."
+        )
     if data:
-        lines.append("Data files (sha256): "
-                     + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(data.items())) + ".")
+        lines.append(
+            "Data files (sha256): "
+            + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(data.items()))
+            + "."
+        )
     if templates:
-        lines.append("Chat templates (sha256): "
-                     + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(templates.items())) + ".")
+        lines.append(
+            "Chat templates (sha256): "
+            + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(templates.items()))
+            + "."
+        )
     if code:
         lines.append("Code: " + "; ".join(sorted(code)) + ".")
     if hardware:
-        lines.append("Hardware: " + "; ".join(f"{role} on {', '.join(sorted(v))}" for role, v in sorted(hardware.items()))
-                     + ".")
+        lines.append(
+            "Hardware: "
+            + "; ".join(f"{role} on {', '.join(sorted(v))}" for role, v in sorted(hardware.items()))
+            + "."
+        )
     if unknown:
-        lines.append(f"{unknown} of {files} result files carry no provenance record (written before tiny-slm "
-                     "recorded it): their weights and data files are unknown.")
+        lines.append(
+            f"{unknown} of {files} result files carry no provenance record (written before tiny-slm "
+            "recorded it): their weights and data files are unknown."
+        )
 
     warnings: list[str] = []
     for key, ds in sorted(data.items()):
         if len(ds) > 1:
-            warnings.append(f"Warning: the {key} results were made from {len(ds)} different data files: "
-                            f"{_listing(ds)}. Cells built on different files are not comparable.")
+            warnings.append(
+                f"Warning: the {key} results were made from {len(ds)} different data files: "
+                f"{_listing(ds)}. Cells built on different files are not comparable."
+            )
     for model, ds in sorted(base.items()):
         if len(ds) > 1:
-            warnings.append(f"Warning: the {model} cells start from {len(ds)} different base weights: {_listing(ds)}.")
+            warnings.append(
+                f"Warning: the {model} cells start from {len(ds)} different base weights: {_listing(ds)}."
+            )
     for model, ds in sorted(templates.items()):
         if len(ds) > 1:
-            warnings.append(f"Warning: the {model} cells used {len(ds)} different chat templates: {_listing(ds)}.")
+            warnings.append(
+                f"Warning: the {model} cells used {len(ds)} different chat templates: {_listing(ds)}."
+            )
     mixed = {pkg: vs for pkg, vs in versions.items() if len(vs) > 1}
     if len(code) > 1:
         mixed["tiny-slm code"] = code
     if mixed:
-        warnings.append("Warning: the cells were made with different package versions: " + " | ".join(
-            f"{pkg}: " + "; ".join(f"{v} ({_names(cs)})" for v, cs in sorted(vs.items()))
-            for pkg, vs in sorted(mixed.items())) + ".")
+        warnings.append(
+            "Warning: the cells were made with different package versions: "
+            + " | ".join(
+                f"{pkg}: " + "; ".join(f"{v} ({_names(cs)})" for v, cs in sorted(vs.items()))
+                for pkg, vs in sorted(mixed.items())
+            )
+            + "."
+        )
     return lines, warnings
 
 
@@ -197,14 +235,21 @@ def _study_lines(col: Collection) -> list[str]:
 
 def header(col: Collection, groups: dict) -> list:
     done = [c for c in col.cells if c.finished]
-    stamps = sorted(str(t) for c in col.cells for t in
-                    [b.results.get("finished_at") for b in c.benchmarks.values()] + [(c.run or {}).get("finished_at")] if t)
+    stamps = sorted(
+        str(t)
+        for c in col.cells
+        for t in [b.results.get("finished_at") for b in c.benchmarks.values()]
+        + [(c.run or {}).get("finished_at")]
+        if t
+    )
     bullets = [
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} from: {', '.join(str(r) for r in col.roots)}.",
         *_study_lines(col),
         f"Cells: {len(col.cells)} (model \u00d7 method \u00d7 seed), {len(done)} finished, "
         f"{len(col.cells) - len(done)} not finished.",
-        "Models: " + "; ".join(f"{m} ({fmt_count(col.model_parameters(m))} parameters)" for m in col.models) + ".",
+        "Models: "
+        + "; ".join(f"{m} ({fmt_count(col.model_parameters(m))} parameters)" for m in col.models)
+        + ".",
         "Methods: " + ", ".join(sorted({c.method for c in col.cells}, key=method_order)) + ".",
         "Benchmarks: " + (", ".join(col.benchmark_names) or "none") + ".",
     ]
@@ -236,44 +281,67 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
     rec_blocks: list = []
     for rec in recommendations(col, groups):
         rec_blocks += [f"{rec.model}:", Bullets(rec.text)]
-    sections.append(Section("Recommendations", [
-        "Derived from the tables below: per model, the method with the highest exact match pooled over the "
-        "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
-        f"same problems, \u03b1 = {ALPHA}, Holm-adjusted over the best method's comparisons within the model; a "
-        "multi-seed method counts a problem as solved when most seeds solved it).",
-        *rec_blocks,
-    ]))
+    sections.append(
+        Section(
+            "Recommendations",
+            [
+                "Derived from the tables below: per model, the method with the highest exact match pooled over the "
+                "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
+                f"same problems, \u03b1 = {ALPHA}, Holm-adjusted over the best method's comparisons within the model; a "
+                "multi-seed method counts a problem as solved when most seeds solved it).",
+                *rec_blocks,
+            ],
+        )
+    )
 
     cols, rows = accuracy_table(groups, comps)
     flagged = [r for r in rows if r[-1].startswith("NEGATIVE TRANSFER")]
-    sections.append(Section("Table 2: accuracy", [
-        Table(cols, rows, notes=[
-            "Exact match: the extracted answer equals the gold (flexible: the last number counts when no answer "
-            "is marked). 95% CI: Wilson score interval. With several seeds: mean \u00b1 sample sd over seeds, and "
-            "the interval is Wilson at the mean with the per-seed n (problems are the sampling unit; seeds re-use "
-            "the same problems).",
-            "\u0394: percentage points against the same model's zero-shot on the same benchmark. McNemar: exact "
-            "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
-            "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
-            "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
-            f"of the seeds below zero-shot with Holm-adjusted p < {ALPHA}. NEGATIVE TRANSFER = a trained method "
-            "significantly below zero-shot; n.s. = not significant.",
-            "Holm: all McNemar tests of one model in this table (every method \u00d7 benchmark \u00d7 seed against "
-            "zero-shot) are one family; the i-th smallest of its m p-values is multiplied by m \u2212 i + 1 (running "
-            "maximum, capped at 1), which keeps the chance of any false flag per model at 5%. Both p-values are "
-            "shown; the verdicts use the adjusted one.",
-        ]),
-        (f"Negative transfer found in {len(flagged)} case(s): " +
-         "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged) + ".")
-        if flagged else "No trained method is significantly below its zero-shot baseline.",
-    ]))
+    sections.append(
+        Section(
+            "Table 2: accuracy",
+            [
+                Table(
+                    cols,
+                    rows,
+                    notes=[
+                        "Exact match: the extracted answer equals the gold (flexible: the last number counts when no answer "
+                        "is marked). 95% CI: Wilson score interval. With several seeds: mean \u00b1 sample sd over seeds, and "
+                        "the interval is Wilson at the mean with the per-seed n (problems are the sampling unit; seeds re-use "
+                        "the same problems).",
+                        "\u0394: percentage points against the same model's zero-shot on the same benchmark. McNemar: exact "
+                        "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
+                        "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
+                        "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
+                        f"of the seeds below zero-shot with Holm-adjusted p < {ALPHA}. NEGATIVE TRANSFER = a trained method "
+                        "significantly below zero-shot; n.s. = not significant.",
+                        "Holm: all McNemar tests of one model in this table (every method \u00d7 benchmark \u00d7 seed against "
+                        "zero-shot) are one family; the i-th smallest of its m p-values is multiplied by m \u2212 i + 1 (running "
+                        "maximum, capped at 1), which keeps the chance of any false flag per model at 5%. Both p-values are "
+                        "shown; the verdicts use the adjusted one.",
+                    ],
+                ),
+                (
+                    f"Negative transfer found in {len(flagged)} case(s): "
+                    + "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged)
+                    + "."
+                )
+                if flagged
+                else "No trained method is significantly below its zero-shot baseline.",
+            ],
+        )
+    )
 
     cols, rows, notes = cost_table(col, price)
     sections.append(Section("Table 3: cost", [Table(cols, rows, notes=notes)]))
 
     figures = all_figures(col, groups)
-    sections.append(Section("Figures", list(figures) or ["No figure: no training metrics, parameter counts "
-                                                          "or throughput numbers were found."]))
+    sections.append(
+        Section(
+            "Figures",
+            list(figures)
+            or ["No figure: no training metrics, parameter counts or throughput numbers were found."],
+        )
+    )
 
     qual: list = [
         f"The first {examples} problems (by id) that every method of a model answered, each method's lowest "
@@ -283,34 +351,82 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
     for title, qcols, qrows in qualitative_examples(groups, examples):
         qual.append(Table(qcols, qrows, title=title))
     rcols, rrows = repetition_table(col)
-    qual.append(Table(rcols, rrows, title="Repetition loops", notes=[
-        "A repetition loop: the same word n-gram 4 or more times in a row (tinyslm.textstats). Hit token "
-        "budget: the output used all max_new_tokens, i.e. it never ended on its own."]))
+    qual.append(
+        Table(
+            rcols,
+            rrows,
+            title="Repetition loops",
+            notes=[
+                "A repetition loop: the same word n-gram 4 or more times in a row (tinyslm.core.textstats). Hit token "
+                "budget: the output used all max_new_tokens, i.e. it never ended on its own."
+            ],
+        )
+    )
     scols, srows = strict_table(groups)
-    qual.append(Table(scols, srows, title="Strict against flexible match", notes=[
-        "Strict also requires the answer to be marked ('#### X', \\boxed{X}, 'The answer is X'); a large gap "
-        "means the method finds the number but not the requested format."]))
+    qual.append(
+        Table(
+            scols,
+            srows,
+            title="Strict against flexible match",
+            notes=[
+                "Strict also requires the answer to be marked ('#### X', \\boxed{X}, 'The answer is X'); a large gap "
+                "means the method finds the number but not the requested format."
+            ],
+        )
+    )
     sections.append(Section("Qualitative", qual))
 
     diag = diagnostics_table(col)
     if diag is not None:
-        sections.append(Section("Diagnostics", [Table(*diag, notes=[
-            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); where seeds differ, each seed's "
-            "value in seed order, separated by '/'."])]))
+        sections.append(
+            Section(
+                "Diagnostics",
+                [
+                    Table(
+                        *diag,
+                        notes=[
+                            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); where seeds differ, each seed's "
+                            "value in seed order, separated by '/'."
+                        ],
+                    )
+                ],
+            )
+        )
 
     failed = [c for c in col.cells if not c.finished]
     if failed:
-        sections.append(Section("Failed or unfinished cells", [Table(
-            ["Model", "Method", "Seed", "Status", "Directory"],
-            [[c.model, c.method, "" if c.seed is None else str(c.seed), short_reason(c, 300), str(c.dir)]
-             for c in failed])]))
+        sections.append(
+            Section(
+                "Failed or unfinished cells",
+                [
+                    Table(
+                        ["Model", "Method", "Seed", "Status", "Directory"],
+                        [
+                            [
+                                c.model,
+                                c.method,
+                                "" if c.seed is None else str(c.seed),
+                                short_reason(c, 300),
+                                str(c.dir),
+                            ]
+                            for c in failed
+                        ],
+                    )
+                ],
+            )
+        )
     if col.warnings:
         sections.append(Section("Warnings while reading", [Bullets(col.warnings)]))
     return sections, figures, results_csv_rows(col)
 
 
-def write_report(run_dirs: Sequence[str | Path], output: str | Path, *,
-                 price_per_gpu_hour: float = DEFAULT_PRICE, examples: int = 3) -> Path:
+def write_report(
+    run_dirs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    price_per_gpu_hour: float = DEFAULT_PRICE,
+    examples: int = 3,
+) -> Path:
     """Read ``run_dirs`` and write the report into ``output``; returns the path of report.html."""
     if not math.isfinite(price_per_gpu_hour) or price_per_gpu_hour < 0:
         raise ValueError(f"price_per_gpu_hour must be a finite number >= 0, got {price_per_gpu_hour}")

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.io import read_json_object, read_jsonl
-from tinyslm.methods import TRAINED_METHODS
-from tinyslm.results import Status
+from tinyslm.config.methods import TRAINED_METHODS
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import read_json_object, read_jsonl
+from tinyslm.results.schema import Status
 
 ZERO_SHOT = "zero-shot"
 
@@ -152,7 +152,11 @@ def read_benchmarks(eval_dir: Path, warnings: list[str]) -> dict[str, BenchmarkR
     out: dict[str, BenchmarkRun] = {}
     if not eval_dir.is_dir():
         return out
-    dirs = [eval_dir] if (eval_dir / "results.json").is_file() else sorted(p for p in eval_dir.iterdir() if p.is_dir())
+    dirs = (
+        [eval_dir]
+        if (eval_dir / "results.json").is_file()
+        else sorted(p for p in eval_dir.iterdir() if p.is_dir())
+    )
     for d in dirs:
         res_file = d / "results.json"
         if not res_file.is_file():
@@ -205,7 +209,15 @@ def read_study_cell(d: Path, warnings: list[str]) -> Cell:
         meta = _read_json(d / "cell.json")
     except _Unreadable as e:
         warnings.append(str(e))
-        return Cell(d, "study", d.parent.parent.name, d.parent.name, _seed_from_dir(d), Status.UNREADABLE.value, str(e))
+        return Cell(
+            d,
+            "study",
+            d.parent.parent.name,
+            d.parent.name,
+            _seed_from_dir(d),
+            Status.UNREADABLE.value,
+            str(e),
+        )
     cell = Cell(
         dir=d,
         layout="study",
@@ -254,8 +266,10 @@ def read_eval_dir(d: Path, warnings: list[str]) -> Cell | None:
     first = next(iter(benchmarks.values())).results
     methods = {_method_from_shots(b.results) for b in benchmarks.values()}
     if len(methods) > 1:
-        warnings.append(f"{d}: benchmarks evaluated with different shots ({', '.join(sorted(methods))}); "
-                        f"reported as {_method_from_shots(first)}")
+        warnings.append(
+            f"{d}: benchmarks evaluated with different shots ({', '.join(sorted(methods))}); "
+            f"reported as {_method_from_shots(first)}"
+        )
     return Cell(
         dir=d,
         layout="eval",
@@ -285,15 +299,17 @@ def _cells_from_study(study: dict[str, Any], seen: set[Path]) -> list[Cell]:
         d = (root / str(entry["dir"])).resolve()
         if d in seen:
             continue
-        out.append(Cell(
-            dir=d,
-            layout="study",
-            model=str(entry.get("model") or "unknown"),
-            method=str(entry.get("method") or "unknown"),
-            seed=entry.get("seed"),
-            status=str(entry.get("status") or "not started"),
-            reason=entry.get("reason") or "no cell.json was written",
-        ))
+        out.append(
+            Cell(
+                dir=d,
+                layout="study",
+                model=str(entry.get("model") or "unknown"),
+                method=str(entry.get("method") or "unknown"),
+                seed=entry.get("seed"),
+                status=str(entry.get("status") or "not started"),
+                reason=entry.get("reason") or "no cell.json was written",
+            )
+        )
     return out
 
 
@@ -308,7 +324,9 @@ def collect(run_dirs: list[str | Path]) -> Collection:
         if not root.exists():
             raise UserError(f"run directory not found: {root}")
         if not root.is_dir():
-            raise UserError(f"not a directory: {root} (pass the directory the study, tiny-slm-train or tiny-slm-eval wrote)")
+            raise UserError(
+                f"not a directory: {root} (pass the directory the study, tiny-slm-train or tiny-slm-eval wrote)"
+            )
         roots.append(root)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
@@ -340,7 +358,13 @@ def collect(run_dirs: list[str | Path]) -> Collection:
         )
     if not any(c.benchmarks for c in cells):
         failed = [c for c in cells if not c.finished]
-        why = f"; e.g. {failed[0].model} {failed[0].method}: {failed[0].status} ({failed[0].reason})" if failed else ""
+        why = (
+            f"; e.g. {failed[0].model} {failed[0].method}: {failed[0].status} ({failed[0].reason})"
+            if failed
+            else ""
+        )
         raise UserError(f"{len(cells)} run(s) found but none has evaluation results (results.json){why}")
-    cells.sort(key=lambda c: (c.model, method_order(c.method), c.seed if isinstance(c.seed, int) else -1, str(c.dir)))
+    cells.sort(
+        key=lambda c: (c.model, method_order(c.method), c.seed if isinstance(c.seed, int) else -1, str(c.dir))
+    )
     return Collection(roots, cells, studies, warnings)

@@ -11,9 +11,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from tinyslm.core.stats import mean
 from tinyslm.report.collect import Collection, method_order
 from tinyslm.report.tables import Group, fmt_count
-from tinyslm.stats import mean
 
 PALETTE = ["#4c4c4c", "#e69f00", "#56b4e9", "#009e73", "#d55e00", "#cc79a7", "#0072b2", "#f0e442"]
 DPI = 110
@@ -77,8 +77,12 @@ def training_curves(col: Collection) -> list[Figure]:
             grads = [(s, g) for s, g in grads if isinstance(g, (int, float)) and g > 0]
             if grads:
                 ax_grad.plot(*zip(*grads, strict=True), **style)
-        ax_loss.set(title=f"{model}: training loss", xlabel="optimizer step", ylabel="loss (completion tokens)")
-        ax_grad.set(title=f"{model}: gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm")
+        ax_loss.set(
+            title=f"{model}: training loss", xlabel="optimizer step", ylabel="loss (completion tokens)"
+        )
+        ax_grad.set(
+            title=f"{model}: gradient norm (before clipping)", xlabel="optimizer step", ylabel="L2 norm"
+        )
         ax_grad.set_yscale("log")
         ax_loss.ticklabel_format(axis="y", useOffset=False)
         for ax in (ax_loss, ax_grad):
@@ -86,9 +90,14 @@ def training_curves(col: Collection) -> list[Figure]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        figs.append(Figure(f"training_{safe_name(model)}.png",
-                           f"{model}: loss and gradient norm per optimizer step, methods overlaid "
-                           "(seeds share a colour; dashed = run that did not finish).", _png(fig)))
+        figs.append(
+            Figure(
+                f"training_{safe_name(model)}.png",
+                f"{model}: loss and gradient norm per optimizer step, methods overlaid "
+                "(seeds share a colour; dashed = run that did not finish).",
+                _png(fig),
+            )
+        )
     return figs
 
 
@@ -117,8 +126,13 @@ def accuracy_vs_size(col: Collection, groups: dict[tuple[str, str, str], Group])
             dodge = 10 ** (0.012 * (j - (len(methods) - 1) / 2))  # side by side, so equal points stay visible
             x = [sizes[g.model] * dodge for g in gs]
             y = [100 * g.em for g in gs]
-            err = [[max(0.0, 100 * (g.em - g.ci[0])) for g in gs], [max(0.0, 100 * (g.ci[1] - g.em)) for g in gs]]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.3, color=colours[method], label=method)
+            err = [
+                [max(0.0, 100 * (g.em - g.ci[0])) for g in gs],
+                [max(0.0, 100 * (g.ci[1] - g.em)) for g in gs],
+            ]
+            ax.errorbar(
+                x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.3, color=colours[method], label=method
+            )
         ax.set_xscale("log")
         ticks = sorted({sizes[g.model] for g in points if g.benchmark == bench})
         ax.set_xticks(ticks, [fmt_count(t) for t in ticks])  # the models' own sizes, not powers of ten
@@ -126,13 +140,16 @@ def accuracy_vs_size(col: Collection, groups: dict[tuple[str, str, str], Group])
         ax.set(title=bench, xlabel="model parameters (log scale)", ylabel="exact match % (95% CI)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(benches):]:
+    for ax in list(axes.flat)[len(benches) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    return Figure("accuracy_vs_parameters.png",
-                  "Exact match against model size per method (mean over seeds, Wilson 95% interval; methods drawn "
-                  "slightly apart at each size so that equal points stay visible): where a method starts to pay off "
-                  "as models grow.", _png(fig))
+    return Figure(
+        "accuracy_vs_parameters.png",
+        "Exact match against model size per method (mean over seeds, Wilson 95% interval; methods drawn "
+        "slightly apart at each size so that equal points stay visible): where a method starts to pay off "
+        "as models grow.",
+        _png(fig),
+    )
 
 
 def throughput(col: Collection) -> Figure | None:
@@ -148,8 +165,14 @@ def throughput(col: Collection) -> Figure | None:
         for b in c.benchmarks.values():
             if b.results.get("generated_tokens_per_s"):
                 gen[(c.model, c.method)].append(float(b.results["generated_tokens_per_s"]))
-    panels = [(d, t, y) for d, t, y in ((train, "training throughput", "samples/s"),
-                                        (gen, "evaluation throughput", "generated tokens/s")) if d]
+    panels = [
+        (d, t, y)
+        for d, t, y in (
+            (train, "training throughput", "samples/s"),
+            (gen, "evaluation throughput", "generated tokens/s"),
+        )
+        if d
+    ]
     if not panels:
         return None
     colours = _colours(col)
@@ -159,7 +182,9 @@ def throughput(col: Collection) -> Figure | None:
         methods = sorted({k[1] for k in data}, key=method_order)
         width = 0.8 / len(methods)
         for j, method in enumerate(methods):
-            xs = [i + (j - (len(methods) - 1) / 2) * width for i, m in enumerate(models) if (m, method) in data]
+            xs = [
+                i + (j - (len(methods) - 1) / 2) * width for i, m in enumerate(models) if (m, method) in data
+            ]
             ys = [mean(data[(m, method)]) for m in models if (m, method) in data]
             ax.bar(xs, ys, width=width, color=colours[method], label=method)
         ax.set_xticks(range(len(models)), models, rotation=15, ha="right", fontsize=8)
@@ -167,9 +192,13 @@ def throughput(col: Collection) -> Figure | None:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return Figure("throughput.png", "Throughput per model and method: training samples/s (trained methods) and "
-                  "generated tokens/s during evaluation (mean over benchmarks and seeds). Bars compare only between "
-                  "runs on the same device: see the Device column of Table 3.", _png(fig))
+    return Figure(
+        "throughput.png",
+        "Throughput per model and method: training samples/s (trained methods) and "
+        "generated tokens/s during evaluation (mean over benchmarks and seeds). Bars compare only between "
+        "runs on the same device: see the Device column of Table 3.",
+        _png(fig),
+    )
 
 
 def all_figures(col: Collection, groups: dict[tuple[str, str, str], Group]) -> list[Figure]:

@@ -86,7 +86,11 @@ def to_markdown(title: str, sections: list[Section], figure_dir: str = "figures"
             elif isinstance(b, Table):
                 lines += _md_table(b)
             else:
-                lines += [f"![{_md_cell(b.caption)}]({figure_dir}/{b.name})", "", f"_{_md_inline(b.caption)}_"]
+                lines += [
+                    f"![{_md_cell(b.caption)}]({figure_dir}/{b.name})",
+                    "",
+                    f"_{_md_inline(b.caption)}_",
+                ]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -108,7 +112,9 @@ h1 { border-bottom: 2px solid #333; } h2 { border-bottom: 1px solid #ccc; margin
 def _html_table(t: Table) -> str:
     e = html.escape
     parts = [f"<p><strong>{e(t.title)}</strong></p>"] if t.title else []
-    parts.append("<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
+    parts.append(
+        "<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"
+    )
     parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in t.rows]
     parts.append("</tbody></table>")
     parts += [f'<p class="note">{e(n)}</p>' for n in t.notes]
@@ -131,9 +137,13 @@ def to_html(title: str, sections: list[Section]) -> str:
                 body.append(_html_table(b))
             else:
                 uri = "data:image/png;base64," + base64.b64encode(b.png).decode("ascii")
-                body.append(f'<figure><img src="{uri}" alt="{e(b.caption)}" data-name="{e(b.name)}">'
-                            f"<figcaption>{e(b.caption)}</figcaption></figure>")
+                body.append(
+                    f'<figure><img src="{uri}" alt="{e(b.caption)}" data-name="{e(b.name)}">'
+                    f"<figcaption>{e(b.caption)}</figcaption></figure>"
+                )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{e(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>{e(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
     )

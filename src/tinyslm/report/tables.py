@@ -24,7 +24,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinyslm.methods import TRAINED_METHODS
+from tinyslm.config.methods import TRAINED_METHODS
+from tinyslm.core.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
+from tinyslm.core.textstats import has_repetition_loop
 from tinyslm.report.collect import (
     ZERO_SHOT,
     BenchmarkRun,
@@ -33,9 +35,7 @@ from tinyslm.report.collect import (
     method_order,
     natural_key,
 )
-from tinyslm.results import Status
-from tinyslm.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
-from tinyslm.textstats import has_repetition_loop
+from tinyslm.results.schema import Status
 
 ALPHA = 0.05
 SMALL_N = 200  # below this many problems a 95% interval at 50% accuracy is wider than +-7 pp
@@ -77,8 +77,12 @@ class Group:
 
     @property
     def strict_em(self) -> float:
-        return mean([b.results.get("strict_correct", 0) / b.results["n"] if b.results["n"] else 0.0
-                     for _, b in self.runs])
+        return mean(
+            [
+                b.results.get("strict_correct", 0) / b.results["n"] if b.results["n"] else 0.0
+                for _, b in self.runs
+            ]
+        )
 
     def verdicts(self) -> dict[str, bool]:
         """Per problem: solved by more than half of the seeds (the single run's verdict for one seed)."""
@@ -279,9 +283,26 @@ Rows = list[list[str]]
 
 def results_csv_rows(col: Collection) -> tuple[list[str], Rows]:
     """One row per model x method x benchmark x seed, failed cells included (their numbers empty)."""
-    cols = ["model", "method", "benchmark", "seed", "status", "n", "correct", "exact_match", "ci95_lo",
-            "ci95_hi", "strict_correct", "strict_exact_match", "model_parameters", "shots", "device",
-            "eval_wall_s", "reason", "dir"]
+    cols = [
+        "model",
+        "method",
+        "benchmark",
+        "seed",
+        "status",
+        "n",
+        "correct",
+        "exact_match",
+        "ci95_lo",
+        "ci95_hi",
+        "strict_correct",
+        "strict_exact_match",
+        "model_parameters",
+        "shots",
+        "device",
+        "eval_wall_s",
+        "reason",
+        "dir",
+    ]
     rows: Rows = []
     groups = build_groups(col)
     for g in groups.values():
@@ -289,17 +310,54 @@ def results_csv_rows(col: Collection) -> tuple[list[str], Rows]:
             r = b.results
             n, k = int(r["n"]), int(r["correct"])
             lo, hi = wilson_interval(k, n)
-            rows.append([g.model, g.method, g.benchmark, _s(c.seed), Status.FINISHED.value, str(n), str(k),
-                         f"{k / n if n else 0.0:.6f}", f"{lo:.6f}", f"{hi:.6f}", _s(r.get("strict_correct")),
-                         _s(r.get("strict_exact_match")), _s(r.get("model_parameters")), _s(r.get("shots")),
-                         _s(r.get("device")), _s(r.get("wall_s")), "", str(c.dir)])
+            rows.append(
+                [
+                    g.model,
+                    g.method,
+                    g.benchmark,
+                    _s(c.seed),
+                    Status.FINISHED.value,
+                    str(n),
+                    str(k),
+                    f"{k / n if n else 0.0:.6f}",
+                    f"{lo:.6f}",
+                    f"{hi:.6f}",
+                    _s(r.get("strict_correct")),
+                    _s(r.get("strict_exact_match")),
+                    _s(r.get("model_parameters")),
+                    _s(r.get("shots")),
+                    _s(r.get("device")),
+                    _s(r.get("wall_s")),
+                    "",
+                    str(c.dir),
+                ]
+            )
         for c in g.missing:
             b = c.benchmarks.get(g.benchmark)
             r = b.results if b else {}
             n, k = r.get("n"), r.get("correct")
-            rows.append([g.model, g.method, g.benchmark, _s(c.seed), c.status if c.status != Status.FINISHED else "missing",
-                         _s(n), _s(k), "", "", "", "", "", _s(r.get("model_parameters")), _s(r.get("shots")),
-                         _s(r.get("device")), "", str(c.reason or ("no results.json" if not b else "")), str(c.dir)])
+            rows.append(
+                [
+                    g.model,
+                    g.method,
+                    g.benchmark,
+                    _s(c.seed),
+                    c.status if c.status != Status.FINISHED else "missing",
+                    _s(n),
+                    _s(k),
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    _s(r.get("model_parameters")),
+                    _s(r.get("shots")),
+                    _s(r.get("device")),
+                    "",
+                    str(c.reason or ("no results.json" if not b else "")),
+                    str(c.dir),
+                ]
+            )
     return cols, rows
 
 
@@ -309,14 +367,36 @@ def _s(x: Any) -> str:
 
 def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tuple[list[str], Rows]:
     """Table 2: exact match per model x method x benchmark, against the model's zero-shot."""
-    cols = ["Model", "Method", "Benchmark", "Seeds", "n", "Exact match %", "95% CI", "\u0394 vs zero-shot (pp)",
-            "McNemar vs zero-shot (lost/won, p, Holm-adjusted p)", "Verdict"]
+    cols = [
+        "Model",
+        "Method",
+        "Benchmark",
+        "Seeds",
+        "n",
+        "Exact match %",
+        "95% CI",
+        "\u0394 vs zero-shot (pp)",
+        "McNemar vs zero-shot (lost/won, p, Holm-adjusted p)",
+        "Verdict",
+    ]
     rows: Rows = []
     for key, g in groups.items():
         if not g.runs:
             why = "; ".join(sorted({short_reason(c, 80) for c in g.missing}))
-            rows.append([g.model, g.method, g.benchmark, seeds_text(g), "\u2014", "\u2014", "\u2014", "\u2014",
-                         "\u2014", why or "no result"])
+            rows.append(
+                [
+                    g.model,
+                    g.method,
+                    g.benchmark,
+                    seeds_text(g),
+                    "\u2014",
+                    "\u2014",
+                    "\u2014",
+                    "\u2014",
+                    "\u2014",
+                    why or "no result",
+                ]
+            )
             continue
         lo, hi = g.ci
         ns = sorted(set(g.ns))
@@ -328,17 +408,31 @@ def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tu
             delta, test, verdict = "\u2014", "\u2014", "no zero-shot to compare"
         else:
             delta = signed(comp.delta_pp)
-            test = "; ".join(
-                (f"s{t.seed}: " if len(comp.tests) > 1 else "") + f"{t.losses}/{t.wins}, {fmt_p_pair(t)}"
-                for t in comp.tests
-            ) or "\u2014"
+            test = (
+                "; ".join(
+                    (f"s{t.seed}: " if len(comp.tests) > 1 else "") + f"{t.losses}/{t.wins}, {fmt_p_pair(t)}"
+                    for t in comp.tests
+                )
+                or "\u2014"
+            )
             verdict = "NEGATIVE TRANSFER" if comp.negative_transfer else comp.verdict
             if len(comp.tests) > 1 and comp.verdict != "no paired predictions":
                 k = sum(t.p_used < ALPHA for t in comp.tests)
                 verdict += f" ({k}/{len(comp.tests)} seeds Holm p<{ALPHA})"
-        rows.append([g.model, g.method, g.benchmark, seeds_text(g),
-                     str(ns[0]) if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}",
-                     em, f"[{pct(lo)}, {pct(hi)}]", delta, test, verdict])
+        rows.append(
+            [
+                g.model,
+                g.method,
+                g.benchmark,
+                seeds_text(g),
+                str(ns[0]) if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}",
+                em,
+                f"[{pct(lo)}, {pct(hi)}]",
+                delta,
+                test,
+                verdict,
+            ]
+        )
     return cols, rows
 
 
@@ -359,24 +453,43 @@ def _eval_wall(c: Cell) -> float:
 
 def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str]]:
     """Table 3: what each method costs to train and to evaluate, per model x method (mean over seeds)."""
-    cols = ["Model", "Method", "Seeds", "Device", "Train runtime", "Samples/s", "Tokens/s", "Speed vs full FT",
-            "Peak memory (MiB)", "Trainable params", "Train cost", "Eval wall time", "Eval cost"]
+    cols = [
+        "Model",
+        "Method",
+        "Seeds",
+        "Device",
+        "Train runtime",
+        "Samples/s",
+        "Tokens/s",
+        "Speed vs full FT",
+        "Peak memory (MiB)",
+        "Trainable params",
+        "Train cost",
+        "Eval wall time",
+        "Eval cost",
+    ]
     rows: Rows = []
     notes: list[str] = []
     cells = _by_model_method(col)
     full_speed: dict[str, float] = {}
     for (model, method), cs in cells.items():
-        speeds = [float(c.run["samples_per_s"]) for c in cs if c.finished and c.run and c.run.get("samples_per_s")]
+        speeds = [
+            float(c.run["samples_per_s"]) for c in cs if c.finished and c.run and c.run.get("samples_per_s")
+        ]
         if method == "full" and speeds:
             full_speed[model] = mean(speeds)
     for (model, method), cs in cells.items():
         done = [c for c in cs if c.finished]
         runs = [c.run for c in done if c.run]
         train_dev = sorted({str(r.get("device")) for r in runs if r.get("device")})
-        eval_dev = sorted({str(b.results["device"]) for c in done for b in c.benchmarks.values()
-                           if b.results.get("device")})
-        devices = (", ".join(eval_dev) if not train_dev or train_dev == eval_dev else
-                   f"train {', '.join(train_dev)}; eval {', '.join(eval_dev) or '?'}")
+        eval_dev = sorted(
+            {str(b.results["device"]) for c in done for b in c.benchmarks.values() if b.results.get("device")}
+        )
+        devices = (
+            ", ".join(eval_dev)
+            if not train_dev or train_dev == eval_dev
+            else f"train {', '.join(train_dev)}; eval {', '.join(eval_dev) or '?'}"
+        )
         if runs:
             runtime = [float(r.get("runtime_s") or 0) for r in runs]
             sps = [float(r["samples_per_s"]) for r in runs if r.get("samples_per_s")]
@@ -386,26 +499,46 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
             params = runs[0].get("parameters") or {}
             trainable = params.get("trainable")
             frac = params.get("trainable_fraction")
-            rel = (f"\u00d7{mean(sps) / full_speed[model]:.2f}" if sps and model in full_speed else "\u2014")
+            rel = f"\u00d7{mean(sps) / full_speed[model]:.2f}" if sps and model in full_speed else "\u2014"
             if all(_is_gpu(r.get("device")) for r in runs):
-                hours = [float(r.get("runtime_s") or 0) / 3600 * int((r.get("schedule") or {}).get("num_processes") or 1)
-                         for r in runs]
+                hours = [
+                    float(r.get("runtime_s") or 0)
+                    / 3600
+                    * int((r.get("schedule") or {}).get("num_processes") or 1)
+                    for r in runs
+                ]
                 train_cost = f"${mean(hours) * price:.2f}"
             else:
                 train_cost = "CPU run"
-            train = [mean_sd_text(runtime, fmt_duration), mean_sd_text(sps), mean_sd_text(tps, lambda v: f"{v:.0f}"),
-                     rel, (mean_sd_text(mem, lambda v: f"{v:.0f}") + (f" ({', '.join(kinds)})" if kinds else "")) if mem else "\u2014",
-                     f"{fmt_count(trainable)}" + (f" ({100 * frac:.2f}%)" if isinstance(frac, (int, float)) else ""),
-                     train_cost]
+            train = [
+                mean_sd_text(runtime, fmt_duration),
+                mean_sd_text(sps),
+                mean_sd_text(tps, lambda v: f"{v:.0f}"),
+                rel,
+                (mean_sd_text(mem, lambda v: f"{v:.0f}") + (f" ({', '.join(kinds)})" if kinds else ""))
+                if mem
+                else "\u2014",
+                f"{fmt_count(trainable)}"
+                + (f" ({100 * frac:.2f}%)" if isinstance(frac, (int, float)) else ""),
+                train_cost,
+            ]
         else:
             train = ["\u2014 (no training)" if not any(c.trained for c in cs) else "\u2014"] + ["\u2014"] * 6
         evals = [_eval_wall(c) for c in done if c.benchmarks]
         eval_gpu = all(_is_gpu(b.results.get("device")) for c in done for b in c.benchmarks.values())
-        eval_cost = ("\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run")
+        eval_cost = "\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run"
         failed = len(cs) - len(done)
-        rows.append([model, method, f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
-                     devices or "\u2014", *train,
-                     mean_sd_text(evals, fmt_duration) if evals else "\u2014", eval_cost])
+        rows.append(
+            [
+                model,
+                method,
+                f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
+                devices or "\u2014",
+                *train,
+                mean_sd_text(evals, fmt_duration) if evals else "\u2014",
+                eval_cost,
+            ]
+        )
     notes.append(
         f"Train cost = runtime hours \u00d7 processes \u00d7 ${price:.2f} per GPU-hour (--price-per-gpu-hour); "
         "eval cost = eval wall hours \u00d7 the same price (one process). A run on CPU has no GPU cost and is "
@@ -423,8 +556,11 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
 def strict_table(groups: dict[tuple[str, str, str], Group]) -> tuple[list[str], Rows]:
     """Flexible (any final number) against strict (marked answer) exact match: the formatting effect."""
     cols = ["Model", "Method", "Benchmark", "Flexible %", "Strict %", "Gap (pp)"]
-    rows = [[g.model, g.method, g.benchmark, pct(g.em), pct(g.strict_em), signed(100 * (g.em - g.strict_em))]
-            for g in groups.values() if g.runs]
+    rows = [
+        [g.model, g.method, g.benchmark, pct(g.em), pct(g.strict_em), signed(100 * (g.em - g.strict_em))]
+        for g in groups.values()
+        if g.runs
+    ]
     return cols, rows
 
 
@@ -454,7 +590,9 @@ def _clip(text: str, head: int = 90, tail: int = 110) -> str:
     return t if len(t) <= head + tail + 3 else f"{t[:head]} \u2026 {t[-tail:]}"
 
 
-def qualitative_examples(groups: dict[tuple[str, str, str], Group], k: int = 3) -> list[tuple[str, list[str], Rows]]:
+def qualitative_examples(
+    groups: dict[tuple[str, str, str], Group], k: int = 3
+) -> list[tuple[str, list[str], Rows]]:
     """Per model x benchmark: the first ``k`` problem ids that every method answered, each method's answer
     side by side (its lowest seed). Returns (title, columns, rows) per model x benchmark."""
     by_mb: dict[tuple[str, str], list[Group]] = defaultdict(list)
@@ -474,9 +612,16 @@ def qualitative_examples(groups: dict[tuple[str, str, str], Group], k: int = 3) 
                 c, b = g.runs[0]
                 p = b.predictions[pid]
                 label = g.method + (f" (seed {c.seed})" if len(g.runs) > 1 else "")
-                rows.append([pid if i == 0 else "", str(p.get("reference", "")) if i == 0 else "", label,
-                             str(p.get("extracted") if p.get("extracted") is not None else "\u2014"),
-                             "\u2713" if p.get("correct") else "\u2717", _clip(p.get("output") or "")])
+                rows.append(
+                    [
+                        pid if i == 0 else "",
+                        str(p.get("reference", "")) if i == 0 else "",
+                        label,
+                        str(p.get("extracted") if p.get("extracted") is not None else "\u2014"),
+                        "\u2713" if p.get("correct") else "\u2717",
+                        _clip(p.get("output") or ""),
+                    ]
+                )
         out.append((f"{model} \u2014 {bench}", cols, rows))
     return out
 
@@ -527,28 +672,46 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
             if g.model == model and g.runs:
                 mg[g.method][g.benchmark] = g
         if not mg:
-            out.append(Recommendation(model, ["No finished evaluation for this model: nothing to recommend."]))
+            out.append(
+                Recommendation(model, ["No finished evaluation for this model: nothing to recommend."])
+            )
             continue
         methods = sorted(mg, key=method_order)
         benches = sorted(set.intersection(*(set(b) for b in mg.values())))
         if not benches:
-            out.append(Recommendation(model, [
-                "The methods of this model share no benchmark, so they cannot be compared: "
-                + "; ".join(f"{m}: {', '.join(sorted(mg[m]))}" for m in methods)]))
+            out.append(
+                Recommendation(
+                    model,
+                    [
+                        "The methods of this model share no benchmark, so they cannot be compared: "
+                        + "; ".join(f"{m}: {', '.join(sorted(mg[m]))}" for m in methods)
+                    ],
+                )
+            )
             continue
-        pooled = {m: (sum(mg[m][b].em * mean([float(x) for x in mg[m][b].ns]) for b in benches),
-                      sum(mean([float(x) for x in mg[m][b].ns]) for b in benches)) for m in methods}
+        pooled = {
+            m: (
+                sum(mg[m][b].em * mean([float(x) for x in mg[m][b].ns]) for b in benches),
+                sum(mean([float(x) for x in mg[m][b].ns]) for b in benches),
+            )
+            for m in methods
+        }
         acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
         ranked = sorted(methods, key=lambda m: (-acc[m], method_order(m)))
         best = ranked[0]
         n_total = round(pooled[best][1])
         tied = [m for m in ranked[1:] if acc[m] == acc[best]]
-        lines = [f"Best pooled exact match: {best} {pct(acc[best])}% over {', '.join(benches)} "
-                 f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
-                 + (f", tied with {', '.join(tied)}." if tied else ".")]
-        thin = (f"Evidence is thin: {n_total} problems in all, so 95% intervals are about "
-                f"\u00b1{100 * half_width(n_total):.0f} pp wide; treat the ranking as provisional."
-                if n_total < SMALL_N else None)
+        lines = [
+            f"Best pooled exact match: {best} {pct(acc[best])}% over {', '.join(benches)} "
+            f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
+            + (f", tied with {', '.join(tied)}." if tied else ".")
+        ]
+        thin = (
+            f"Evidence is thin: {n_total} problems in all, so 95% intervals are about "
+            f"\u00b1{100 * half_width(n_total):.0f} pp wide; treat the ranking as provisional."
+            if n_total < SMALL_N
+            else None
+        )
         if len(ranked) == 1:
             lines.append("Only one method was evaluated: there is nothing to compare it with.")
             out.append(Recommendation(model, lines + ([thin] if thin else [])))
@@ -568,17 +731,25 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
             if m == ranked[1]:
                 gap = 100 * (acc[best] - acc[m])
                 if not n:
-                    lines.append(f"Runner-up {m} ({pct(acc[m])}%, {gap:.1f} pp behind) has no predictions on the same "
-                                 "problems, so the lead cannot be tested.")
+                    lines.append(
+                        f"Runner-up {m} ({pct(acc[m])}%, {gap:.1f} pp behind) has no predictions on the same "
+                        "problems, so the lead cannot be tested."
+                    )
                 else:
                     sig = p < ALPHA and b_ > c_
-                    family = (f", Holm-adjusted over the {len(tested)} comparisons with {best}: {fmt_p(p)}"
-                              if len(tested) > 1 else "")
+                    family = (
+                        f", Holm-adjusted over the {len(tested)} comparisons with {best}: {fmt_p(p)}"
+                        if len(tested) > 1
+                        else ""
+                    )
                     lines.append(
                         f"Runner-up: {m} {pct(acc[m])}%, {gap:.1f} pp behind; McNemar on {n} shared problems "
                         f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(raw[m])}{family}, "
-                        + ("the lead is significant at 5%." if sig else "the lead is NOT significant at 5%: "
-                           "the data cannot separate these two.")
+                        + (
+                            "the lead is significant at 5%."
+                            if sig
+                            else "the lead is NOT significant at 5%: the data cannot separate these two."
+                        )
                     )
             if not n:
                 untested.append(m)
@@ -593,14 +764,19 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                 lines.append(
                     f"Not significantly worse than {best} (Holm-adjusted p \u2265 {ALPHA}): {', '.join(tied_with_best)}. "
                     "Cheapest of these to obtain: "
-                    f"{cheapest} (" + ("no training" if known[cheapest] == 0 else
-                                       f"training {fmt_duration(known[cheapest])}") + ")."
+                    f"{cheapest} ("
+                    + ("no training" if known[cheapest] == 0 else f"training {fmt_duration(known[cheapest])}")
+                    + ")."
                 )
         elif not untested:
-            lines.append(f"Every other method is significantly worse than {best} on the shared problems "
-                         f"(Holm-adjusted p < {ALPHA}).")
+            lines.append(
+                f"Every other method is significantly worse than {best} on the shared problems "
+                f"(Holm-adjusted p < {ALPHA})."
+            )
         if untested:
-            lines.append(f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}.")
+            lines.append(
+                f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}."
+            )
         out.append(Recommendation(model, lines + ([thin] if thin else [])))
     return out
 

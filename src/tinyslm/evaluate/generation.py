@@ -3,7 +3,7 @@
 A row stops at EOS, at the end of its answer line (``#### X`` or a ``\\boxed{}``), or when it starts a new
 ``Question:``; the run-on text is cut from the returned output. Engines, all giving the same tokens:
 
-* ``fast`` (default) on Llama-family models: continuous batching over :class:`tinyslm.decoder.SlotDecoder`.
+* ``fast`` (default) on Llama-family models: continuous batching over :class:`tinyslm.evaluate.decoder.SlotDecoder`.
   ``batch_size`` rows decode at once; a row that stops hands its slot to the next prompt (longest first),
   and the prompts' shared prefix is computed once for the whole run.
 * ``fast`` on other architectures: length-sorted fixed batches through the model's own forward with
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from tinyslm.decoder import SlotDecoder, unsupported_reason
-from tinyslm.models import base_model
+from tinyslm.evaluate.decoder import SlotDecoder, unsupported_reason
+from tinyslm.models.load import base_model
 
 # The end of an answer line: "#### 42" or a closed \boxed{...} followed by a newline.
 ANSWER_LINE = re.compile(r"####[^\n]*\S[^\n]*\n|\\boxed\{.*\}[^\n]*\n")
@@ -86,7 +86,9 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 def _cache_arg(model) -> str:
     """transformers 5.2x calls the KV cache ``cache``; earlier releases call it ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
+    return (
+        "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
+    )
 
 
 def _returned_cache(out):
@@ -112,8 +114,9 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
 
 
 @torch.inference_mode()  # generate() has it too; this keeps any direct caller (the bench) from building a graph
-def _decode_batch_fast(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                       pad_id: int, device) -> list[list[int]]:
+def _decode_batch_fast(
+    model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], pad_id: int, device
+) -> list[list[int]]:
     """Greedy-decode one batch; each row's ids end at (and include) its stop token.
 
     Two savings over ``model.generate``, neither of which changes what is computed for a row:
@@ -142,13 +145,15 @@ def _decode_batch_fast(model, tokenizer, rows: list[list[int]], *, max_new_token
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     own = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(suffixes):
-        ids[i, width - len(r):] = torch.tensor(r)
-        own[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r)
+        own[i, width - len(r) :] = 1
     mask = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), own], dim=-1)
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     kwargs = {cache_kw: cache} if cache is not None else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kwargs)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kwargs
+    )
     cache = _returned_cache(out)
     alive = list(range(len(rows)))  # original row of each current batch row
     gen: list[list[int]] = [[] for _ in rows]
@@ -173,19 +178,28 @@ def _decode_batch_fast(model, tokenizer, rows: list[list[int]], *, max_new_token
             nxt, mask, next_pos = nxt[sel], mask[sel], next_pos[sel]
             alive = [alive[b] for b in keep]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
-                    logits_to_keep=1, **{cache_kw: cache})
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_kw: cache},
+        )
         cache = _returned_cache(out)
         next_pos = next_pos + 1
 
 
-def _decode_batch_hf(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                     pad_id: int, device) -> list[list[int]]:
+def _decode_batch_hf(
+    model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], pad_id: int, device
+) -> list[list[int]]:
     """The same batch through ``model.generate`` (the reference), cut the same way."""
     batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(device)
     prompt_len = batch["input_ids"].shape[1]
     stopper = _StopOnText(tokenizer, prompt_len)
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=pad_id)
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=pad_id
+    )
     out = model.generate(**batch, generation_config=cfg, stopping_criteria=StoppingCriteriaList([stopper]))
     result = []
     for row, ids in enumerate(out[:, prompt_len:].tolist()):
@@ -203,8 +217,9 @@ ENGINE_NAMES = tuple(BATCH_ENGINES)
 
 
 @torch.inference_mode()
-def _decode_continuous(model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                       slots: int, device) -> Iterator[tuple[int, list[int]]]:
+def _decode_continuous(
+    model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], slots: int, device
+) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode every row with continuous batching; yields ``(row, ids)`` as each row finishes.
 
     Up to ``slots`` rows decode at once (the batch size). When a row stops, its slot takes the next prompt
@@ -217,8 +232,13 @@ def _decode_continuous(model, tokenizer, rows: list[list[int]], *, max_new_token
     shared = shared_prefix_length(rows)
     if shared < MIN_SHARED_PREFIX:
         shared = 0
-    dec = SlotDecoder(model, slots=min(slots, len(rows)), capacity=max(len(r) for r in rows) - shared + max_new_tokens,
-                      device=device, prefix=rows[0][:shared])
+    dec = SlotDecoder(
+        model,
+        slots=min(slots, len(rows)),
+        capacity=max(len(r) for r in rows) - shared + max_new_tokens,
+        device=device,
+        prefix=rows[0][:shared],
+    )
     queue = deque(sorted(range(len(rows)), key=lambda i: -len(rows[i])))
     in_slot: list[int] = []  # the row each active slot decodes
     gen: dict[int, list[int]] = {}
@@ -236,8 +256,11 @@ def _decode_continuous(model, tokenizer, rows: list[list[int]], *, max_new_token
         for s, tok in enumerate(logits.argmax(-1).tolist(), start=first):
             ids = gen[in_slot[s]]
             ids.append(tok)
-            if (tok in stop_set or len(ids) >= max_new_tokens
-                    or cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))[1]):
+            if (
+                tok in stop_set
+                or len(ids) >= max_new_tokens
+                or cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))[1]
+            ):
                 finished.append(s)
         for s in reversed(finished):  # highest slot first: the row moved into s is one still decoding
             row = in_slot[s]
@@ -247,19 +270,44 @@ def _decode_continuous(model, tokenizer, rows: list[list[int]], *, max_new_token
             in_slot.pop()
 
 
-def _decode_batched(decode_batch, model, tokenizer, rows: list[list[int]], *, max_new_tokens: int,
-                    stop_ids: list[int], batch_size: int, pad_id: int, device) -> Iterator[tuple[int, list[int]]]:
+def _decode_batched(
+    decode_batch,
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    batch_size: int,
+    pad_id: int,
+    device,
+) -> Iterator[tuple[int, list[int]]]:
     """Length-sorted fixed batches through ``decode_batch``; yields ``(row, ids)`` batch by batch."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        gen = decode_batch(model, tokenizer, [rows[i] for i in idx], max_new_tokens=max_new_tokens,
-                           stop_ids=stop_ids, pad_id=pad_id, device=device)
+        gen = decode_batch(
+            model,
+            tokenizer,
+            [rows[i] for i in idx],
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+            pad_id=pad_id,
+            device=device,
+        )
         yield from zip(idx, gen, strict=True)
 
 
-def decode_rows(model, tokenizer, rows: list[list[int]], *, engine: str = "fast", max_new_tokens: int = 256,
-                batch_size: int = 16, stop_ids: list[int] | None = None) -> Iterator[tuple[int, list[int]]]:
+def decode_rows(
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    *,
+    engine: str = "fast",
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    stop_ids: list[int] | None = None,
+) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode tokenized prompts; yields ``(row index, generated ids)`` in the order rows finish.
 
     ``engine="fast"``: continuous batching over our slot decoder for Llama-family models; for other
@@ -277,12 +325,27 @@ def decode_rows(model, tokenizer, rows: list[list[int]], *, engine: str = "fast"
     stop_ids = eos_ids(model, tokenizer) if stop_ids is None else stop_ids
     device = next(model.parameters()).device
     if engine == "fast" and unsupported_reason(model, max(len(r) for r in rows) + max_new_tokens) is None:
-        yield from _decode_continuous(model, tokenizer, rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                      slots=batch_size, device=device)
+        yield from _decode_continuous(
+            model,
+            tokenizer,
+            rows,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+            slots=batch_size,
+            device=device,
+        )
     else:
-        yield from _decode_batched(BATCH_ENGINES[engine], model, tokenizer, rows, max_new_tokens=max_new_tokens,
-                                   stop_ids=stop_ids, batch_size=batch_size, pad_id=tokenizer.pad_token_id,
-                                   device=device)
+        yield from _decode_batched(
+            BATCH_ENGINES[engine],
+            model,
+            tokenizer,
+            rows,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+            batch_size=batch_size,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+        )
 
 
 def generate(
@@ -303,8 +366,9 @@ def generate(
     ``add_special_tokens`` is False for chat prompts (the template already holds BOS and friends).
     """
     enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
-    for i, ids in decode_rows(model, tokenizer, enc, engine=engine, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size):
+    for i, ids in decode_rows(
+        model, tokenizer, enc, engine=engine, max_new_tokens=max_new_tokens, batch_size=batch_size
+    ):
         text, _ = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))
         yield i, Generation(text=text, n_tokens=len(ids), prompt_tokens=len(enc[i]))
         if on_progress:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
 
 # errno values that mean "the disk (or the user's quota) is full": the user's environment, not a bug.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})

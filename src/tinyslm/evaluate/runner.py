@@ -23,7 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tinyslm.benchmarks import (
+from tinyslm.config.limits import MAX_SEED, seed_problem
+from tinyslm.config.settings import setting
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
+from tinyslm.core.stats import wilson_interval
+from tinyslm.data.benchmarks import (
     FEWSHOT_POOLS,
     Example,
     FewShotPlan,
@@ -33,11 +38,8 @@ from tinyslm.benchmarks import (
     plan_fewshot,
     resolve_data_dir,
 )
-from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
-from tinyslm.limits import MAX_SEED, seed_problem
-from tinyslm.models import DEFAULT_MODEL
-from tinyslm.provenance import (
+from tinyslm.models.zoo import DEFAULT_MODEL
+from tinyslm.results.provenance import (
     HashCache,
     chat_template_sha256,
     data_record,
@@ -47,17 +49,15 @@ from tinyslm.provenance import (
     record,
     resume_hashes,
 )
-from tinyslm.results import EvalResult
-from tinyslm.scoring import score_output
-from tinyslm.settings import setting
-from tinyslm.stats import wilson_interval
+from tinyslm.results.schema import EvalResult
+from tinyslm.scoring.equivalence import score_output
 
 PROMPT_VERSION = 1  # bump when prompt wording changes: old predictions then no longer resume
 
 
 @dataclass
 class EvalConfig:
-    """Every evaluation setting, once: default, bounds and help on the field (see :mod:`tinyslm.settings`);
+    """Every evaluation setting, once: default, bounds and help on the field (see :mod:`tinyslm.config.settings`);
     the ``tiny-slm-eval`` flags and the study's ``eval:`` section are generated from these fields."""
 
     model: str = setting(
@@ -93,12 +93,8 @@ class EvalConfig:
         help="directory with the offline benchmark files (default: $TINYSLM_DATA_DIR; neither set = load "
         "from the Hugging Face Hub)",
     )
-    overwrite: bool = setting(
-        False, help="replace finished results in --output (default: keep and resume)"
-    )
-    device: str = setting(
-        "auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16"
-    )
+    overwrite: bool = setting(False, help="replace finished results in --output (default: keep and resume)")
+    device: str = setting("auto", help="auto (CUDA if present), cpu, cuda, cuda:N; CPU runs fp32, CUDA bf16")
     # "fast" (our decode loop) or "hf" (model.generate): same greedy tokens
     engine: str = setting(
         "fast",
@@ -125,6 +121,7 @@ class BenchmarkPlan:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # provenance of the data files, by role
     provenance: dict[str, Any] = field(default_factory=dict)  # complete once the model has loaded
+
 
 # run_config.json's digests: compared by provenance.hash_mismatches (unknown = accepted), not by equality.
 HASHES = "hashes"
@@ -164,10 +161,14 @@ def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
         data = {"benchmark": data_record(loaded.source, cache)}
         if cfg.shots and bench.fewshot_pool in FEWSHOT_POOLS:
             local, hub = FEWSHOT_POOLS[bench.fewshot_pool][:2]
-            data["fewshot_pool"] = data_record(str(data_dir / local) if data_dir else f"hub:{hub.path}", cache)
+            data["fewshot_pool"] = data_record(
+                str(data_dir / local) if data_dir else f"hub:{hub.path}", cache
+            )
         # The model's and template's digests join these once the model has loaded (run_eval).
         fingerprint[HASHES] = {f"data/{role}": rec.get("sha256") for role, rec in data.items()}
-        plans.append(BenchmarkPlan(loaded, fewshot, examples, Path(cfg.output) / bench.name, fingerprint, data))
+        plans.append(
+            BenchmarkPlan(loaded, fewshot, examples, Path(cfg.output) / bench.name, fingerprint, data)
+        )
     return plans
 
 
@@ -187,7 +188,9 @@ def check_output(plan: BenchmarkPlan, overwrite: bool) -> bool:
         settings = {k: v for k, v in plan.fingerprint.items() if k != HASHES}
         old_settings = {k: v for k, v in old.items() if k != HASHES}
         if old_settings != settings:
-            diff = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
+            diff = sorted(
+                k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k)
+            )
             raise UserError(
                 f"{d} holds predictions made with different settings ({', '.join(diff)}); "
                 "pass --overwrite to replace them, or choose another --output"
@@ -212,7 +215,9 @@ def check_hashes(plan: BenchmarkPlan, old: dict | None = None) -> None:
         if not cfg_file.exists():
             return
         old = _read_json(cfg_file)
-    diffs = hash_mismatches(old.get(HASHES) if isinstance(old.get(HASHES), dict) else None, plan.fingerprint[HASHES])
+    diffs = hash_mismatches(
+        old.get(HASHES) if isinstance(old.get(HASHES), dict) else None, plan.fingerprint[HASHES]
+    )
     if diffs:
         raise UserError(describe_mismatch(plan.out_dir, diffs, "predictions"))
 
@@ -221,7 +226,9 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e}); pass --overwrite to start this benchmark afresh") from None
+        raise UserError(
+            f"cannot read {path} ({e}); pass --overwrite to start this benchmark afresh"
+        ) from None
 
 
 def done_predictions(path: Path) -> dict[str, dict]:
@@ -254,8 +261,8 @@ def summarize(benchmark: str, preds: list[dict], extra: dict[str, Any]) -> dict[
 
 
 def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, model_info: dict) -> dict:
-    from tinyslm.generation import generate
-    from tinyslm.prompts import build_prompt, is_chat_tokenizer
+    from tinyslm.data.prompts import build_prompt, is_chat_tokenizer
+    from tinyslm.evaluate.generation import generate
 
     bench = plan.loaded.benchmark
     pred_file = plan.out_dir / "predictions.jsonl"
@@ -272,7 +279,12 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
     gen_tokens, gen_time = 0, 0.0
     if todo:
         prompts = [build_prompt(tokenizer, e, bench.answer_style, plan.fewshot.exemplars) for e in todo]
-        bar = _progress(len(todo), f"{bench.name} ({cfg.shots}-shot)", cfg.progress, initial=len(plan.examples) - len(todo))
+        bar = _progress(
+            len(todo),
+            f"{bench.name} ({cfg.shots}-shot)",
+            cfg.progress,
+            initial=len(plan.examples) - len(todo),
+        )
         tg = time.perf_counter()
 
         def on_progress(rows: int, new_tokens: int) -> None:
@@ -353,7 +365,7 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
 
 def context_length(model: Any) -> int | None:
     """The positions the model was built for (``config.max_position_embeddings``); None when it does not say."""
-    from tinyslm.models import base_model
+    from tinyslm.models.load import base_model
 
     n = getattr(base_model(model).config, "max_position_embeddings", None)
     return n if isinstance(n, int) and n > 0 else None
@@ -368,7 +380,7 @@ def check_context(plans: list[BenchmarkPlan], model: Any, tokenizer: Any, cfg: E
     the run is refused with the longest prompt named; fewer --shots or a smaller --max-new-tokens fit.
     Checked for every planned problem (not only those left to generate) right after the model loads.
     """
-    from tinyslm.prompts import build_prompt, is_chat_tokenizer
+    from tinyslm.data.prompts import build_prompt, is_chat_tokenizer
 
     limit = context_length(model)
     if limit is None:
@@ -378,7 +390,9 @@ def check_context(plans: list[BenchmarkPlan], model: Any, tokenizer: Any, cfg: E
         bench = plan.loaded.benchmark
         if not plan.examples:
             continue
-        prompts = [build_prompt(tokenizer, e, bench.answer_style, plan.fewshot.exemplars) for e in plan.examples]
+        prompts = [
+            build_prompt(tokenizer, e, bench.answer_style, plan.fewshot.exemplars) for e in plan.examples
+        ]
         lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special)["input_ids"]]
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + cfg.max_new_tokens > limit:
@@ -395,11 +409,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     """Evaluate one model on each benchmark of ``cfg``; returns the results by benchmark name."""
     import torch
 
-    from tinyslm.models import load_model, model_name_for_results
-    from tinyslm.runtime import hf_progress_bars, pick_device
+    from tinyslm.core.runtime import hf_progress_bars, pick_device
+    from tinyslm.models.load import load_model, model_name_for_results
 
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        raise UserError(f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)")
+        raise UserError(
+            f"adapter not found: {cfg.adapter} (expected a PEFT adapter dir with adapter_config.json)"
+        )
     plans = plan_benchmarks(cfg)
     results: dict[str, dict] = {}
     pending = []
@@ -416,8 +432,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     t_load = time.perf_counter()
     notes: dict[str, Any] = {}
     with hf_progress_bars(cfg.progress):
-        model, tokenizer = load_model(cfg.model, adapter=cfg.adapter, device=device, trust_remote_code=cfg.trust_remote_code,
-                                      allow_missing_weights=cfg.allow_missing_weights, notes=notes)
+        model, tokenizer = load_model(
+            cfg.model,
+            adapter=cfg.adapter,
+            device=device,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_missing_weights=cfg.allow_missing_weights,
+            notes=notes,
+        )
     check_context(pending, model, tokenizer, cfg)
     model_info = {
         "model": model_name_for_results(cfg.model),
@@ -438,8 +460,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     model_rec, adapter_rec = model_provenance(cfg.model, cfg.adapter, cache)
     template = chat_template_sha256(tokenizer)
     for plan in pending:
-        plan.provenance = record(model=model_rec, adapter=adapter_rec, data=plan.data, chat_template=template,
-                                 device=device)
+        plan.provenance = record(
+            model=model_rec, adapter=adapter_rec, data=plan.data, chat_template=template, device=device
+        )
         plan.fingerprint[HASHES] = resume_hashes(plan.provenance)
     # One process per output directory, from the first write on (a second one gets the holder's PID, never
     # a second copy of every prediction). Each benchmark's state is checked again under the lock: another
@@ -465,7 +488,7 @@ def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any
     naming ``file:line``: a duplicate id (it would be counted twice in n), a null or empty reference (it
     would be scored against the text "None"), a field of the wrong type.
     """
-    from tinyslm.benchmarks import get_benchmark
+    from tinyslm.data.benchmarks import get_benchmark
 
     bench = get_benchmark(benchmark)
     src = Path(predictions)
@@ -475,7 +498,9 @@ def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any
     if not rows:
         raise UserError(f"{src}: no predictions")
     for r in rows:
-        s = score_output("" if r["output"] is None else str(r["output"]), str(r["reference"]), bench.answer_style)
+        s = score_output(
+            "" if r["output"] is None else str(r["output"]), str(r["reference"]), bench.answer_style
+        )
         r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return summarize(benchmark, rows, {"predictions": str(src), "output": str(output)})
@@ -506,13 +531,21 @@ def _read_predictions(src: Path) -> list[dict]:
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
             raise UserError(f"{where}: id must be a non-empty string or an integer, got {rid!r}")
         if str(rid) in first_line:
-            raise UserError(f"{where}: duplicate id {rid!r} (first on line {first_line[str(rid)]}); each problem is scored once")
+            raise UserError(
+                f"{where}: duplicate id {rid!r} (first on line {first_line[str(rid)]}); each problem is scored once"
+            )
         first_line[str(rid)] = lineno
         if ref is None:
-            raise UserError(f"{where}: reference is null (id {rid!r}); every prediction needs its gold answer")
+            raise UserError(
+                f"{where}: reference is null (id {rid!r}); every prediction needs its gold answer"
+            )
         if isinstance(ref, bool) or not isinstance(ref, (str, int, float)) or not str(ref).strip():
-            raise UserError(f"{where}: reference must be a non-empty string or a number (id {rid!r}), got {ref!r:.80}")
+            raise UserError(
+                f"{where}: reference must be a non-empty string or a number (id {rid!r}), got {ref!r:.80}"
+            )
         if out is not None and (isinstance(out, bool) or not isinstance(out, (str, int, float))):
-            raise UserError(f"{where}: output must be a string or null (id {rid!r}), got {type(out).__name__}")
+            raise UserError(
+                f"{where}: output must be a string or null (id {rid!r}), got {type(out).__name__}"
+            )
         rows.append(r)
     return rows

@@ -13,7 +13,7 @@ from typing import Any
 
 def supports_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward can project only chosen positions onto the vocabulary (most can)."""
-    from tinyslm.models import base_model
+    from tinyslm.models.load import base_model
 
     return "logits_to_keep" in inspect.signature(type(base_model(model)).forward).parameters
 
@@ -28,7 +28,7 @@ def target_loss_sum(model: Any, batch: dict[str, Any], keep_logits: bool) -> Any
     import torch
     import torch.nn.functional as F
 
-    from tinyslm.datasets import IGNORE_INDEX
+    from tinyslm.data.training import IGNORE_INDEX
 
     labels = batch["labels"][:, 1:]  # position t predicts token t + 1
     kwargs: dict[str, Any] = {}

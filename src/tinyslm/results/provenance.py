@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tinyslm.io import atomic_write_json
+from tinyslm.core.files import atomic_write_json
 
 CACHE_NAME = "hash-cache.json"
 SHORT = 12  # hex digits shown in the report
@@ -50,7 +50,7 @@ _CHUNK = 1 << 20
 
 def cache_path() -> Path:
     """``$TINYSLM_HOME/hash-cache.json`` (the directory of tinyslm's converted models)."""
-    from tinyslm.models import cache_home
+    from tinyslm.models.zoo import cache_home
 
     return cache_home() / CACHE_NAME
 
@@ -202,7 +202,7 @@ def _is_adapter_dir(p: Path) -> bool:
 def model_record(ref: str, cache: HashCache) -> dict[str, Any]:
     """The weights behind a model reference, resolved as ``models.load_model`` resolves it (alias -> its
     converted directory, path -> itself, Hub id -> the cached snapshot)."""
-    from tinyslm.models import resolve_model
+    from tinyslm.models.load import resolve_model
 
     try:
         resolved = resolve_model(ref, auto_install=False)
@@ -406,7 +406,7 @@ def training_provenance(
     with a UserError when the base weights, the training data or the chat template differ from those the run
     started with. A run.json written before these fields existed is accepted, and the record says from which
     step on it is known."""
-    from tinyslm.errors import UserError
+    from tinyslm.core.errors import UserError
 
     cache = HashCache()
     model_rec, _ = model_provenance(model_ref, None, cache)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinyslm.benchmarks import Example
-from tinyslm.scoring import gold_from_gsm8k_answer, last_boxed
+from tinyslm.data.benchmarks import Example
+from tinyslm.scoring.extract import last_boxed
+from tinyslm.scoring.gold import gold_from_gsm8k_answer
 
 INSTRUCTIONS = {
     "number": (
         "Solve the following math problem step by step. "
-        "End your response with the final numerical answer on its own line, in the form \"#### <number>\"."
+        'End your response with the final numerical answer on its own line, in the form "#### <number>".'
     ),
-    "math": (
-        "Solve the following math problem step by step. "
-        "Put your final answer within \\boxed{}."
-    ),
+    "math": ("Solve the following math problem step by step. Put your final answer within \\boxed{}."),
 }
 
 # Base models see "Question: ...\nAnswer:"; generation stops at the next "Question:".
@@ -41,7 +39,11 @@ def format_target(example: Example, answer_style: str) -> str:
     sol = (example.solution or "").strip()
     if answer_style == "math":
         if last_boxed(sol) is None:
-            sol = f"{sol}\nThe final answer is $\\boxed{{{example.reference}}}$." if sol else f"$\\boxed{{{example.reference}}}$"
+            sol = (
+                f"{sol}\nThe final answer is $\\boxed{{{example.reference}}}$."
+                if sol
+                else f"$\\boxed{{{example.reference}}}$"
+            )
         return sol
     if "####" in sol:
         body, _, _ = sol.rpartition("####")
@@ -64,12 +66,17 @@ def build_messages(example: Example, answer_style: str, exemplars: list[Example]
 
 
 def build_base_prompt(example: Example, answer_style: str, exemplars: list[Example]) -> str:
-    parts = [f"{BASE_QUESTION}{ex.question.strip()}{BASE_ANSWER} {format_target(ex, answer_style)}\n\n" for ex in exemplars]
+    parts = [
+        f"{BASE_QUESTION}{ex.question.strip()}{BASE_ANSWER} {format_target(ex, answer_style)}\n\n"
+        for ex in exemplars
+    ]
     parts.append(f"{BASE_QUESTION}{example.question.strip()}{BASE_ANSWER}")
     return "".join(parts)
 
 
-def build_prompt(tokenizer: Any, example: Example, answer_style: str, exemplars: list[Example] | None = None) -> str:
+def build_prompt(
+    tokenizer: Any, example: Example, answer_style: str, exemplars: list[Example] | None = None
+) -> str:
     """The exact prompt text for one example (stored with its prediction)."""
     exemplars = exemplars or []
     if is_chat_tokenizer(tokenizer):

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tinyslm.models import base_model
+from tinyslm.models.load import base_model
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # A shared prompt prefix at least this long is read once per step for the whole batch instead of per row
@@ -57,20 +57,25 @@ def unsupported_reason(model: Any, capacity: int) -> str | None:
     attn = getattr(layer, "self_attn", None)
     if attn is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
         return "its layers are not laid out as Llama's (self_attn.q_proj ... o_proj)"
-    if not hasattr(inner, "rotary_emb") or getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb",
-                                                   None) is None:
+    if (
+        not hasattr(inner, "rotary_emb")
+        or getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None) is None
+    ):
         return "no rotary embedding module"
     return None
 
 
-def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and its log-sum-exp per query (float32): [b, h, T, d] and [b, h, T].
 
     On CPU, PyTorch's flash-attention kernel (what ``scaled_dot_product_attention`` runs there, and
     ``generate`` with it) returns both; elsewhere they are computed directly."""
     if q.device.type == "cpu" and CPU_FLASH_LSE:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, attn_mask=bias, scale=scale
+        )
         return out, lse
     s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
     if bias is not None:
@@ -93,8 +98,15 @@ class SlotDecoder:
     keys in one attention call, which costs less than a second call at that size.
     """
 
-    def __init__(self, model: Any, *, slots: int, capacity: int, device: torch.device | str,
-                 prefix: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int,
+        capacity: int,
+        device: torch.device | str,
+        prefix: list[int] | None = None,
+    ) -> None:
         base = base_model(model)
         self.base, self.inner = base, base.model
         cfg = base.config
@@ -132,8 +144,12 @@ class SlotDecoder:
         ``generate``'s. PEFT-wrapped projections keep their own forward (adapter included).
         """
         params = list(self.base.parameters())
-        if (self.device.type != "cpu" or self.dtype != torch.float32 or not torch.backends.mkldnn.is_available()
-                or sum(p.numel() * p.element_size() for p in params) > MAX_PACKED_BYTES):
+        if (
+            self.device.type != "cpu"
+            or self.dtype != torch.float32
+            or not torch.backends.mkldnn.is_available()
+            or sum(p.numel() * p.element_size() for p in params) > MAX_PACKED_BYTES
+        ):
             return {}
         try:
             reorder = torch.ops.mkldnn._reorder_linear_weight
@@ -160,7 +176,9 @@ class SlotDecoder:
     def _mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             return mlp(x)
-        return self._proj(mlp.down_proj, mlp.act_fn(self._proj(mlp.gate_proj, x)) * self._proj(mlp.up_proj, x))
+        return self._proj(
+            mlp.down_proj, mlp.act_fn(self._proj(mlp.gate_proj, x)) * self._proj(mlp.up_proj, x)
+        )
 
     # -- the layer stack ------------------------------------------------------------------------------
 
@@ -190,10 +208,13 @@ class SlotDecoder:
         each query sees (True: seen); built once per forward pass, shared by the layers."""
         if mask.shape[2] > 1:
             mask = mask.repeat(1, 1, self.group, 1)  # query row j * T + s is position s of grouped head j
-        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(~mask, float("-inf"))
+        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            ~mask, float("-inf")
+        )
 
-    def _attend(self, i: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self, i: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
         """Softmax attention of ``q`` [n, heads, T, dim] over layer ``i``'s shared prefix and the rows' own
         ``keys``/``values`` [n, kv_heads, S, dim], with ``bias`` from ``_bias``. Returns [n, T, heads * dim].
 
@@ -215,7 +236,9 @@ class SlotDecoder:
             op = op.view(kv, n, g * t, d).transpose(0, 1)
             lp = lp.view(kv, n, g * t).transpose(0, 1)
             total = torch.logaddexp(lse, lp)
-            out = out * torch.exp(lse - total)[..., None].to(out.dtype) + op * torch.exp(lp - total)[..., None].to(op.dtype)
+            out = out * torch.exp(lse - total)[..., None].to(out.dtype) + op * torch.exp(lp - total)[
+                ..., None
+            ].to(op.dtype)
         return out.reshape(n, kv * g, t, d).transpose(1, 2).reshape(n, t, kv * g * d)
 
     def _causal_bias(self, t: int, before: int) -> torch.Tensor:
@@ -238,7 +261,9 @@ class SlotDecoder:
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
             return self._attend(i, q, pk[i][None], pv[i][None], bias)
 
-        self._layers(torch.tensor([ids], device=self.device), torch.arange(p, device=self.device)[None], write, attend)
+        self._layers(
+            torch.tensor([ids], device=self.device), torch.arange(p, device=self.device)[None], write, attend
+        )
         return pk, pv
 
     def admit(self, rows: list[list[int]]) -> torch.Tensor:
@@ -250,8 +275,10 @@ class SlotDecoder:
         n, a, o = len(rows), self.active, self.offset
         t = max(len(r) for r in rows)
         if a + n > self.slots or not all(rows) or o + t > self.capacity:
-            raise ValueError(f"cannot admit {n} rows of up to {t} tokens: {self.slots - a} free slots of "
-                             f"{self.capacity - o} positions")
+            raise ValueError(
+                f"cannot admit {n} rows of up to {t} tokens: {self.slots - a} free slots of "
+                f"{self.capacity - o} positions"
+            )
         sl = slice(a, a + n)
         if o:  # a short prefix is copied into each slot
             self.k[:, sl, :, :o] = self.prefix_k[:, None]

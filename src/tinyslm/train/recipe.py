@@ -4,10 +4,10 @@
 the same thing for the study runner. Read it top to bottom, like a torchtune recipe:
 
 1. **Config.** :class:`TrainConfig`, the protocol defaults per method (:data:`PROTOCOL`), validation.
-   Every bad input is a :class:`~tinyslm.errors.UserError` raised before the model loads.
+   Every bad input is a :class:`~tinyslm.core.errors.UserError` raised before the model loads.
 2. **Output directory.** A finished run is never overwritten without ``--overwrite``; an unfinished one
    needs ``--resume`` (continue from its last checkpoint) or ``--overwrite``.
-3. **Data.** Rows from :mod:`tinyslm.datasets`, encoded as the evaluation's zero-shot prompt + target +
+3. **Data.** Rows from :mod:`tinyslm.data.training`, encoded as the evaluation's zero-shot prompt + target +
    stop token, loss on target tokens only. Each epoch has a fixed order, ``randperm`` seeded with
    ``seed + epoch``; optimizer step ``s`` takes the next ``batch_size`` rows of that order, so the data
    position after step ``s`` is a function of ``s`` alone and resuming needs no iterator state.
@@ -30,9 +30,9 @@ the same thing for the study runner. Read it top to bottom, like a torchtune rec
 
 The code follows the same order: ``_train`` plans, :class:`Recipe` prepares (its ``_setup_*`` methods), then
 :meth:`Recipe.steps` (one short paragraph per phase) and :meth:`Recipe.finish`. Pieces that are not the
-recipe live beside it: :mod:`tinyslm.checkpoint` (checkpoints, final/, merged/), :mod:`tinyslm.telemetry`
-(peak memory, W&B/TensorBoard, progress), :mod:`tinyslm.loss` (the completion-token loss, shared with the
-diagnostics) and :mod:`tinyslm.results` (the run record and its status).
+recipe live beside it: :mod:`tinyslm.train.checkpoint` (checkpoints, final/, merged/), :mod:`tinyslm.core.telemetry`
+(peak memory, W&B/TensorBoard, progress), :mod:`tinyslm.models.loss` (the completion-token loss, shared with the
+diagnostics) and :mod:`tinyslm.results.schema` (the run record and its status).
 """
 
 from __future__ import annotations
@@ -47,11 +47,17 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyslm.checkpoint import (
+from tinyslm.config.limits import seed_problem
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import JsonlAppender, exclusive_lock
+from tinyslm.core.telemetry import Reporters, peak_memory_mib, progress_bar, reset_peak_memory
+from tinyslm.models.loss import supports_logits_to_keep, target_loss_sum
+from tinyslm.results.schema import RunRecord, Status
+from tinyslm.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     restore_rng,
@@ -60,227 +66,18 @@ from tinyslm.checkpoint import (
     save_merged,
     truncate_metrics,
 )
-from tinyslm.errors import UserError
-from tinyslm.io import JsonlAppender, exclusive_lock
-from tinyslm.limits import MAX_SEED, seed_problem
-from tinyslm.loss import supports_logits_to_keep, target_loss_sum
-from tinyslm.methods import TRAINED_METHODS as METHODS
-from tinyslm.models import DEFAULT_MODEL
-from tinyslm.results import RunRecord, Status
-from tinyslm.runtime import TRAIN_DEVICES, device_problem
-from tinyslm.settings import check_bounds, resumable_names, setting
-from tinyslm.telemetry import Reporters, peak_memory_mib, progress_bar, reset_peak_memory
-
-# The early level of the loss (the blow-up check): the lowest loss of the run's first EARLY_STEPS steps.
-EARLY_STEPS = 5
-
-# The study's protocol: what differs between methods. Everything else is shared (see TrainConfig defaults).
-PROTOCOL: dict[str, dict[str, float]] = {
-    "full": {"lr": 2e-5, "lora_dropout": 0.0},
-    "lora": {"lr": 2e-4, "lora_dropout": 0.05},
-    "dora": {"lr": 2e-4, "lora_dropout": 0.05},
-}
-
-# "q,v" is shorthand for q_proj,v_proj (the LoRA paper's choice); these short names get "_proj" appended.
-_SHORT_MODULES = {"q", "k", "v", "o", "gate", "up", "down"}
+from tinyslm.train.config import (
+    EARLY_STEPS,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    parse_target_modules,
+    report_targets,
+    resolve_config,
+)
 
 # Test hook: TINYSLM_TRAIN_FAULT="nan@K" sets a weight to NaN before step K (exercises the divergence guard);
 # "sigkill@K" SIGKILLs this process right after step K is logged (exercises --resume after a hard kill).
 FAULT_ENV = "TINYSLM_TRAIN_FAULT"
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting, once: default, bounds and help live on the field (see :mod:`tinyslm.settings`).
-
-    The ``tiny-slm-train`` flags are generated from these fields, :func:`resolve_config` checks their bounds,
-    and the study's ``train:`` and ``overrides:`` sections are built from them.
-    """
-
-    model: str = setting(
-        help="offline alias, Hugging Face id, local checkpoint dir or .gguf file (default: %(default)s)",
-        cli_default=DEFAULT_MODEL,
-    )
-    method: str = setting(
-        help="full fine-tuning, LoRA, or DoRA (LoRA with weight decomposition; peft use_dora)", choices=METHODS
-    )
-    output: str = setting(
-        help="run directory: run.json, metrics.jsonl, checkpoints/, final/ (and merged/, eval/)", resumable=True
-    )
-    dataset: str = setting(
-        "gsm8k-train",
-        help="gsm8k-train (default; offline), orcamath (Hub: seeded stratified 10k subset disjoint from the "
-        "eval holdout), a .jsonl file, or a Hub dataset id owner/name (split train)",
-    )
-    question_field: str = setting(
-        "question", help="question field of a .jsonl/Hub dataset (default %(default)s)"
-    )
-    answer_field: str = setting(
-        "answer", help="answer field (the target; '#### <last number>' is appended when it has no '#### ' line)"
-    )
-    data_dir: str | None = setting(
-        None, help="offline data directory (default: $TINYSLM_DATA_DIR; neither = the Hub)", resumable=True
-    )
-    limit: int | None = setting(None, help="train on the first N rows only", ge=1)
-    epochs: int = setting(1, help="passes over the data (default %(default)s)", ge=1)
-    max_steps: int | None = setting(None, help="optimizer steps; overrides --epochs", ge=1)
-    lr: float | None = setting(  # None: the method's protocol default
-        None, help="peak learning rate (default: full 2e-5, lora/dora 2e-4)", gt=0
-    )
-    warmup_ratio: float = setting(
-        0.03,
-        help="fraction of steps with linear warmup before the cosine decay (default %(default)s)",
-        ge=0,
-        lt=1,
-    )
-    weight_decay: float = setting(0.01, help="AdamW weight decay on matrices (default %(default)s)", ge=0)
-    lora_r: int = setting(8, help="LoRA/DoRA rank (default %(default)s)", ge=1)
-    lora_alpha: float = setting(32, help="LoRA/DoRA alpha (default %(default)s)", gt=0)
-    lora_dropout: float | None = setting(  # None: the method's protocol default
-        None, help="dropout on the adapter input (default 0.05; full fine-tuning has no adapter)", ge=0, lt=1
-    )
-    target_modules: str = setting(
-        "all-linear",
-        help="all-linear (default: every attention and MLP projection), q,v (= q_proj,v_proj), or names",
-    )
-    batch_size: int = setting(
-        64, help="effective batch size = micro-batch x accumulation x processes (default %(default)s)", ge=1
-    )
-    micro_batch_size: int = setting(8, help="rows per forward pass (default %(default)s)", ge=1)
-    max_length: int = setting(
-        512,
-        help="tokens per example, prompt + target; longer ones are cut and counted (default %(default)s)",
-        ge=8,
-    )
-    max_grad_norm: float = setting(
-        1.0, help="clip the global gradient norm (default %(default)s; 0 = off)", ge=0
-    )
-    seed: int = setting(
-        1234,
-        help="seed for adapter init, data order and dropout, 0 to 2^63-1 (default %(default)s)",
-        ge=0,
-        le=MAX_SEED,
-    )
-    save_every: int = setting(
-        100, help="checkpoint every N steps (default %(default)s)", ge=1, resumable=True
-    )
-    keep_checkpoints: int = setting(2, help="checkpoints kept (default %(default)s)", ge=1, resumable=True)
-    resume: bool = setting(
-        False, help="continue an unfinished run in --output from its last checkpoint", resumable=True
-    )
-    overwrite: bool = setting(False, help="replace the run in --output", resumable=True)
-    merge: bool = setting(
-        False, help="also write the adapter merged into the base model to OUTPUT/merged", resumable=True
-    )
-    eval: str | None = setting(
-        None,
-        help="benchmarks to evaluate the result on afterwards, e.g. gsm8k,svamp (to OUTPUT/eval)",
-        resumable=True,
-    )
-    eval_limit: int | None = setting(
-        None, help="score only the first N problems of each --eval benchmark", ge=1, resumable=True
-    )
-    report_to: str = setting(
-        "none", help="none (default), wandb, tensorboard, or both comma-separated", resumable=True
-    )
-    device: str = setting(
-        "auto",
-        help="auto (CUDA if present: bf16 autocast), cpu (fp32)",
-        choices=TRAIN_DEVICES,
-        resumable=True,
-    )
-    trust_remote_code: bool = setting(
-        False, help="allow model code from the Hub (off by default)", resumable=True
-    )
-    progress: bool = setting(True, help="no progress bar", flag="--no-progress", negate=True, resumable=True)
-    # same math, less activation memory (recomputed in the backward pass; dropout masks are replayed)
-    gradient_checkpointing: bool = setting(
-        False,
-        help="recompute each layer's activations in the backward pass: about half the peak memory, one more "
-        "forward pass, same result (may be switched on or off on --resume)",
-        resumable=True,
-    )
-    # when to give up on a run, not what it trains
-    divergence_factor: float = setting(
-        3.0,
-        help=f"stop as diverged when the loss stays above this x its early level (the lowest loss of steps "
-        f"1-{EARLY_STEPS}) for --divergence-patience steps in a row (default 3; 0 = only NaN/inf count)",
-        ge=0,
-        also=(lambda v: v == 0 or v > 1, "0 (off) or > 1"),
-        resumable=True,
-    )
-    divergence_patience: int = setting(
-        5,
-        help="consecutive steps above --divergence-factor x the early loss that count as diverged "
-        "(default %(default)s)",
-        ge=1,
-        resumable=True,
-    )
-
-
-#: Config fields that may change between a run and its --resume (they do not change what is trained).
-RESUMABLE_CHANGES = resumable_names(TrainConfig)
-
-
-# ---------------------------------------------------------------------------------------------------
-# 1. Config: protocol defaults and validation.
-
-
-def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the method's protocol defaults filled in, validated (UserError on bad values)."""
-    if cfg.method not in METHODS:
-        raise UserError(f"unknown method '{cfg.method}' (choose from: {', '.join(METHODS)})")
-    proto = PROTOCOL[cfg.method]
-    cfg = replace(
-        cfg,
-        lr=proto["lr"] if cfg.lr is None else cfg.lr,
-        lora_dropout=proto["lora_dropout"] if cfg.lora_dropout is None else cfg.lora_dropout,
-    )
-    check_bounds(cfg)  # every field's bounds, written once on the field
-    if cfg.batch_size % cfg.micro_batch_size:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size {cfg.micro_batch_size}"
-        )
-    if cfg.resume and cfg.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pass one of them")
-    device_error = device_problem(cfg.device, training=True)
-    if device_error is not None:
-        raise UserError(f"--device: {device_error}")
-    parse_target_modules(cfg.target_modules)
-    report_targets(cfg.report_to)
-    return cfg
-
-
-def parse_target_modules(spec: str) -> str | list[str]:
-    """``all-linear`` (every attention and MLP projection, not the output head), ``q,v``, or module names."""
-    s = spec.strip()
-    if s in ("all-linear", "all"):
-        return "all-linear"
-    names = [t.strip() for t in s.split(",") if t.strip()]
-    if not names:
-        raise UserError("--target-modules is empty (e.g. all-linear, q,v or q_proj,k_proj,v_proj,o_proj)")
-    return [f"{n}_proj" if n in _SHORT_MODULES else n for n in names]
-
-
-def report_targets(spec: str) -> list[str]:
-    """The ``--report-to`` targets; each one's package must import (checked now, not after training)."""
-    names = [t.strip() for t in spec.split(",") if t.strip() and t.strip() != "none"]
-    for name in names:
-        if name == "wandb":
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                raise UserError("--report-to wandb needs the 'wandb' package (pip install wandb)") from None
-        elif name == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            except ImportError:
-                raise UserError(
-                    "--report-to tensorboard needs the 'tensorboard' package (pip install tensorboard)"
-                ) from None
-        else:
-            raise UserError(f"unknown --report-to '{name}' (none, wandb, tensorboard)")
-    return names
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,7 +187,7 @@ def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
     """Base model (float32 master weights, train mode) and tokenizer; LoRA/DoRA adapters attached via peft."""
     import torch
 
-    from tinyslm.models import load_model, resolve_model
+    from tinyslm.models.load import load_model, resolve_model
 
     resolved = Path(resolve_model(cfg.model))
     if (resolved / "adapter_config.json").is_file() and not (resolved / "config.json").is_file():
@@ -609,7 +406,7 @@ def train(cfg: TrainConfig) -> dict:
     the bad update), ``interrupted`` (SIGTERM/SIGINT; a checkpoint was saved), or ``failed`` with a
     reason (an exception, which is re-raised). Bad input raises UserError before anything is written.
     """
-    from tinyslm.runtime import hf_progress_bars
+    from tinyslm.core.runtime import hf_progress_bars
 
     with hf_progress_bars(cfg.progress), contextlib.ExitStack() as locks:
         return _train(cfg, locks)
@@ -694,7 +491,13 @@ class Recipe:
         accumulation: int,
         locks: contextlib.ExitStack,
     ) -> None:
-        self.cfg, self.out, self.mode, self.accelerator, self.accumulation = cfg, out, mode, accelerator, accumulation
+        self.cfg, self.out, self.mode, self.accelerator, self.accumulation = (
+            cfg,
+            out,
+            mode,
+            accelerator,
+            accumulation,
+        )
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
         self._setup_data_and_model()
@@ -709,8 +512,8 @@ class Recipe:
     def _setup_data_and_model(self) -> None:
         """Rows -> token ids with completion-only labels; the model; provenance digests (a resume from
         other files is refused here, before anything is written)."""
-        from tinyslm.datasets import encode_examples, load_training_set
-        from tinyslm.provenance import training_provenance
+        from tinyslm.data.training import encode_examples, load_training_set
+        from tinyslm.results.provenance import training_provenance
 
         cfg, out = self.cfg, self.out
         self.tset = load_training_set(
@@ -726,7 +529,7 @@ class Recipe:
         self.provenance = training_provenance(cfg.model, self.tset.source, self.tokenizer, device, prev, out)
         if self.accelerator.device.type == "cpu":
             # (imported here: it imports torch, which `--help` should not wait for)
-            from tinyslm.dropout import use_uniform_mask_dropout
+            from tinyslm.models.dropout import use_uniform_mask_dropout
 
             use_uniform_mask_dropout(self.model)  # same dropout, drawn ~2x faster than bernoulli_ on CPU
         self.rows, self.enc_stats = encode_examples(
@@ -905,7 +708,9 @@ class Recipe:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 # Telemetry: metrics.jsonl, W&B/TensorBoard, the progress bar.
-                epoch = self._log(step, time.perf_counter() - t0, loss, grad_norm, lr, n_target, n_tokens, local)
+                epoch = self._log(
+                    step, time.perf_counter() - t0, loss, grad_norm, lr, n_target, n_tokens, local
+                )
                 # Stop on a signal (all ranks agree), checkpoint when due or stopping.
                 stopping = self._stopping(stop)
                 if (step % self.cfg.save_every == 0 or stopping) and step < self.total_steps:
@@ -923,7 +728,7 @@ class Recipe:
         target and attention token counts summed over all ranks."""
         import torch
 
-        from tinyslm.datasets import IGNORE_INDEX, collate
+        from tinyslm.data.training import IGNORE_INDEX, collate
 
         cfg = self.cfg
         epoch, pos = divmod(step - 1, self.steps_per_epoch)
@@ -957,7 +762,12 @@ class Recipe:
         weights themselves are checked)."""
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
-            return step, step - 1, step, f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})"
+            return (
+                step,
+                step - 1,
+                step,
+                f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm})",
+            )
         if self.blowup.update(step, loss):
             # the first loss above the threshold came from the weights of the update before it
             bad = int(self.blowup.streak_start) - 1
@@ -965,7 +775,15 @@ class Recipe:
         return None
 
     def _log(
-        self, step: int, dt: float, loss: float, grad_norm: float, lr: float, n_target: int, n_tokens: int, local: Any
+        self,
+        step: int,
+        dt: float,
+        loss: float,
+        grad_norm: float,
+        lr: float,
+        n_target: int,
+        n_tokens: int,
+        local: Any,
     ) -> float:
         """Append the step's metrics line (and mirror it); returns the step's epoch position."""
         self.train_s += dt
@@ -982,7 +800,9 @@ class Recipe:
             "peak_mem_mib": round(peak_memory_mib(self.accelerator.device)[0], 1),
             "elapsed_s": round(self.elapsed(), 3),
         }
-        if self.world > 1:  # per-rank share of the step's target tokens (load balance; ranks see different rows)
+        if (
+            self.world > 1
+        ):  # per-rank share of the step's target tokens (load balance; ranks see different rows)
             rec["rank_target_tokens"] = [int(x) for x in self.accelerator.gather(local[:1]).tolist()]
         if self.main:
             self.metrics.write(rec)
@@ -1007,7 +827,9 @@ class Recipe:
         the run record if the weights are bad (diverged)."""
         norm = weight_norm(self.trainable)
         if not math.isfinite(norm):
-            why = f"non-finite weights after the update of step {step} (norm {norm}); not saved as a checkpoint"
+            why = (
+                f"non-finite weights after the update of step {step} (norm {norm}); not saved as a checkpoint"
+            )
             return self.diverge(step, step, step, why)
         state = {
             "step": step,
@@ -1019,7 +841,9 @@ class Recipe:
         }
         # while the loss is above the blow-up threshold, keep the checkpoints from before it
         keep = self.cfg.keep_checkpoints if self.blowup.streak == 0 else 10**9
-        ck = save_checkpoint(self.accelerator, self.out, self.model, self.optimizer, self.scheduler, state, keep)
+        ck = save_checkpoint(
+            self.accelerator, self.out, self.model, self.optimizer, self.scheduler, state, keep
+        )
         self.last_saved = step
         self.write_run(step=step, last_checkpoint=str(ck), runtime_s=round(self.elapsed(), 3))
         return None
@@ -1037,7 +861,8 @@ class Recipe:
             "runtime_s": round(self.elapsed(), 3),
             "train_s": round(self.train_s, 3),
             "samples_per_s": round(
-                cfg.batch_size * (total - self.start_step) / max(self.train_s - self.prior["train_s"], 1e-9), 3
+                cfg.batch_size * (total - self.start_step) / max(self.train_s - self.prior["train_s"], 1e-9),
+                3,
             ),
             "tokens_per_s": round(self.tokens_seen / max(self.train_s, 1e-9), 2),
             "peak_mem_mib": round(peak_memory_mib(self.accelerator.device)[0], 1),
@@ -1047,7 +872,10 @@ class Recipe:
             base = None if cfg.method == "full" else adapter_base_ref(cfg.model)
             save_final(unwrapped, self.tokenizer, out / "final", base)
             if cfg.merge and cfg.method == "full":
-                print("--merge: nothing to merge for full fine-tuning; final/ is the full model", file=sys.stderr)
+                print(
+                    "--merge: nothing to merge for full fine-tuning; final/ is the full model",
+                    file=sys.stderr,
+                )
             elif cfg.merge:
                 save_merged(unwrapped, self.tokenizer, out / "merged")
         summary["final"] = str(out / "final")
@@ -1071,7 +899,7 @@ class Recipe:
 def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
     """The run record as training starts (status ``running``): what is trained, on what, how, and where from.
     ``prev``: the record of the run being resumed (its start time and resume history carry over)."""
-    from tinyslm.evaluate import package_versions
+    from tinyslm.evaluate.runner import package_versions
 
     cfg = r.cfg
     return RunRecord(
@@ -1164,7 +992,7 @@ def eval_config(cfg: TrainConfig, out: Path) -> Any:
     merged model (same weights up to rounding, and faster to decode: DoRA recomputes weight norms on
     every forward pass while unmerged).
     """
-    from tinyslm.evaluate import EvalConfig, plan_benchmarks
+    from tinyslm.evaluate.runner import EvalConfig, plan_benchmarks
 
     common = dict(
         benchmarks=cfg.eval,
@@ -1187,7 +1015,7 @@ def eval_config(cfg: TrainConfig, out: Path) -> Any:
 
 
 def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
-    from tinyslm.evaluate import run_eval
+    from tinyslm.evaluate.runner import run_eval
 
     ecfg = eval_config(cfg, out)
     results = run_eval(ecfg)
@@ -1208,10 +1036,6 @@ def _evaluate(cfg: TrainConfig, out: Path, run: dict) -> dict:
 
 
 def _model_name(ref: str) -> str:
-    from tinyslm.models import model_name_for_results
+    from tinyslm.models.load import model_name_for_results
 
     return model_name_for_results(ref)
-
-
-if __name__ == "__main__":  # the command line lives in tinyslm.cli.train; say so instead of doing nothing
-    sys.exit("python -m tinyslm.train is now python -m tinyslm.cli.train (or tiny-slm-train); same arguments")

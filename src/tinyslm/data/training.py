@@ -14,7 +14,7 @@ Three kinds of ``--dataset``:
   Calculator annotations ``<<..>>`` are removed from every target.
 
 Encoding (:func:`encode_examples`) builds each training sequence from exactly what evaluation will show
-the model, the zero-shot prompt of :func:`tinyslm.prompts.build_prompt`, followed by the target and the
+the model, the zero-shot prompt of :func:`tinyslm.data.prompts.build_prompt`, followed by the target and the
 token that ends the model's turn (the chat template's end-of-turn, or EOS for base models), so a
 fine-tuned model learns to stop. Only target tokens carry labels (completion-only loss); prompt and
 padding are ``IGNORE_INDEX``.
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyslm.benchmarks import (
+from tinyslm.core.errors import UserError
+from tinyslm.data.benchmarks import (
     FEWSHOT_POOLS,
     Example,
     HubSource,
@@ -42,9 +43,8 @@ from tinyslm.benchmarks import (
     record_text,
     resolve_data_dir,
 )
-from tinyslm.errors import UserError
-from tinyslm.prompts import build_messages, build_prompt, format_target, is_chat_tokenizer
-from tinyslm.scoring import gold_from_gsm8k_answer
+from tinyslm.data.prompts import build_messages, build_prompt, format_target, is_chat_tokenizer
+from tinyslm.scoring.gold import gold_from_gsm8k_answer
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding): torch's cross_entropy default
 
@@ -172,7 +172,7 @@ def with_answer_line(answer: str) -> str | None:
     text = clean_gsm8k_solution(answer)
     if "#### " in text:
         return text
-    from tinyslm.scoring import extract_answer
+    from tinyslm.scoring.extract import extract_answer
 
     number = extract_answer(text, "number").text
     return f"{text}\n#### {number}" if number else None

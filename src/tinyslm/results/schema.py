@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from tinyslm.io import atomic_write_json
+from tinyslm.core.files import atomic_write_json
 
 # Version 1: the first versioned layout (the keys written before versioning, plus ``schema_version``).
 # Files without the key are version 0 and load the same way.

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field
 from typing import Any
 
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
 
 
 def setting(
@@ -107,8 +107,10 @@ def check_bounds(cfg: Any) -> None:
     flds = [f for f in dataclasses.fields(cfg) if f.metadata]
     for f in flds:
         v = getattr(cfg, f.name)
-        if base_type(type(cfg), f.name) is float and v is not None and (
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        if (
+            base_type(type(cfg), f.name) is float
+            and v is not None
+            and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
         ):
             raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
     for f in flds:
@@ -142,8 +144,10 @@ def pydantic_fields(cls: type, names: Sequence[str], *, optional: bool = False) 
             hint = typing.Literal[tuple(m["choices"])]  # type: ignore[valid-type]
         typ = hint | None if optional or f.default is None else hint
         bounds = {k: m[k] for k in ("ge", "gt", "lt", "le") if m.get(k) is not None}
-        out[name] = (typ, PydanticField(default, description=m["help"].replace("%(default)s", str(f.default)),
-                                        **bounds))
+        out[name] = (
+            typ,
+            PydanticField(default, description=m["help"].replace("%(default)s", str(f.default)), **bounds),
+        )
     return out
 
 

@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.io import atomic_write_json, read_jsonl, writing
+from tinyslm.core.errors import UserError
+from tinyslm.core.files import atomic_write_json, read_jsonl, writing
 
 
 def list_checkpoints(out: Path) -> list[Path]:
@@ -94,7 +94,7 @@ def save_checkpoint(
 
 def _torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a Python file object, so that a full disk is an ``OSError`` (and, through
-    :func:`~tinyslm.io.writing`, one line naming ``path``) rather than torch's "unexpected pos" error."""
+    :func:`~tinyslm.core.files.writing`, one line naming ``path``) rather than torch's "unexpected pos" error."""
     import torch
 
     with writing(path), open(path, "wb") as f:
@@ -194,7 +194,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     keep = [r for r in read_jsonl(path, tolerate_torn_tail=True) if int(r.get("step", 0)) <= last_step]
-    from tinyslm.io import atomic_write_text
+    from tinyslm.core.files import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
 

@@ -14,7 +14,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 
-from tinyslm.errors import UserError
+from tinyslm.core.errors import UserError
 
 #: The devices training accepts (also the study's ``hardware.device``).
 TRAIN_DEVICES = ("auto", "cpu", "cuda")

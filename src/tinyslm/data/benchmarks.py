@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyslm.errors import UserError
-from tinyslm.scoring import gold_from_gsm8k_answer, gold_from_math_solution
+from tinyslm.core.errors import UserError
+from tinyslm.scoring.gold import gold_from_gsm8k_answer, gold_from_math_solution
 
 DATA_DIR_ENV = "TINYSLM_DATA_DIR"
 
@@ -177,7 +177,9 @@ def _svamp_row(r: Any, where: str) -> Example:
         raise UserError(f"{where}: SVAMP record needs Body, Question and Answer")
     body = record_text(r, "Body", where, allow_empty=True).strip()
     q = record_text(r, "Question", where).strip()
-    return Example(id=str(r.get("ID", where)), question=f"{body} {q}", reference=record_answer(r, "Answer", where))
+    return Example(
+        id=str(r.get("ID", where)), question=f"{body} {q}", reference=record_answer(r, "Answer", where)
+    )
 
 
 def _math_row(r: dict, where: str, default_id: int) -> Example:
@@ -240,7 +242,7 @@ def orcamath_holdout_indices(n_rows: int) -> list[int]:
 
 def orcamath_answer(answer: str) -> str:
     """Orca-Math answers are prose; the gold is the last number in them (what the paper scored)."""
-    from tinyslm.scoring import extract_answer
+    from tinyslm.scoring.extract import extract_answer
 
     ext = extract_answer(answer, "number")
     return ext.text or ""
@@ -276,44 +278,95 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
         Benchmark(
-            "gsm8k", "GSM8K grade-school math word problems, test split", "number",
-            "gsm8k/test.jsonl", HubSource("openai/gsm8k", "test", ("main",)),
-            parse_gsm8k_file, _hub_gsm8k, "gsm8k-train", {"offline": 1319, "hub": 1319},
+            "gsm8k",
+            "GSM8K grade-school math word problems, test split",
+            "number",
+            "gsm8k/test.jsonl",
+            HubSource("openai/gsm8k", "test", ("main",)),
+            parse_gsm8k_file,
+            _hub_gsm8k,
+            "gsm8k-train",
+            {"offline": 1319, "hub": 1319},
         ),
         Benchmark(
-            "svamp", "SVAMP robustness variations of simple arithmetic word problems", "number",
-            "svamp/SVAMP.json", HubSource("ChilleD/SVAMP", "test"),
-            parse_svamp_file, _hub_svamp, "gsm8k-train", {"offline": 1000, "hub": 300},
+            "svamp",
+            "SVAMP robustness variations of simple arithmetic word problems",
+            "number",
+            "svamp/SVAMP.json",
+            HubSource("ChilleD/SVAMP", "test"),
+            parse_svamp_file,
+            _hub_svamp,
+            "gsm8k-train",
+            {"offline": 1000, "hub": 300},
         ),
         Benchmark(
-            "math", "MATH competition problems, test split, all 7 subjects", "math",
-            "math/test.jsonl", HubSource("EleutherAI/hendrycks_math", "test", MATH_SUBJECTS),
-            parse_math_file, _hub_math, "self", {"offline": 5000, "hub": 5000},
+            "math",
+            "MATH competition problems, test split, all 7 subjects",
+            "math",
+            "math/test.jsonl",
+            HubSource("EleutherAI/hendrycks_math", "test", MATH_SUBJECTS),
+            parse_math_file,
+            _hub_math,
+            "self",
+            {"offline": 5000, "hub": 5000},
         ),
         Benchmark(
-            "math500", "MATH-500, the PRM800K held-out subset of MATH test", "math",
-            "math500/test.jsonl", HubSource("HuggingFaceH4/MATH-500", "test"),
-            parse_math_file, _hub_math, "self", {"offline": 500, "hub": 500},
+            "math500",
+            "MATH-500, the PRM800K held-out subset of MATH test",
+            "math",
+            "math500/test.jsonl",
+            HubSource("HuggingFaceH4/MATH-500", "test"),
+            parse_math_file,
+            _hub_math,
+            "self",
+            {"offline": 500, "hub": 500},
         ),
         Benchmark(
-            "orcamath", "Orca-Math word problems: a fixed seeded 500-row held-out set (hub only)", "number",
-            None, HubSource("microsoft/orca-math-word-problems-200k", "train"),
-            None, _hub_orcamath, "gsm8k-train", {"hub": 500},
+            "orcamath",
+            "Orca-Math word problems: a fixed seeded 500-row held-out set (hub only)",
+            "number",
+            None,
+            HubSource("microsoft/orca-math-word-problems-200k", "train"),
+            None,
+            _hub_orcamath,
+            "gsm8k-train",
+            {"hub": 500},
         ),
         Benchmark(
-            "asdiv", "ASDiv diverse elementary math word problems", "number",
-            "asdiv/test.jsonl", None, parse_asdiv_file, None, "gsm8k-train", {"offline": 2215},
+            "asdiv",
+            "ASDiv diverse elementary math word problems",
+            "number",
+            "asdiv/test.jsonl",
+            None,
+            parse_asdiv_file,
+            None,
+            "gsm8k-train",
+            {"offline": 2215},
         ),
         Benchmark(
-            "mawps", "MAWPS (AddSub, MultiArith, SingleEq, SingleOp)", "number",
-            "mawps/test.jsonl", None, parse_mawps_file, None, "gsm8k-train", {"offline": 2065},
+            "mawps",
+            "MAWPS (AddSub, MultiArith, SingleEq, SingleOp)",
+            "number",
+            "mawps/test.jsonl",
+            None,
+            parse_mawps_file,
+            None,
+            "gsm8k-train",
+            {"offline": 2065},
         ),
     ]
 }
 
 # Training pools that exemplars are drawn from: (local file, hub source, parser for each).
-FEWSHOT_POOLS: dict[str, tuple[str, HubSource, Callable[[Path], list[Example]], Callable[[list[dict]], list[Example]]]] = {
-    "gsm8k-train": ("gsm8k/train.jsonl", HubSource("openai/gsm8k", "train", ("main",)), parse_gsm8k_file, _hub_gsm8k),
+FEWSHOT_POOLS: dict[
+    str, tuple[str, HubSource, Callable[[Path], list[Example]], Callable[[list[dict]], list[Example]]]
+] = {
+    "gsm8k-train": (
+        "gsm8k/train.jsonl",
+        HubSource("openai/gsm8k", "train", ("main",)),
+        parse_gsm8k_file,
+        _hub_gsm8k,
+    ),
 }
 
 
@@ -356,7 +409,11 @@ def load_hub_rows(src: HubSource) -> list[dict]:
         try:
             ds = datasets.load_dataset(src.path, cfg, split=src.split)
         except Exception as e:  # network, auth, missing dataset: all user-facing
-            raise UserError(f"could not load '{src.path}' from the Hugging Face Hub ({type(e).__name__}: {e})".splitlines()[0]) from None
+            raise UserError(
+                f"could not load '{src.path}' from the Hugging Face Hub ({type(e).__name__}: {e})".splitlines()[
+                    0
+                ]
+            ) from None
         rows.extend(dict(r) for r in ds)
     return rows
 
@@ -379,7 +436,9 @@ def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
         path = data_dir / bench.local_file
         return LoadedBenchmark(bench, bench.parse_local(path), str(path))
     if bench.hub is None or bench.parse_hub is None:
-        raise UserError(f"benchmark '{bench.name}' is only available offline: pass --data-dir (or set ${DATA_DIR_ENV})")
+        raise UserError(
+            f"benchmark '{bench.name}' is only available offline: pass --data-dir (or set ${DATA_DIR_ENV})"
+        )
     return LoadedBenchmark(bench, bench.parse_hub(load_hub_rows(bench.hub)), f"hub:{bench.hub.path}")
 
 
@@ -420,11 +479,17 @@ def plan_fewshot(loaded: LoadedBenchmark, shots: int, seed: int, data_dir: Path 
             raise UserError(f"{bench.name}: too few problems to draw {shots} exemplars from")
         chosen = rng.sample(candidates, shots)
         ids = {e.id for e in chosen}
-        return FewShotPlan(chosen, [e for e in examples if e.id not in ids], f"{loaded.source} (excluded from scoring)", sorted(ids))
+        return FewShotPlan(
+            chosen,
+            [e for e in examples if e.id not in ids],
+            f"{loaded.source} (excluded from scoring)",
+            sorted(ids),
+        )
     pool = load_fewshot_pool(bench.fewshot_pool, data_dir)
     evaluated = {_norm_q(e.question) for e in examples}
     pool = [e for e in pool if e.solution and _norm_q(e.question) not in evaluated]
     if len(pool) < shots:
-        raise UserError(f"few-shot pool '{bench.fewshot_pool}' has only {len(pool)} usable exemplars, need {shots}")
+        raise UserError(
+            f"few-shot pool '{bench.fewshot_pool}' has only {len(pool)} usable exemplars, need {shots}"
+        )
     return FewShotPlan(rng.sample(pool, shots), examples, bench.fewshot_pool, [])
-

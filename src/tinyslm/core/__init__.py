@@ -1,0 +1,1 @@
+"""Foundations every stage uses: errors, files, runtime (device, progress bars), statistics, text measures, telemetry."""

@@ -1,0 +1,1 @@
+"""Benchmarks (registry, readers, few-shot), prompts, and the training sets with their encoding."""

@@ -1,0 +1,1 @@
+"""Evaluation: the runner (config -> predictions -> results), generation and the decode engine."""

@@ -1,0 +1,1 @@
+"""Model aliases (offline zoo, GGUF conversion), loading (local, Hub, adapters), dropout, the completion loss."""

@@ -1,0 +1,1 @@
+"""Result files as typed records (run.json, results.json, cell.json) and their provenance."""

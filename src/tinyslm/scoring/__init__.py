@@ -1,0 +1,1 @@
+"""Answer extraction and equivalence: model text -> final answer -> correct or not (no torch)."""

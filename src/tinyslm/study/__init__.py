@@ -1,0 +1,1 @@
+"""The study grid: config and cells, and the runner that executes them."""

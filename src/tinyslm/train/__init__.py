@@ -1,0 +1,1 @@
+"""Fine-tuning: the config, the recipe (setup -> steps -> finish) and checkpoints."""
