@@ -239,3 +239,17 @@ def test_a_run_json_that_is_no_object_is_one_clear_error(tiny_model_dir, tmp_pat
     with pytest.raises(UserError, match=r"cannot read .*run\.json.*--overwrite"):
         train(cfg)
     assert (out / "run.json").read_text() == "[1, 2]"  # nothing overwritten
+
+
+def test_a_record_reads_like_the_json_object_it_came_from() -> None:
+    """Readers written for the dicts of older versions (``rec["x"]``, ``{**rec}``, ``"x" in rec``) keep
+    working on records: the mapping view is exactly the JSON object, unset fields absent."""
+    data = {"status": "finished", "model": "m", "seed": 7, "custom": [1, 2]}
+    rec = CellRecord.from_json(data)
+    assert rec["status"] == "finished" and rec["custom"] == [1, 2]
+    assert {**rec} == rec.to_json() == data
+    assert "model" in rec and "custom" in rec and "reason" not in rec and 3 not in rec
+    with pytest.raises(KeyError):
+        rec["reason"]  # unset: absent, as in the file
+    rec.update(skipped=True)
+    assert dict(rec)["skipped"] is True

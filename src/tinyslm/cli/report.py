@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from tinyslm.cli.args import Parser, float_at_least, int_at_least, run_command
+from tinyslm.cli.args import Parser, add_config_args, run_command
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
-    from tinyslm.report import DEFAULT_PRICE
+    from tinyslm.report.settings import ReportSettings
 
     p.add_argument(
         "run_dirs",
@@ -21,19 +21,7 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", required=True, help="report directory: report.md, report.html, figures/, results.csv"
     )
-    p.add_argument(
-        "--price-per-gpu-hour",
-        type=float_at_least(0.0),
-        default=DEFAULT_PRICE,
-        help=f"USD per GPU-hour for the cost column (default {DEFAULT_PRICE:.2f}); "
-        "cost = runtime hours x processes x price; CPU runs get no price",
-    )
-    p.add_argument(
-        "--examples",
-        type=int_at_least(0),
-        default=3,
-        help="problems shown side by side per model and benchmark (default 3)",
-    )
+    add_config_args(p, ReportSettings)  # default, bounds and help from the dataclass
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -31,25 +31,10 @@ from tinyslm.core.errors import UserError
 from tinyslm.core.files import atomic_write_json
 from tinyslm.diagnostics.forgetting import PROBE_SEED
 from tinyslm.diagnostics.loading import RunInfo, read_run_dir
+from tinyslm.diagnostics.settings import HVP_DEFAULTS, MEASURES, AnalyzeSettings
 
-MEASURES = (
-    "forgetting",
-    "weight_displacement",
-    "intruder_dimensions",
-    "sharpness",
-    "repetition_rate",
-    "arithmetic_error_rate",
-    "grad_norm_spikes",
-)
 _NEED_MODELS = {"forgetting", "weight_displacement", "intruder_dimensions", "sharpness"}
 OUTPUT_NAME = "diagnostics.json"
-# The sharpness budget when none is given: (power iterations per phase, training examples in the batch).
-# A Hessian-vector product costs a forward, a backward and a double backward per example: on a GPU the
-# full budget takes a minute; on an idle 2-core CPU about 2 s per example and product for a 135M model
-# (many times more when other processes compete for the cores), and a LoRA run needs up to four phases of
-# `iters` products (base and tuned, each maybe shifted). The CPU budget keeps the sharpness of a 135M run
-# near 1.5 minutes; `λmax converged` says whether it was enough (--hvp-iters, --hvp-batch for more).
-HVP_DEFAULTS = {"gpu": (20, 8), "cpu": (6, 2)}
 
 
 def parse_measures(spec: str | Sequence[str] | None) -> list[str]:
@@ -70,18 +55,18 @@ def parse_measures(spec: str | Sequence[str] | None) -> list[str]:
 def analyze(
     run_dir: str | Path,
     *,
-    base: str | None = None,
-    probe_limit: int | None = 200,
-    device: str = "auto",
-    progress: bool = True,
+    base: str | None = AnalyzeSettings.base,
+    probe_limit: int | None = AnalyzeSettings.probe_limit,
+    device: str = AnalyzeSettings.device,
+    progress: bool = AnalyzeSettings.progress,
     measures: str | Sequence[str] | None = None,
-    data_dir: str | Path | None = None,
+    data_dir: str | Path | None = AnalyzeSettings.data_dir,
     probe_seed: int = PROBE_SEED,
     probe_batch_size: int = 16,
-    hvp_iters: int | None = None,
-    hvp_tol: float = 1e-3,
-    hvp_batch: int | None = None,
-    hvp_micro_batch: int = 1,
+    hvp_iters: int | None = AnalyzeSettings.hvp_iters,
+    hvp_tol: float = AnalyzeSettings.hvp_tol,
+    hvp_batch: int | None = AnalyzeSettings.hvp_batch,
+    hvp_micro_batch: int = AnalyzeSettings.hvp_micro_batch,
 ) -> dict[str, Any]:
     """Diagnose the run in ``run_dir``; writes ``run_dir/diagnostics.json`` atomically and returns it.
 

@@ -22,7 +22,7 @@ from tinyslm.config.methods import PEFT_METHODS
 from tinyslm.config.methods import TRAINED_METHODS as METHODS
 from tinyslm.core.errors import UserError
 from tinyslm.core.files import read_json_object
-from tinyslm.results.schema import Status
+from tinyslm.results.schema import RunRecord, Status
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -32,7 +32,7 @@ class RunInfo:
     """What the diagnostics need to know about a finished training run."""
 
     run_dir: Path
-    run: dict  # run.json as written by train
+    run: RunRecord  # run.json as written by train
     method: str  # full | lora | dora
     base: str  # the base model reference (--base, else run.json's model_ref)
     final: Path  # final/: adapter dir (PEFT) or model dir (full)
@@ -55,7 +55,7 @@ def read_run_dir(run_dir: str | Path, base: str | None = None) -> RunInfo:
     if not run_json.is_file():
         raise UserError(f"{d} has no run.json; pass a run directory written by tiny-slm-train --output")
     try:
-        run = read_json_object(run_json)
+        run = RunRecord.from_json(read_json_object(run_json))
     except ValueError as e:
         raise UserError(str(e)) from None
     status = run.get("status", Status.UNKNOWN.value)

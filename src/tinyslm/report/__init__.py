@@ -23,6 +23,7 @@ from tinyslm.core.files import atomic_write_bytes, atomic_write_text
 from tinyslm.report.collect import Cell, Collection, collect, method_order
 from tinyslm.report.figures import all_figures
 from tinyslm.report.render import Bullets, Section, Table, to_html, to_markdown
+from tinyslm.report.settings import ReportSettings
 from tinyslm.report.tables import (
     ALPHA,
     SMALL_N,
@@ -42,7 +43,7 @@ from tinyslm.report.tables import (
 )
 from tinyslm.results.provenance import short
 
-DEFAULT_PRICE = 4.00
+DEFAULT_PRICE = ReportSettings.price_per_gpu_hour
 TITLE = "tiny-slm study report"
 
 
@@ -424,8 +425,8 @@ def write_report(
     run_dirs: Sequence[str | Path],
     output: str | Path,
     *,
-    price_per_gpu_hour: float = DEFAULT_PRICE,
-    examples: int = 3,
+    price_per_gpu_hour: float = ReportSettings.price_per_gpu_hour,
+    examples: int = ReportSettings.examples,
 ) -> Path:
     """Read ``run_dirs`` and write the report into ``output``; returns the path of report.html."""
     if not math.isfinite(price_per_gpu_hour) or price_per_gpu_hour < 0:

@@ -26,7 +26,7 @@ from typing import Any
 from tinyslm.config.methods import TRAINED_METHODS
 from tinyslm.core.errors import UserError
 from tinyslm.core.files import read_json_object, read_jsonl
-from tinyslm.results.schema import Status
+from tinyslm.results.schema import CellRecord, EvalResult, RunRecord, Status
 
 ZERO_SHOT = "zero-shot"
 
@@ -36,7 +36,7 @@ class BenchmarkRun:
     """One benchmark of one cell: results.json plus the per-problem predictions, by problem id."""
 
     name: str
-    results: dict[str, Any]
+    results: EvalResult
     predictions: dict[str, dict[str, Any]]  # empty when predictions.jsonl is missing or unreadable
     path: Path
 
@@ -60,7 +60,7 @@ class Cell:
     model_ref: str | None = None
     declared_benchmarks: list[str] = field(default_factory=list)
     wall_s: float | None = None
-    run: dict[str, Any] | None = None  # run.json of a trained method
+    run: RunRecord | None = None  # run.json of a trained method
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
     benchmarks: dict[str, BenchmarkRun] = field(default_factory=dict)
     diagnostics: dict[str, Any] | None = None  # the "summary" of diagnostics.json
@@ -162,7 +162,7 @@ def read_benchmarks(eval_dir: Path, warnings: list[str]) -> dict[str, BenchmarkR
         if not res_file.is_file():
             continue
         try:
-            res = _read_json(res_file)
+            res = EvalResult.from_json(_read_json(res_file))
         except _Unreadable as e:
             warnings.append(str(e))
             continue
@@ -189,7 +189,7 @@ def _fill_trained(cell: Cell, warnings: list[str]) -> None:
     run_file = cell.dir / "run.json"
     if run_file.is_file():
         try:
-            cell.run = _read_json(run_file)
+            cell.run = RunRecord.from_json(_read_json(run_file))
         except _Unreadable as e:
             warnings.append(str(e))
     cell.metrics = _read_jsonl(cell.dir / "metrics.jsonl", warnings)
@@ -206,7 +206,7 @@ def _fill_trained(cell: Cell, warnings: list[str]) -> None:
 
 def read_study_cell(d: Path, warnings: list[str]) -> Cell:
     try:
-        meta = _read_json(d / "cell.json")
+        meta = CellRecord.from_json(_read_json(d / "cell.json"))
     except _Unreadable as e:
         warnings.append(str(e))
         return Cell(
@@ -237,7 +237,7 @@ def read_study_cell(d: Path, warnings: list[str]) -> Cell:
 
 def read_train_dir(d: Path, warnings: list[str]) -> Cell:
     try:
-        run = _read_json(d / "run.json")
+        run = RunRecord.from_json(_read_json(d / "run.json"))
     except _Unreadable as e:
         warnings.append(str(e))
         return Cell(d, "train", d.name, "unknown", None, Status.UNREADABLE.value, str(e))

@@ -130,6 +130,21 @@ class Record:
             value = self.extra.get(key, UNSET)  # type: ignore[attr-defined]
         return default if value is UNSET else value
 
+    def __getitem__(self, key: str) -> Any:
+        """``record[key]`` as on the JSON object (KeyError when unset or absent), so readers written for the
+        dicts of older versions keep working on records, ``{**record}`` included."""
+        value = self.get(key, UNSET)
+        if value is UNSET:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, UNSET) is not UNSET
+
+    def keys(self) -> list[str]:
+        """The JSON object's keys, in file order (with ``__getitem__``, what ``{**record}`` and ``dict()`` use)."""
+        return list(self.to_json())
+
     def update(self, **values: Any) -> None:
         """Set fields (unknown keys go to ``extra``)."""
         known = {f.name for f in fields(self)} - {"extra"}

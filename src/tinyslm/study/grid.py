@@ -47,7 +47,10 @@ from tinyslm.core.files import (
     read_json_object,
 )
 from tinyslm.core.runtime import device_problem
+from tinyslm.diagnostics.settings import AnalyzeSettings
 from tinyslm.evaluate.runner import EvalConfig
+from tinyslm.report.settings import ReportSettings
+from tinyslm.results.schema import CellRecord
 from tinyslm.train.config import TrainConfig
 
 CELL_FILE = "cell.json"
@@ -120,14 +123,21 @@ MethodOverrides = create_model(
 )
 
 
-class DiagnosticsSection(_Strict):
-    enabled: bool = True
-    probe_limit: int = Field(200, ge=1)
+DiagnosticsSection = create_model(
+    "DiagnosticsSection",
+    __base__=_Strict,
+    __doc__="Diagnostics of every trained cell; the settings come from tiny-slm analyze's AnalyzeSettings.",
+    enabled=(bool, True),
+    **pydantic_fields(AnalyzeSettings, ("probe_limit",)),
+)
 
-
-class ReportSection(_Strict):
-    enabled: bool = True
-    price_per_gpu_hour: float = Field(4.0, ge=0)
+ReportSection = create_model(
+    "ReportSection",
+    __base__=_Strict,
+    __doc__="The study's report; the settings come from tiny-slm-report's ReportSettings.",
+    enabled=(bool, True),
+    **pydantic_fields(ReportSettings, ("price_per_gpu_hour",)),
+)
 
 
 class StudyConfig(_Strict):
@@ -349,11 +359,12 @@ def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
     return spec
 
 
-def read_cell(out: Path) -> dict | None:
+def read_cell(out: Path) -> CellRecord | None:
+    """The cell's record (any schema version), or None when there is none or it is damaged."""
     f = out / CELL_FILE
     if not f.exists():
         return None
     try:
-        return read_json_object(f)
+        return CellRecord.from_json(read_json_object(f))
     except ValueError:
         return None  # a damaged record is rewritten; the run files beside it decide what is redone

@@ -46,7 +46,7 @@ from tinyslm.train.config import TrainConfig
 
 def run_cell(
     cfg: StudyConfig, cell: Cell, root: Path, *, progress: bool = True, retry_failed: bool = False
-) -> dict:
+) -> CellRecord:
     """Run (or skip, or resume) one cell; returns its cell.json record. Never raises for a cell's own failure
     (the record says ``failed`` and why); KeyboardInterrupt propagates after recording ``interrupted``, and
     so does a full disk (every next cell would fail the same way).
@@ -59,7 +59,9 @@ def run_cell(
         return _run_locked_cell(cfg, cell, out, progress=progress, retry_failed=retry_failed)
 
 
-def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool, retry_failed: bool) -> dict:
+def _run_locked_cell(
+    cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool, retry_failed: bool
+) -> CellRecord:
     prev = read_cell(out)
     spec = cell_spec(cfg, cell, out)
     rec = CellRecord(
@@ -86,17 +88,16 @@ def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool,
                 for k in set((prev.get("spec") or {}).get(part) or {}) | set(spec.get(part) or {})
                 if ((prev.get("spec") or {}).get(part) or {}).get(k) != (spec.get(part) or {}).get(k)
             )
-            return {
-                **prev,
-                "status": Status.FAILED.value,
-                "reason": f"{out} was run with different settings ({', '.join(changed) or 'spec'}); "
+            prev.update(
+                status=Status.FAILED,
+                reason=f"{out} was run with different settings ({', '.join(changed) or 'spec'}); "
                 "choose another --output or delete that directory to rerun it",
-                "skipped": True,
-            }
-        if prev.get("status") == Status.FINISHED:
-            return {**prev, "skipped": True}
-        if prev.get("status") in UNSUCCESSFUL and not retry_failed:
-            return {**prev, "skipped": True}
+                skipped=True,
+            )
+            return prev  # what is reported; the cell.json on disk stays as it was
+        if prev.get("status") == Status.FINISHED or (prev.get("status") in UNSUCCESSFUL and not retry_failed):
+            prev.update(skipped=True)
+            return prev
         rec.attempts = int(prev.get("attempts", 0)) + 1
         rec.started_at = prev.get("started_at", rec.started_at)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def _run_locked_cell(cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool,
     )
     rec.write(out / CELL_FILE)
     _free_memory()
-    return rec.to_json()
+    return rec
 
 
 def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[Status, str | None]:
@@ -304,7 +305,7 @@ def run_study(
     return result
 
 
-def _say_cell(rec: dict) -> None:
+def _say_cell(rec: CellRecord) -> None:
     status = rec.get("status")
     if rec.get("skipped"):
         note = (
@@ -341,7 +342,7 @@ def _diagnose(cfg: StudyConfig, out: Path, diag: DiagnosticsSection, progress: b
         print(f"    diagnostics failed: {_failure_reason(e)}", file=sys.stderr)
 
 
-def write_study_file(cfg: StudyConfig, root: Path, records: dict[str, dict | None]) -> None:
+def write_study_file(cfg: StudyConfig, root: Path, records: dict[str, CellRecord | None]) -> None:
     atomic_write_json(
         root / STUDY_FILE,
         {
