@@ -51,6 +51,9 @@ IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding): tor
 ORCAMATH_HUB = HubSource("microsoft/orca-math-word-problems-200k", "train")
 ORCAMATH_TRAIN_SEED = 20240602
 ORCAMATH_TRAIN_SIZE = 10_000
+# The validation split's seed: fixed, not the training seed, so that every trial, method and seed of a study
+# holds out the very same rows and their validation metrics compare like with like.
+VAL_SEED = 20251203
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
 
@@ -67,6 +70,7 @@ class TrainingSet:
     examples: list[Example]
     answer_style: str = "number"
     info: dict[str, Any] = field(default_factory=dict)  # how the rows were chosen, for run.json
+    validation: list[Example] = field(default_factory=list)  # held-out rows (--val-size), never trained on
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -80,8 +84,16 @@ def load_training_set(
     question_field: str = "question",
     answer_field: str = "answer",
     limit: int | None = None,
+    val_size: int = 0,
+    val_seed: int = VAL_SEED,
 ) -> TrainingSet:
-    """Rows of ``dataset`` (a :data:`NAMED_DATASETS` name, JSONL path or Hub id), the first ``limit`` kept."""
+    """Rows of ``dataset`` (a :data:`NAMED_DATASETS` name, JSONL path or Hub id), the first ``limit`` kept.
+
+    ``val_size`` > 0 first draws that many rows (``random.Random(val_seed)``, from all rows) into
+    ``validation``; training takes the first ``limit`` of the rest, so the two never share a row and the
+    split does not depend on ``limit``. GSM8K-train and Orca-Math's training rows are disjoint from every
+    benchmark tiny-slm evaluates (GSM8K's test split; Orca-Math's held-out rows are never training rows).
+    """
     spec = dataset.strip()
     path = Path(spec).expanduser()
     if spec == "gsm8k-train":
@@ -99,6 +111,15 @@ def load_training_set(
             f"unknown dataset '{spec}' (choose from: {', '.join(NAMED_DATASETS)}; "
             "or pass a .jsonl file or a Hugging Face dataset id owner/name)"
         )
+    if val_size:
+        if val_size >= len(ts.examples):
+            raise UserError(
+                f"--val-size {val_size} leaves no training rows: dataset '{spec}' has {len(ts.examples)}"
+            )
+        held = set(random.Random(val_seed).sample(range(len(ts.examples)), val_size))
+        ts.validation = [e for i, e in enumerate(ts.examples) if i in held]
+        ts.examples = [e for i, e in enumerate(ts.examples) if i not in held]
+        ts.info["validation"] = {"size": val_size, "seed": val_seed, "held_out_before_limit": True}
     if limit is not None:
         ts.examples = ts.examples[:limit]
         ts.info["limit"] = limit

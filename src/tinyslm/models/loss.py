@@ -25,8 +25,26 @@ def target_loss_sum(model: Any, batch: dict[str, Any], keep_logits: bool) -> Any
     positions that predict a target token goes through the output head (``logits_to_keep``): prompt
     positions need no vocabulary-sized logits, which saves time and most of the logits' memory.
     """
+    import torch.nn.functional as F
+
+    logits, labels, mask = _target_logits(model, batch, keep_logits)
+    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+
+
+def target_loss_per_row(model: Any, batch: dict[str, Any], keep_logits: bool) -> tuple[Any, Any]:
+    """Per row of ``batch``: the summed target-token cross-entropy (float32) and the number of target
+    tokens. The validation split's loss and its interval are built from these (same loss as training)."""
     import torch
     import torch.nn.functional as F
+
+    logits, labels, mask = _target_logits(model, batch, keep_logits)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), torch.where(mask, labels, 0), reduction="none")
+    return (ce * mask).sum(1), mask.sum(1)
+
+
+def _target_logits(model: Any, batch: dict[str, Any], keep_logits: bool) -> tuple[Any, Any, Any]:
+    """The logits of the positions that may predict a target token, their labels, and the target mask."""
+    import torch
 
     from tinyslm.data.training import IGNORE_INDEX
 
@@ -42,5 +60,4 @@ def target_loss_sum(model: Any, batch: dict[str, Any], keep_logits: bool) -> Any
     ).logits
     if not keep_logits:
         logits = logits[:, :-1]
-    mask = labels != IGNORE_INDEX
-    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+    return logits, labels, labels != IGNORE_INDEX

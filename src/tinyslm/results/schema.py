@@ -195,6 +195,7 @@ class RunRecord(Record):
     peak_mem_mib: Any = UNSET
     final: Any = UNSET
     merged: Any = UNSET
+    validation: Any = UNSET  # the held-out split: size, seed, ids; at the end its loss and exact match
     eval: Any = UNSET  # per benchmark: model, adapter, exact match and its interval, n, results.json path
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -65,6 +65,29 @@ class TrainConfig:
     )
     limit: int | None = setting(None, help="train on the first N rows only", ge=1)
     epochs: int = setting(1, help="passes over the data (default %(default)s)", ge=1)
+    val_size: int = setting(
+        0,
+        help="hold out N rows of the training set as a validation split (seeded with a fixed seed, the same "
+        "for every run; disjoint from the rows trained on and drawn before --limit); 0: none (default)",
+        ge=0,
+    )
+    eval_every: int = setting(
+        0,
+        help="validation loss every N optimizer steps, as lines in metrics.jsonl (always once at the end "
+        "when --val-size > 0); 0: only at the end (default)",
+        ge=0,
+        resumable=True,
+    )
+    val_generate: int = setting(
+        0,
+        help="also exact match on the first K validation problems, greedy, through the evaluation's engine, "
+        "prompt and scorer, at each validation (default %(default)s: loss only)",
+        ge=0,
+        resumable=True,
+    )
+    val_max_new_tokens: int = setting(
+        256, help="new-token budget of --val-generate (default %(default)s)", ge=1, resumable=True
+    )
     max_steps: int | None = setting(None, help="optimizer steps; overrides --epochs", ge=1)
     lr: float | None = setting(  # None: the method's protocol default
         None, help="peak learning rate (default: full 2e-5, lora/dora 2e-4)", gt=0
@@ -183,6 +206,10 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise UserError(
             f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size {cfg.micro_batch_size}"
         )
+    if (cfg.eval_every or cfg.val_generate) and not cfg.val_size:
+        raise UserError("--eval-every and --val-generate need a validation split: pass --val-size N")
+    if cfg.val_generate > cfg.val_size:
+        raise UserError(f"--val-generate {cfg.val_generate} exceeds --val-size {cfg.val_size}")
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pass one of them")
     device_error = device_problem(cfg.device, training=True)

@@ -501,6 +501,7 @@ class Recipe:
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
         self._setup_data_and_model()
+        self._setup_validation()
         self._setup_optimizer()
         self._setup_output(locks)
         self._setup_resume()
@@ -522,6 +523,7 @@ class Recipe:
             question_field=cfg.question_field,
             answer_field=cfg.answer_field,
             limit=cfg.limit,
+            val_size=cfg.val_size,
         )
         self.model, self.tokenizer = load_for_training(cfg)
         prev = read_run(out) if self.mode == "resume" else None
@@ -545,6 +547,24 @@ class Recipe:
         self.lengths = [len(r.input_ids) for r in self.rows]
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _setup_validation(self) -> None:
+        """The held-out split (``--val-size``), encoded once, measured every ``--eval-every`` steps and at the end."""
+        cfg = self.cfg
+        self.validator = None
+        if cfg.val_size:
+            from tinyslm.train.validation import Validator
+
+            self.validator = Validator(
+                self.tokenizer,
+                self.tset.validation,
+                self.tset.answer_style,
+                max_length=cfg.max_length,
+                micro_batch_size=cfg.micro_batch_size,
+                keep_logits=supports_logits_to_keep(self.model),
+                generate=cfg.val_generate,
+                max_new_tokens=cfg.val_max_new_tokens,
+            )
 
     def _setup_optimizer(self) -> None:
         from transformers import get_cosine_schedule_with_warmup
@@ -711,6 +731,9 @@ class Recipe:
                 epoch = self._log(
                     step, time.perf_counter() - t0, loss, grad_norm, lr, n_target, n_tokens, local
                 )
+                # Validation when due (the last step's comes with finishing).
+                if self._validation_due(step):
+                    self.validate(step)
                 # Stop on a signal (all ranks agree), checkpoint when due or stopping.
                 stopping = self._stopping(stop)
                 if (step % self.cfg.save_every == 0 or stopping) and step < self.total_steps:
@@ -812,6 +835,18 @@ class Recipe:
                 self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tokens / dt:.0f}")
         return rec["epoch"]
 
+    def _validation_due(self, step: int) -> bool:
+        every = self.cfg.eval_every
+        return self.validator is not None and every > 0 and step % every == 0 and step < self.total_steps
+
+    def validate(self, step: int) -> dict[str, Any]:
+        """Measure the validation split (every rank alike: it is deterministic) and log its line."""
+        line = self.validator.measure(self.accelerator.unwrap_model(self.model), step)
+        if self.main:
+            self.metrics.write(line)
+            self.reporters.log(line)
+        return line
+
     def _stopping(self, stop: StopSignals) -> bool:
         """Whether a stop signal reached any rank (all ranks must agree, or the collectives would hang)."""
         import torch
@@ -867,6 +902,18 @@ class Recipe:
             "tokens_per_s": round(self.tokens_seen / max(self.train_s, 1e-9), 2),
             "peak_mem_mib": round(peak_memory_mib(self.accelerator.device)[0], 1),
         }
+        if self.validator is not None:  # the final weights' validation metrics: what a sweep selects by
+            line = self.validate(total)
+            summary["validation"] = {
+                **(self.record.get("validation") or {}),
+                "loss": line["val_loss"],
+                "loss_ci95": line["val_loss_ci95"],
+                "n_generate": line["val_n"],
+                "correct": line["val_correct"],
+                "em": line["val_em"],
+                "em_ci95": line.get("val_em_ci95"),
+                "step": total,
+            }
         if self.main:
             unwrapped = self.accelerator.unwrap_model(self.model)
             base = None if cfg.method == "full" else adapter_base_ref(cfg.model)
@@ -923,7 +970,15 @@ def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
         versions=package_versions(),
         provenance=r.provenance,
         started_at=(prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"validation": _validation_section(r)} if r.validator is not None else {}),
     )
+
+
+def _validation_section(r: Recipe) -> dict[str, Any]:
+    """run.json's ``validation`` as training starts: which rows are held out (their ids), by which seed."""
+    from tinyslm.data.training import VAL_SEED
+
+    return {"size": len(r.validator.ids), "seed": VAL_SEED, "ids": r.validator.ids}
 
 
 def _data_section(r: Recipe) -> dict[str, Any]:
