@@ -679,7 +679,7 @@ def test_checks_off_the_main_thread_are_bounded_too() -> None:
     assert results["equal"] is True
     assert results["different"] is False
     assert results["slow"] is False
-    assert results["slow_s"] < 0.5 + scoring_extract._WORKER_GRACE_S + 1
+    assert results["slow_s"] < 0.5 + scoring_extract.WORKER_GRACE_S + 1
     assert results["after"] is True
     assert results["number"] is True
 

@@ -14,21 +14,21 @@ from typing import NamedTuple
 
 from tinyslm.core.errors import UserError
 from tinyslm.scoring.extract import (
-    _MAX_BRACE_DEPTH,
-    _MAX_DIGITS,
-    _MAX_MATH_CHARS,
-    _MAX_NUMBER_CHARS,
-    _MAX_TEXT_ANSWER_CHARS,
-    _NOT_DIGIT,
-    _NUM,
-    _SPACE_SEPS,
-    _THOUSANDS_COMMA,
+    MAX_BRACE_DEPTH,
+    MAX_DIGITS,
+    MAX_MATH_CHARS,
+    MAX_NUMBER_CHARS,
+    MAX_TEXT_ANSWER_CHARS,
+    NOT_DIGIT,
+    NUMBER_PATTERN,
     REL_TOL,
-    _boxes_from_end,
-    _check_style,
-    _extract,
+    SPACE_SEPS,
+    THOUSANDS_COMMA,
+    boxes_from_end,
+    check_style,
+    find_answer,
 )
-from tinyslm.scoring.symbolic import _symbolic_equal
+from tinyslm.scoring.symbolic import symbolic_equal
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ\b|\\degree\b")
 _NUMBER_FULL = re.compile(
     r"(?P<sign>[-+−]?)\s*(?:[$€£¥₹])?\s*(?P<sign2>[-−]?)\s*"
     r"(?:\\frac\{(?P<fn>\d+)\}\{(?P<fd>\d+)\}|\\frac(?P<fn1>\d)(?P<fd1>\d)"
-    rf"|(?P<num>{_NUM})(?P<exp>[eE][-+]?\d{{1,2}})?"
+    rf"|(?P<num>{NUMBER_PATTERN})(?P<exp>[eE][-+]?\d{{1,2}})?"
     r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?))?)"
     r"\s*%?(?P<rest>.*)",
     re.DOTALL,
@@ -64,7 +64,7 @@ _PAREN_NUMBER = re.compile(r"([-+−]?)\s*\((.*)\)")
 
 def _strip_number_markup(s: str) -> str:
     """Remove the LaTeX and markdown that can surround a number: $, \\$, \\(..\\), \\text{}, \\%, degrees."""
-    s = _LEFT_RIGHT.sub("", _THOUSANDS_COMMA.sub(",", s.replace("{,}", ",")))  # 10,\!000 and 11,\! 111
+    s = _LEFT_RIGHT.sub("", THOUSANDS_COMMA.sub(",", s.replace("{,}", ",")))  # 10,\!000 and 11,\! 111
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for _ in range(3):
         s2 = _WRAPPERS.sub(r" \1 ", s)
@@ -83,7 +83,7 @@ def _parse_number(text: str, units: bool) -> _Num | None:
 
     In math style "5x" must not read as 5, so there ``units`` is False.
     """
-    if not isinstance(text, str) or len(text) > _MAX_NUMBER_CHARS:
+    if not isinstance(text, str) or len(text) > MAX_NUMBER_CHARS:
         return None
     s = _strip_number_markup(text)
     if units:
@@ -107,13 +107,13 @@ def _parse_number(text: str, units: bool) -> _Num | None:
         num, den = (
             (m.group("fn"), m.group("fd")) if m.group("fn") is not None else (m.group("fn1"), m.group("fd1"))
         )
-        if len(num) + len(den) > _MAX_DIGITS or int(den) == 0:
+        if len(num) + len(den) > MAX_DIGITS or int(den) == 0:
             return None
         value, decimal = Fraction(int(num), int(den)), False
     else:
-        num = _NOT_DIGIT.sub("", m.group("num"))
+        num = NOT_DIGIT.sub("", m.group("num"))
         den = m.group("den")
-        if len(num) + len(den or "") > _MAX_DIGITS:
+        if len(num) + len(den or "") > MAX_DIGITS:
             return None
         value = Fraction(num + (m.group("exp") or ""))
         decimal = "." in num or m.group("exp") is not None
@@ -184,7 +184,7 @@ def _number_equivalent(pred: str, gold: str) -> bool:
         p = _parse_number(pred, units=True)
         return p is not None and _numbers_match(p, g)
     # Non-numeric golds (a few hundred ASDiv rows): ratios "2:3", clock times "3:30 p.m.", names, "Yes".
-    if len(pred) > _MAX_TEXT_ANSWER_CHARS or len(gold) > _MAX_TEXT_ANSWER_CHARS:
+    if len(pred) > MAX_TEXT_ANSWER_CHARS or len(gold) > MAX_TEXT_ANSWER_CHARS:
         return False
     g_key, p_key = _text_key(gold), _text_key(pred)
     if _RATIO.fullmatch(g_key) and _RATIO.fullmatch(p_key):  # element-wise: "02:3" == "2:3", never reduced
@@ -206,9 +206,7 @@ _CHOICE = re.compile(r"\(?([A-E])\)?")
 # character the number grammar rejects: such an answer is no number, nor spelt like one.
 _APART = "\u2063"  # INVISIBLE SEPARATOR: not whitespace, not in any answer
 _SPACE_GROUPED = re.compile(
-    r"(?<![\d.])[1-9]\d{0,2}(?:"
-    + "|".join(rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS)
-    + ")"
+    r"(?<![\d.])[1-9]\d{0,2}(?:" + "|".join(rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in SPACE_SEPS) + ")"
 )
 _SPACE_LIKE = r"(?:\s|\\[!,;:> ]|\\q?quad(?![A-Za-z])|~)+"
 _LIST_COMMA = re.compile(rf"(?<=\d),{_SPACE_LIKE}(?=\d{{3}}(?!\d))")
@@ -222,8 +220,8 @@ def _keep_digit_runs_apart(s: str) -> str:
     A comma and a space are marked only outside brackets: inside them a comma always separates
     ("(3, 100)" is the pair "(3,100)"), where at top level "3,100" would read as one number.
     """
-    s = _THOUSANDS_COMMA.sub("{,}", s)
-    s = _SPACE_GROUPED.sub(lambda m: _NOT_DIGIT.sub("", m.group(0)), s)
+    s = THOUSANDS_COMMA.sub("{,}", s)
+    s = _SPACE_GROUPED.sub(lambda m: NOT_DIGIT.sub("", m.group(0)), s)
     depth = list(itertools.accumulate((c in "([{") - (c in ")]}") for c in s))
     s = _LIST_COMMA.sub(lambda m: m.group(0) if depth[m.start()] > 0 else "," + _APART, s)
 
@@ -279,7 +277,7 @@ _EXPLOSIVE = re.compile(
 
 
 def _math_equivalent(pred: str, gold: str, timeout_s: float) -> bool:
-    if len(pred) > _MAX_MATH_CHARS or len(gold) > _MAX_MATH_CHARS:
+    if len(pred) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
         return False
     p_key, g_key = _latex_key(pred), _latex_key(gold)
     if p_key and p_key == g_key:
@@ -289,11 +287,11 @@ def _math_equivalent(pred: str, gold: str, timeout_s: float) -> bool:
         return _numbers_match(p_num, g_num)  # decisive: both are plain numbers
     if (g_num is not None and _APART in p_key) or (p_num is not None and _APART in g_key):
         return False  # one number against digits kept apart ("1 2", "32, 349"); math-verify reads "1 2" as 3
-    if _brace_depth(pred) > _MAX_BRACE_DEPTH or _brace_depth(gold) > _MAX_BRACE_DEPTH:
+    if _brace_depth(pred) > MAX_BRACE_DEPTH or _brace_depth(gold) > MAX_BRACE_DEPTH:
         return False
     if _EXPLOSIVE.search(pred) or _EXPLOSIVE.search(gold):
         return False  # identical spellings were accepted above; MATH has 3 such golds (2^{2005}, ...)
-    return _symbolic_equal(pred, gold, timeout_s)
+    return symbolic_equal(pred, gold, timeout_s)
 
 
 def is_equivalent(pred: str | None, gold: str, style: str, timeout_s: float = 5.0) -> bool:
@@ -306,12 +304,12 @@ def is_equivalent(pred: str | None, gold: str, style: str, timeout_s: float = 5.
 
     ``"math"``: normalised-string equality, then plain numbers as above (``\\frac{1}{2}`` = 0.5,
     ``10\\%`` = 10), then math-verify (tuples, intervals, ``(x+1)^2`` = ``x^2+2x+1``, ``x = 5`` = 5,
-    ``\\text{(C)}`` = C), bounded by ``timeout_s`` seconds of wall time (see :func:`_symbolic_equal`).
+    ``\\text{(C)}`` = C), bounded by ``timeout_s`` seconds of wall time (see :func:`symbolic_equal`).
 
     Never raises on string input: anything unexpected is logged and counts as not equivalent. An
     unknown ``style`` is a :class:`UserError` (a typo would otherwise silently score every answer wrong).
     """
-    _check_style(style)
+    check_style(style)
     if pred is None or gold is None:
         return False
     try:
@@ -341,7 +339,7 @@ def score_output(output: str, reference: str, style: str) -> dict:
     the parts: as a set for a list or set gold ("-2, 1" by ``\\boxed{-2}`` and ``\\boxed{1}``), in order
     for a tuple gold. If they match, the answer is correct and ``extracted`` lists those boxes.
     """
-    found = _extract(output, style)
+    found = find_answer(output, style)
     ext = found.extraction
     extracted, correct = ext.text, is_equivalent(ext.text, reference, style)
     if not correct and style == "math" and found.box is not None:
@@ -399,8 +397,8 @@ def _gold_parts(gold: str) -> tuple[list[str], bool] | None:
     ``(3, \\frac{\\pi}{2})`` is ordered. Intervals (``[1, 2)``, ``[0, 1]``) and numbers ("58,500",
     ``10,\\!000``) are one part.
     """
-    g = _THOUSANDS_COMMA.sub("{,}", _LEFT_RIGHT.sub("", gold)).strip().strip("$").strip()
-    if len(g) > _MAX_MATH_CHARS or _parse_number(_latex_key(g), units=False) is not None:
+    g = THOUSANDS_COMMA.sub("{,}", _LEFT_RIGHT.sub("", gold)).strip().strip("$").strip()
+    if len(g) > MAX_MATH_CHARS or _parse_number(_latex_key(g), units=False) is not None:
         return None
     ordered = False
     if g.startswith("\\{") and g.endswith("\\}") and _closes_at_end(g, 2):
@@ -420,7 +418,7 @@ def _boxed_parts(text: str, gold: str) -> list[str] | None:
         if split is None:
             return None
         parts, ordered = split
-        boxes = [b.content for b in itertools.islice(_boxes_from_end(text), len(parts))][::-1]
+        boxes = [b.content for b in itertools.islice(boxes_from_end(text), len(parts))][::-1]
         if len(boxes) < len(parts):
             return None
         deadline = time.monotonic() + _PARTS_TIMEOUT_S

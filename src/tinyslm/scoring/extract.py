@@ -43,16 +43,16 @@ REL_TOL = Fraction(1, 10_000)
 
 # Size guards. No real answer comes near these; pathological outputs (a 10,000-digit number, a 1 MB
 # string, 5,000 nested braces) are rejected by them in microseconds instead of being handed to a parser.
-_MAX_NUMBER_CHARS = 200  # longest string normalize_number will look at
-_MAX_DIGITS = 80  # most digits in one number
-_MAX_TEXT_ANSWER_CHARS = 200  # longest non-numeric answer compared as text
-_MAX_MATH_CHARS = 1000  # longest answer handed to the symbolic checker
-_MAX_BRACE_DEPTH = 40  # deepest {...}, (...), [...] nesting handed to the symbolic checker
+MAX_NUMBER_CHARS = 200  # longest string normalize_number will look at
+MAX_DIGITS = 80  # most digits in one number
+MAX_TEXT_ANSWER_CHARS = 200  # longest non-numeric answer compared as text
+MAX_MATH_CHARS = 1000  # longest answer handed to the symbolic checker
+MAX_BRACE_DEPTH = 40  # deepest {...}, (...), [...] nesting handed to the symbolic checker
 _MAX_BOXED_CHARS = 5000  # longest \boxed{...} content scanned for its closing brace
 _MAX_BOXED_TRIES = 16  # how many \boxed occurrences (from the end) are tried
 _MAX_SPAN_CHARS = 1000  # longest answer span taken after a marker
 _MAX_MARKER_TRIES = 50  # how many "####" / "The answer is" occurrences are tried
-_WORKER_GRACE_S = 2.0  # extra wall time the helper process gets before it is killed
+WORKER_GRACE_S = 2.0  # extra wall time the helper process gets before it is killed
 
 
 @dataclass(frozen=True)
@@ -100,21 +100,21 @@ _ANSWER_IS = re.compile(
 # separator the last group must not run into a hyphenated word: in "2 100-page books" the 100 belongs to
 # "page", so that is 2, then 100.
 _COMMA_SEPS = (",", r"\{,\}", r",\\!")
-_SPACE_SEPS = ("[ \u00a0\u2009\u202f]", r"\\,", r"\\!", r"\\ ", "~")
+SPACE_SEPS = ("[ \u00a0\u2009\u202f]", r"\\,", r"\\!", r"\\ ", "~")
 _GROUPED = (
     r"[1-9]\d{0,2}(?:"
     + "|".join(
         [rf"(?:{sep}\d{{3}})+(?!,?\d)" for sep in _COMMA_SEPS]
-        + [rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in _SPACE_SEPS]
+        + [rf"(?:{sep}\d{{3}})+(?!\d|-[A-Za-z])" for sep in SPACE_SEPS]
     )
     + ")"
 )
 # An integer part: a grouped number, or plain digits not followed by ",digit" (so "1,2" and "0,111" are
 # never read as their first part alone; :data:`_NUMBER_TOKEN` takes such runs whole, as non-numbers).
 _INT = rf"(?:{_GROUPED}|\d+(?!,?\d))"
-_NUM = rf"(?:{_INT}(?:\.\d+)?|\.\d+)"
-_NOT_DIGIT = re.compile(r"[^\d.]")  # deleting it from a grouped number leaves its digits
-_THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")  # MATH's 10,\!000, also written 11,\! 111
+NUMBER_PATTERN = rf"(?:{_INT}(?:\.\d+)?|\.\d+)"
+NOT_DIGIT = re.compile(r"[^\d.]")  # deleting it from a grouped number leaves its digits
+THOUSANDS_COMMA = re.compile(r",\s*\\!\s*")  # MATH's 10,\!000, also written 11,\! 111
 
 # One number as written in running text: ratio/clock time, or an optionally signed, optionally
 # currency-prefixed integer/decimal/fraction/percentage, or a LaTeX \frac with digit arguments, or a
@@ -125,7 +125,7 @@ _NUMBER_TOKEN = re.compile(
     r"(?<![\w.])(?:"
     r"\d{1,2}(?::\d{2}){1,2}\s?[ap]\.?m\.?(?![a-z])"  # 3:30 p.m.
     r"|\d+(?::\d+)+(?!\d)"  # 2:3, 14:55
-    rf"|[-−]?(?:\\?\$)?[-−]?(?:\\[dt]?frac\{{\d+\}}\{{\d+\}}|\\[dt]?frac\d\d|{_NUM}(?:/{_NUM})?)(?:\s?\\?%)?"
+    rf"|[-−]?(?:\\?\$)?[-−]?(?:\\[dt]?frac\{{\d+\}}\{{\d+\}}|\\[dt]?frac\d\d|{NUMBER_PATTERN}(?:/{NUMBER_PATTERN})?)(?:\s?\\?%)?"
     r"|\d+(?:,\d+)+"  # 0,111 / 1,2,3: not a number
     r")",
     re.IGNORECASE,
@@ -143,7 +143,7 @@ _ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "a.
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
-def _check_style(style: str) -> None:
+def check_style(style: str) -> None:
     """A misspelt style would silently score everything wrong, so it is a loud error, never a False."""
     if style not in ANSWER_STYLES:
         raise UserError(f"unknown answer style {style!r}; expected one of {', '.join(ANSWER_STYLES)}")
@@ -175,7 +175,7 @@ class _Box(NamedTuple):
 _BARE_BOX = re.compile(r"[^\s$]{1,100}")
 
 
-def _boxes_from_end(text: str) -> Iterator[_Box]:
+def boxes_from_end(text: str) -> Iterator[_Box]:
     """The complete, non-empty boxes of ``text``, last first (see :func:`last_boxed`).
 
     A box that encloses a later one (``\\boxed{\\boxed{5}}``) is the same answer and is not yielded again.
@@ -218,7 +218,7 @@ def last_boxed(text: str) -> str | None:
     """
     if not isinstance(text, str) or not text:
         return None
-    box = next(_boxes_from_end(text), None)
+    box = next(boxes_from_end(text), None)
     return None if box is None else box.content
 
 
@@ -386,8 +386,8 @@ def _late_math(span: str) -> str | None:
     return found if found and not _PROSE.search(found) else None
 
 
-def _extract(output: str, style: str) -> _Found:
-    _check_style(style)
+def find_answer(output: str, style: str) -> _Found:
+    check_style(style)
     if not isinstance(output, str):
         output = "" if output is None else str(output)
     text = _cut_run_on(output)
@@ -398,7 +398,7 @@ def _extract(output: str, style: str) -> _Found:
         found = _first_marked(text, _HASH_MARKER, _number_from_span)
         if found is not None:
             return _Found(Extraction(found, True), text, None)
-    box = next(_boxes_from_end(text), None)
+    box = next(boxes_from_end(text), None)
     if box is not None:
         late = _first_marked(text[box.end :], _FINAL_ANSWER, _late_number if number else _late_math)
         if late is not None:
@@ -436,4 +436,4 @@ def extract_answer(output: str, style: str) -> Extraction:
     results, and a later run-on problem is already cut off. "The answer is" follows ``####`` (first),
     which is also what lm-evaluation-harness's strict-match filter takes.
     """
-    return _extract(output, style).extraction
+    return find_answer(output, style).extraction

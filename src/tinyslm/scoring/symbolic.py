@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tinyslm.core.errors import UserError
-from tinyslm.scoring.extract import _WORKER_GRACE_S
+from tinyslm.scoring.extract import WORKER_GRACE_S
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _with_alarm(fn: Callable[[], T], timeout_s: float) -> T | None:
         return None
 
 
-def _symbolic_equal(pred: str, gold: str, timeout_s: float) -> bool:
+def symbolic_equal(pred: str, gold: str, timeout_s: float) -> bool:
     """math-verify's verdict within ``timeout_s`` seconds of wall time; False when it runs out.
 
     On the main thread (the normal case: the eval loop scores as it generates) the check runs in-process
@@ -240,7 +240,7 @@ class _Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold, "timeout_s": timeout_s}) + "\n")
         self.proc.stdin.flush()
-        reply = self._reply(timeout_s + _WORKER_GRACE_S)
+        reply = self._reply(timeout_s + WORKER_GRACE_S)
         if reply is None:
             raise TimeoutError
         return json.loads(reply)["ok"]

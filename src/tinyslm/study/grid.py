@@ -21,10 +21,12 @@ hand cells to a cluster scheduler; each runs exactly what the in-process loop wo
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -140,6 +142,67 @@ ReportSection = create_model(
 )
 
 
+class SweepSection(_Strict):
+    """A learning-rate (and more) sweep per trained method, chosen on a validation split (issue 15).
+
+    Every trained cell of the study then holds out the same ``val_size`` rows of the training set. Per model x
+    method, each point of ``grid`` (the cartesian product of its lists) is a trial cell trained at the first
+    seed; the protocol cell of that seed is a trial too (the paper protocol is always a candidate). The best
+    trial by ``select_by`` (ties: fewer trainable parameters, then shorter training) is evaluated on the
+    test benchmarks as ``<method>-tuned``, and retrained at every further seed.
+    """
+
+    select_by: Literal["val_loss", "val_em"] = Field(
+        "val_loss", description="val_loss (lowest) or val_em (highest exact match on val_generate problems)"
+    )
+    val_size: int = Field(200, ge=0, description="held-out training rows; never trained on, never a test row")
+    val_generate: int | None = Field(
+        None, ge=1, description="val_em: validation problems generated (default: all val_size)"
+    )
+    eval_every: int = Field(0, ge=0, description="validation loss every N steps (the curves); 0: at the end")
+    grid: dict[str, dict[str, list[Any]]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _split(self) -> SweepSection:
+        if self.val_size == 0:
+            raise ValueError(
+                f"select_by {self.select_by} needs a validation split: val_size must be > 0 "
+                "(choosing on the test set would make the test result optimistic)"
+            )
+        if self.val_generate is not None and self.val_generate > self.val_size:
+            raise ValueError(f"val_generate {self.val_generate} exceeds val_size {self.val_size}")
+        for method, axes in self.grid.items():
+            if method not in TRAIN_METHODS:
+                raise ValueError(
+                    f"grid.{method}: only trained methods are swept ({', '.join(TRAIN_METHODS)})"
+                )
+            if not axes:
+                raise ValueError(f"grid.{method}: no setting to sweep")
+            for key, values in axes.items():
+                if key not in OVERRIDE_FIELDS:
+                    raise ValueError(
+                        f"grid.{method}.{key}: not a sweepable setting ({', '.join(OVERRIDE_FIELDS)})"
+                    )
+                if not values:
+                    raise ValueError(f"grid.{method}.{key}: empty list")
+                if len({repr(v) for v in values}) != len(values):
+                    raise ValueError(f"grid.{method}.{key}: a value is listed twice")
+                for v in values:  # the same types and bounds as the overrides (a negative lr is refused)
+                    try:
+                        MethodOverrides.model_validate({key: v})
+                    except ValidationError as e:
+                        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                        raise ValueError(f"grid.{method}.{key}: {v!r}: {msg}") from None
+        return self
+
+    @property
+    def generate(self) -> int:
+        """Validation problems generated per measurement: all of the split for val_em, none for val_loss."""
+        if self.select_by != "val_em":
+            return 0
+        return self.val_generate or self.val_size
+
+
 class StudyConfig(_Strict):
     name: str = "study"
     description: str = ""
@@ -154,6 +217,7 @@ class StudyConfig(_Strict):
     overrides: dict[str, MethodOverrides] = Field(default_factory=dict)
     diagnostics: DiagnosticsSection | bool = False
     report: ReportSection = ReportSection()
+    sweep: SweepSection | None = None
 
     @field_validator("methods")
     @classmethod
@@ -189,6 +253,9 @@ class StudyConfig(_Strict):
                 raise ValueError(
                     f"overrides.{m}: overrides are for trained methods ({', '.join(TRAIN_METHODS)})"
                 )
+        for m in self.sweep.grid if self.sweep else ():
+            if m not in self.methods:
+                raise ValueError(f"sweep.grid.{m}: '{m}' is not in methods ({', '.join(self.methods)})")
         return self
 
     @property
@@ -249,10 +316,16 @@ class Cell:
     method: str  # zero-shot | few-shot | full | lora | dora
     seed: int
     shots: int
+    kind: str = "grid"  # grid (models x methods x seeds) | trial (a sweep point) | tuned (the chosen point)
+    trial: tuple[tuple[str, Any], ...] = ()  # a trial's settings, in the sweep grid's order
 
     @property
     def label(self) -> str:
-        """The method as tables show it: few-shot carries its k."""
+        """The method as tables show it: few-shot carries its k; a sweep's cells say what they are."""
+        if self.kind == "trial":
+            return f"{self.method}-trial-{trial_slug(self.trial)}"
+        if self.kind == "tuned":
+            return f"{self.method}-tuned"
         return f"few-shot-{self.shots}" if self.method == "few-shot" else self.method
 
     @property
@@ -268,8 +341,42 @@ class Cell:
         return self.method in TRAIN_METHODS
 
 
+def trial_slug(setting: tuple[tuple[str, Any], ...]) -> str:
+    """A trial's settings as a directory-safe name: ``lr5e-04-r16``."""
+    short = {"lr": "lr", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "drop", "weight_decay": "wd"}
+    parts = []
+    for key, v in setting:
+        text = f"{v:.0e}" if key == "lr" else (f"{v:g}" if isinstance(v, float) else str(v))
+        parts.append(short.get(key, key.replace("_", "")) + text.replace("+", ""))
+    return "-".join(parts)
+
+
+def sweep_points(cfg: StudyConfig, model: str, method: str) -> list[tuple[tuple[str, Any], ...]]:
+    """Every point of the method's sweep grid, the protocol point first (it is the grid cell at the first
+    seed, whether or not the grid lists its values), each once."""
+    from tinyslm.train.config import resolve_config
+
+    assert cfg.sweep is not None
+    axes = cfg.sweep.grid[method]
+    probe = Cell(model, cell_model_name(model), method, cfg.seeds[0], 0)
+    base = asdict(resolve_config(train_config(cfg, probe, Path("unused"))))
+    protocol = tuple((k, base[k]) for k in axes)
+    points = [protocol]
+    for combo in itertools.product(*axes.values()):
+        point = tuple(zip(axes, combo, strict=True))
+        if all(_same(v, dict(protocol)[k]) for k, v in point):
+            continue
+        points.append(point)
+    return points
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-12))
+
+
 def plan_cells(cfg: StudyConfig) -> list[Cell]:
-    """models x methods x seeds, in config order; zero-shot once per model."""
+    """models x methods x seeds, in config order; zero-shot once per model. With a sweep, then per model x
+    swept method: its trial cells (at the first seed), then its tuned cells (one per seed)."""
 
     cells = []
     names: dict[str, str] = {}
@@ -282,6 +389,13 @@ def plan_cells(cfg: StudyConfig) -> list[Cell]:
             seeds = cfg.seeds[:1] if method == "zero-shot" else cfg.seeds
             shots = cfg.eval.shots if method == "few-shot" else 0
             cells.extend(Cell(ref, name, method, seed, shots) for seed in seeds)
+    if cfg.sweep is not None:
+        for ref in cfg.models:
+            for method in (m for m in cfg.methods if m in cfg.sweep.grid):
+                name = cell_model_name(ref)
+                for point in sweep_points(cfg, ref, method)[1:]:
+                    cells.append(Cell(ref, name, method, cfg.seeds[0], 0, kind="trial", trial=point))
+                cells.extend(Cell(ref, name, method, seed, 0, kind="tuned") for seed in cfg.seeds)
     return cells
 
 
@@ -317,6 +431,11 @@ def train_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True)
     over = cfg.overrides.get(cell.method)
     if over is not None:
         base.update({k: v for k, v in over.model_dump().items() if v is not None})
+    base.update(dict(cell.trial))  # a sweep trial's own settings, over everything else
+    if cfg.sweep is not None:  # every trained cell holds out the same split, so that all compare alike
+        base.update(
+            val_size=cfg.sweep.val_size, eval_every=cfg.sweep.eval_every, val_generate=cfg.sweep.generate
+        )
     return TrainConfig(**base)
 
 
@@ -345,14 +464,19 @@ def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) 
     return replace(ecfg, **common, shots=0)
 
 
-def cell_spec(cfg: StudyConfig, cell: Cell, out: Path) -> dict[str, Any]:
-    """What a cell's results depend on; a rerun with a different spec is refused, never mixed."""
+def cell_spec(
+    cfg: StudyConfig, cell: Cell, out: Path, chosen: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a cell's results depend on; a rerun with a different spec is refused, never mixed. A trial cell is
+    trained only (no test benchmark); a tuned cell depends on the trial chosen (``chosen``) as well."""
     from tinyslm.train.config import RESUMABLE_CHANGES
 
-    ecfg = asdict(eval_config(cfg, cell, out))
-    spec: dict[str, Any] = {
-        "eval": {k: ecfg[k] for k in ("benchmarks", "limit", "shots", "max_new_tokens", "seed")},
-    }
+    spec: dict[str, Any] = {}
+    if cell.kind != "trial":
+        ecfg = asdict(eval_config(cfg, cell, out))
+        spec["eval"] = {k: ecfg[k] for k in ("benchmarks", "limit", "shots", "max_new_tokens", "seed")}
+    if chosen is not None:
+        spec["chosen"] = chosen
     if cell.trained:
         tcfg = asdict(train_config(cfg, cell, out))
         spec["train"] = {k: v for k, v in tcfg.items() if k not in RESUMABLE_CHANGES}

@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +55,41 @@ def run_cell(
     naming the holder's PID.
     """
     out = contained(root, cell.dir(root))
+    choice = None
+    if cell.kind == "tuned":  # the sweep's choice first: until every trial has run, the cell waits
+        from tinyslm.study.sweep import choose, tuned_cell
+
+        try:
+            choice = choose(cfg, root, cell.model, cell.method)
+        except UserError as e:
+            rec = read_cell(out) or CellRecord(
+                id=cell.id, model=cell.model_name, method=cell.label, status=Status.PENDING
+            )
+            rec.update(reason=f"waiting: {e}", skipped=True)
+            return rec  # nothing written: the cell runs once its trials have
+        cell = tuned_cell(cell, choice)
     with exclusive_lock(out, "--output"):
-        return _run_locked_cell(cfg, cell, out, progress=progress, retry_failed=retry_failed)
+        return _run_locked_cell(cfg, cell, out, choice, root, progress=progress, retry_failed=retry_failed)
 
 
 def _run_locked_cell(
-    cfg: StudyConfig, cell: Cell, out: Path, *, progress: bool, retry_failed: bool
+    cfg: StudyConfig,
+    cell: Cell,
+    out: Path,
+    choice: Any,
+    root: Path,
+    *,
+    progress: bool,
+    retry_failed: bool,
 ) -> CellRecord:
     prev = read_cell(out)
-    spec = cell_spec(cfg, cell, out)
+    spec = cell_spec(cfg, cell, out, choice.to_json() if choice is not None else None)
     rec = CellRecord(
         id=cell.id,
         model=cell.model_name,
         model_ref=cell.model,
         method=cell.label,
-        kind="train" if cell.trained else "icl",
+        kind=cell.kind if cell.kind != "grid" else ("train" if cell.trained else "icl"),
         shots=cell.shots,
         seed=cell.seed,
         benchmarks=list(cfg.eval.benchmarks),
@@ -80,14 +100,10 @@ def _run_locked_cell(
         attempts=1,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
+    _sweep_fields(cfg, cell, rec, choice)
     if prev is not None:
-        if prev.get("spec") != spec:
-            changed = sorted(
-                f"{part}.{k}"
-                for part in ("train", "eval")
-                for k in set((prev.get("spec") or {}).get(part) or {}) | set(spec.get(part) or {})
-                if ((prev.get("spec") or {}).get(part) or {}).get(k) != (spec.get(part) or {}).get(k)
-            )
+        changed = spec_changes(prev.get("spec") or {}, spec)
+        if changed:
             prev.update(
                 status=Status.FAILED,
                 reason=f"{out} was run with different settings ({', '.join(changed) or 'spec'}); "
@@ -105,7 +121,10 @@ def _run_locked_cell(
     t0 = time.perf_counter()
     previous_wall = float((prev or {}).get("wall_s") or 0.0)
     try:
-        status, reason = _execute(cfg, cell, out, progress)
+        if cell.kind == "tuned":
+            status, reason = _execute_tuned(cfg, cell, out, choice, root, progress)
+        else:
+            status, reason = _execute(cfg, cell, out, progress)
     except KeyboardInterrupt:
         rec.update(
             status=Status.INTERRUPTED,
@@ -161,11 +180,85 @@ def _execute(cfg: StudyConfig, cell: Cell, out: Path, progress: bool) -> tuple[S
                 Status.FAILED,
                 f"training {run.get('status', 'did not finish')}: {run.get('reason') or ''}".rstrip(": "),
             )
+        if cell.kind == "trial":  # a sweep trial is judged on its validation split only
+            return Status.FINISHED, None
     from tinyslm.core.runtime import hf_progress_bars
 
     with hf_progress_bars(progress):
         run_eval(eval_config(cfg, cell, out, progress))
     return Status.FINISHED, None
+
+
+def _execute_tuned(
+    cfg: StudyConfig, cell: Cell, out: Path, choice: Any, root: Path, progress: bool
+) -> tuple[Status, str | None]:
+    """The chosen setting on the test benchmarks. The chosen run itself at its seed (the first): its final/
+    model is evaluated here, or, when the protocol point won, its grid cell's evaluation is copied (same
+    model, same problems). Every further seed: the grid cell of that seed when the protocol point won, else
+    the chosen setting is trained at that seed here, then evaluated."""
+    from tinyslm.core.runtime import hf_progress_bars
+    from tinyslm.evaluate.runner import run_eval
+
+    same = choice.cell if cell.seed == choice.cell.seed else None
+    if same is None and choice.protocol:
+        same = Cell(cell.model, cell.model_name, cell.method, cell.seed, 0)  # the grid cell of this seed
+    if same is not None and same.kind == "grid" and _copy_eval(same.dir(root), out, cfg.eval.benchmarks):
+        return Status.FINISHED, None
+    if same is None:  # train the chosen setting at this seed (cell carries it), then evaluate as any cell
+        return _execute(cfg, cell, out, progress)
+    ecfg = eval_config(cfg, same, same.dir(root), progress)
+    with hf_progress_bars(progress):
+        run_eval(replace(ecfg, output=str(out / "eval")))
+    return Status.FINISHED, None
+
+
+def _copy_eval(src: Path, out: Path, benchmarks: list[str]) -> bool:
+    """Copy a finished cell's evaluation files (True), or False when it has not finished every benchmark."""
+    import shutil
+
+    rec = read_cell(src)
+    if rec is None or rec.get("status") != Status.FINISHED:
+        return False
+    names = [b for b in benchmarks if (src / "eval" / b / "results.json").is_file()]
+    if len(names) != len(benchmarks):
+        return False
+    for b in names:
+        dest = out / "eval" / b
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ("run_config.json", "predictions.jsonl", "results.json"):
+            if (src / "eval" / b / f).is_file():
+                shutil.copy2(src / "eval" / b / f, dest / f)
+    return True
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings in which a cell's recorded spec differs from today's. A training setting the old spec
+    lacks (added to tiny-slm later) counts as its default, so directories made before it still resume."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    out = []
+    for part in sorted(set(old) | set(new)):
+        a, b = old.get(part), new.get(part)
+        if not (isinstance(a, dict) and isinstance(b, dict)) or part == "chosen":
+            if a != b:
+                out.append(part)
+            continue
+        for k in sorted(set(a) | set(b)):
+            was = a.get(k, defaults.get(k)) if part == "train" else a.get(k)
+            if was != b.get(k):
+                out.append(f"{part}.{k}")
+    return out
+
+
+def _sweep_fields(cfg: StudyConfig, cell: Cell, rec: CellRecord, choice: Any) -> None:
+    """cell.json's sweep fields: a trial's setting, a tuned cell's choice, a protocol cell's point."""
+    if cell.kind == "trial":
+        rec.update(base_method=cell.method, trial=dict(cell.trial), benchmarks=[])
+    elif cell.kind == "tuned":
+        rec.update(base_method=cell.method, chosen=choice.to_json())
+    elif cfg.sweep is not None and cell.method in cfg.sweep.grid and cell.seed == cfg.seeds[0]:
+        from tinyslm.study.grid import sweep_points
+
+        rec.update(sweep_point=dict(sweep_points(cfg, cell.model, cell.method)[0]))
 
 
 def _launch_distributed(cfg: StudyConfig, cell: Cell, out: Path) -> None:
@@ -246,7 +339,8 @@ def check_inputs(cfg: StudyConfig) -> None:
     if any(m in TRAIN_METHODS for m in cfg.methods):
         from tinyslm.data.training import load_training_set
 
-        load_training_set(cfg.train.dataset, data_dir=cfg.data_dir, limit=cfg.train.limit)
+        val_size = cfg.sweep.val_size if cfg.sweep is not None else 0
+        load_training_set(cfg.train.dataset, data_dir=cfg.data_dir, limit=cfg.train.limit, val_size=val_size)
         from tinyslm.train.config import resolve_config
 
         for cell in plan_cells(cfg):
@@ -293,7 +387,7 @@ def run_study(
     if diag is not None:
         for cell in cells:
             rec = records.get(cell.id) or {}
-            if cell.trained and rec.get("status") == Status.FINISHED:
+            if cell.trained and cell.kind == "grid" and rec.get("status") == Status.FINISHED:
                 with exclusive_lock(cell.dir(root), "--output"):  # it writes into the cell
                     _diagnose(cfg, cell.dir(root), diag, progress)
     result = {"output": str(root), "cells": records, "wall_s": round(time.perf_counter() - t0, 3)}
@@ -359,9 +453,31 @@ def write_study_file(cfg: StudyConfig, root: Path, records: dict[str, CellRecord
                 }
                 for cid, r in records.items()
             ],
+            **({"sweep": _sweep_summary(cfg, root)} if cfg.sweep is not None else {}),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
+
+
+def _sweep_summary(cfg: StudyConfig, root: Path) -> dict[str, Any]:
+    """study.json's ``sweep``: the rule, and per model x method its trials and the chosen one (null while
+    trials are still to run)."""
+    from tinyslm.study.sweep import candidates, choose
+
+    assert cfg.sweep is not None
+    choices: dict[str, Any] = {}
+    for model in cfg.models:
+        for method in (m for m in cfg.methods if m in cfg.sweep.grid):
+            trials = candidates(cfg, model, method)
+            try:
+                chosen: str | None = choose(cfg, root, model, method).cell.id
+            except UserError:
+                chosen = None
+            choices[f"{trials[0][0].model_name}/{method}"] = {
+                "chosen": chosen,
+                "trials": [c.id for c, _ in trials],
+            }
+    return {"select_by": cfg.sweep.select_by, "val_size": cfg.sweep.val_size, "choices": choices}
 
 
 def write_report(cfg: StudyConfig, root: Path) -> Path:
