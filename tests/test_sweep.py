@@ -157,3 +157,30 @@ def test_sweep_end_to_end_chooses_on_validation_and_never_a_diverged_trial(
     assert main(["run", str(cfg_file), "--output", str(root), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "lora-tuned/seed8" in out and "pending" not in out
+
+
+def test_a_cell_made_before_the_validation_settings_existed_still_counts_as_done(
+    tmp_path, tiny_model_dir, data_dir
+):
+    """A study directory written by the version before issue 15: its cell specs lack the new training
+    settings. They are read as those settings' defaults, so the finished cell is kept, not refused."""
+    cfg = _study(tiny_model_dir, data_dir, seeds=[7])
+    del cfg["sweep"]
+    cfg_file = _write(tmp_path / "s.yaml", cfg)
+    root = tmp_path / "out"
+    study_runner.run_study(cfg_file, str(root), progress=False, report=False)
+    cid = f"{tiny_model_dir.name}/lora/seed7"
+    cell_file = root / cid / "cell.json"
+    rec = json.loads(cell_file.read_text())
+    for key in ("val_size", "eval_every", "val_generate", "val_max_new_tokens"):
+        rec["spec"]["train"].pop(key, None)
+    rec.pop("schema_version", None)
+    cell_file.write_text(json.dumps(rec))
+    again = study_runner.run_study(cfg_file, str(root), progress=False, report=False)
+    assert again["cells"][cid]["status"] == "finished" and again["cells"][cid]["skipped"]
+    # while a real change is still refused, naming the setting
+    cfg["train"]["limit"] = 8
+    changed = study_runner.run_study(
+        _write(tmp_path / "c.yaml", cfg), str(root), progress=False, report=False
+    )
+    assert changed["cells"][cid]["status"] == "failed" and "train.limit" in changed["cells"][cid]["reason"]
