@@ -81,7 +81,6 @@ def analyze(
     """
     from tinyslm.core.runtime import pick_device
     from tinyslm.data.benchmarks import resolve_data_dir
-    from tinyslm.evaluate.runner import package_versions
 
     info = read_run_dir(run_dir, base)
     wanted = parse_measures(measures)
@@ -117,21 +116,7 @@ def analyze(
     def timed(name: str) -> contextlib.AbstractContextManager[None]:
         return _timer(name, seconds, say, peaks)
 
-    if "grad_norm_spikes" in wanted:
-        from tinyslm.diagnostics.grad_spikes import grad_norm_spikes
-
-        with timed("grad_norm_spikes"):
-            result["grad_norm_spikes"] = grad_norm_spikes(info.run_dir)
-    if {"repetition_rate", "arithmetic_error_rate"} & set(wanted):
-        from tinyslm.diagnostics.outputs import arithmetic_error_rate, read_outputs, repetition_rate
-
-        outputs = read_outputs(info.run_dir)
-        if "repetition_rate" in wanted:
-            with timed("repetition_rate"):
-                result["repetition_rate"] = repetition_rate(outputs)
-        if "arithmetic_error_rate" in wanted:
-            with timed("arithmetic_error_rate"):
-                result["arithmetic_error_rate"] = arithmetic_error_rate(outputs)
+    _output_measures(info, wanted, result, timed)
 
     sharpness_about = None
     if _NEED_MODELS & set(wanted):
@@ -149,7 +134,51 @@ def analyze(
             hvp=dict(iters=hvp_iters, tol=hvp_tol, batch=hvp_batch, micro_batch=hvp_micro_batch),
         )
 
-    result["measured"] = {
+    result["measured"] = _measured(
+        info, wanted, result, dev, probes, probe_limit, probe_seed, data, sharpness_about, seconds, peaks
+    )
+    result["summary"] = summarize(result)
+    ordered = {k: result[k] for k in ("summary", *MEASURES, "measured") if k in result}
+    atomic_write_json(info.run_dir / OUTPUT_NAME, ordered)
+    return ordered
+
+
+def _output_measures(info: RunInfo, wanted: list[str], result: dict[str, Any], timed: Any) -> None:
+    """The measures read from the run's files (no model): gradient-norm spikes, repetition, arithmetic."""
+    if "grad_norm_spikes" in wanted:
+        from tinyslm.diagnostics.grad_spikes import grad_norm_spikes
+
+        with timed("grad_norm_spikes"):
+            result["grad_norm_spikes"] = grad_norm_spikes(info.run_dir)
+    if {"repetition_rate", "arithmetic_error_rate"} & set(wanted):
+        from tinyslm.diagnostics.outputs import arithmetic_error_rate, read_outputs, repetition_rate
+
+        outputs = read_outputs(info.run_dir)
+        if "repetition_rate" in wanted:
+            with timed("repetition_rate"):
+                result["repetition_rate"] = repetition_rate(outputs)
+        if "arithmetic_error_rate" in wanted:
+            with timed("arithmetic_error_rate"):
+                result["arithmetic_error_rate"] = arithmetic_error_rate(outputs)
+
+
+def _measured(
+    info: RunInfo,
+    wanted: list[str],
+    result: dict[str, Any],
+    dev: str,
+    probes: dict[str, Any] | None,
+    probe_limit: int | None,
+    probe_seed: int,
+    data: Path | None,
+    sharpness_about: Any,
+    seconds: dict[str, float],
+    peaks: Any,
+) -> dict[str, Any]:
+    """diagnostics.json's ``measured``: how, where and with what each measure was taken."""
+    from tinyslm.evaluate.runner import package_versions
+
+    return {
         "run_dir": str(info.run_dir),
         "method": info.method,
         "base": info.base,
@@ -173,10 +202,6 @@ def analyze(
         "versions": package_versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    result["summary"] = summarize(result)
-    ordered = {k: result[k] for k in ("summary", *MEASURES, "measured") if k in result}
-    atomic_write_json(info.run_dir / OUTPUT_NAME, ordered)
-    return ordered
 
 
 def _model_measures(
