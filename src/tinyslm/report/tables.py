@@ -730,7 +730,7 @@ def validation_summary(c: Cell) -> dict[str, Any]:
     """A trial's final validation numbers: run.json's ``validation`` section, else its last validation line
     in metrics.jsonl (a run that stopped before writing the section). Keys: loss, loss_ci95, correct, n, em,
     em_ci95 (absent when unknown)."""
-    v = (c.run or {}).get("validation") if c.run is not None else None
+    v = c.run.get("validation") if c.run is not None else None
     if isinstance(v, dict):
         out = {k: v.get(k) for k in ("loss", "loss_ci95", "correct", "em", "em_ci95")}
         out["n"] = v.get("n_generate")
@@ -780,10 +780,10 @@ def _fmt_val_em(v: dict[str, Any]) -> str:
 
 
 def _setting_key(setting: dict[str, Any]) -> tuple:
-    """Rows in grid order: by each key's value (numbers numerically)."""
+    """Rows in grid order: by the first key's value (numbers numerically), then the next key's, ..."""
     return tuple(
         (k, 0, float(v), "") if isinstance(v, (int, float)) else (k, 1, 0.0, str(v))
-        for k, v in sorted(setting.items())
+        for k, v in setting.items()
     )
 
 
