@@ -34,12 +34,14 @@ from tinyslm.report.tables import (
     diagnostics_table,
     fmt_count,
     half_width,
+    negative_transfer_lines,
     qualitative_examples,
     recommendations,
     repetition_table,
     results_csv_rows,
     short_reason,
     strict_table,
+    sweep_tables,
 )
 from tinyslm.results.provenance import short
 
@@ -234,6 +236,39 @@ def _study_lines(col: Collection) -> list[str]:
     return lines
 
 
+def _sweep_line(col: Collection) -> str:
+    """The header's account of a learning-rate sweep: how many trials, how chosen, where to look."""
+    trials = [c for c in col.cells if c.is_trial]
+    done = sum(c.finished for c in trials)
+    how = "; ".join(
+        f"select by {sw.get('select_by', '?')} on a validation split of {sw.get('val_size', '?')} "
+        "training problems"
+        for sw in col.sweeps
+    )
+    return (
+        f"Learning-rate sweep: {len(trials)} trial cell(s), {done} finished"
+        + (f" ({how})" if how else "")
+        + "; every trial is listed under 'Learning-rate sweep', the chosen settings are the '-tuned' rows "
+        "(e.g. lora-tuned)."
+    )
+
+
+def _sweep_sections(col: Collection) -> list[Section]:
+    tables = sweep_tables(col)
+    if not tables:
+        return []
+    blocks: list = [
+        "Every trial of each model \u00d7 method, trained on the training set minus the validation split and "
+        "measured on that split only (no test benchmark): its setting (the paper protocol's point marked), "
+        "validation loss (token-weighted mean over the split's target tokens; 95% interval over its examples) "
+        "and, where generated, validation exact match (Wilson 95% interval), train time, and the trial the "
+        "selection rule chose."
+    ]
+    for t in tables:
+        blocks.append(Table(t.columns, t.rows, title=f"{t.model}: learning-rate sweep", notes=t.notes))
+    return [Section("Learning-rate sweep", blocks)]
+
+
 def header(col: Collection, groups: dict) -> list:
     done = [c for c in col.cells if c.finished]
     stamps = sorted(
@@ -251,9 +286,13 @@ def header(col: Collection, groups: dict) -> list:
         "Models: "
         + "; ".join(f"{m} ({fmt_count(col.model_parameters(m))} parameters)" for m in col.models)
         + ".",
-        "Methods: " + ", ".join(sorted({c.method for c in col.cells}, key=method_order)) + ".",
+        "Methods: "
+        + ", ".join(sorted({c.method for c in col.cells if not c.is_trial}, key=method_order))
+        + ".",
         "Benchmarks: " + (", ".join(col.benchmark_names) or "none") + ".",
     ]
+    if col.has_sweep:
+        bullets.append(_sweep_line(col))
     if stamps:
         bullets.append(f"Results finished between {stamps[0]} and {stamps[-1]}.")
     if _devices(col):
@@ -274,13 +313,29 @@ def header(col: Collection, groups: dict) -> list:
     return blocks
 
 
+def _tuned_blocks(col: Collection, groups: dict, comps: dict) -> list:
+    """With tuned methods: what the <method>-tuned rows are, and the negative-transfer verdict under both
+    protocols per model x method."""
+    if not any(c.is_tuned for c in col.cells):
+        return []
+    lines = [
+        f"{model}: {line}" for model in col.models for line in negative_transfer_lines(groups, comps, model)
+    ]
+    blocks: list = [
+        "The '-tuned' rows (e.g. lora-tuned): the same method at the setting its learning-rate sweep chose on "
+        "the validation split (in brackets), evaluated on the same test problems; the row above it is the paper "
+        "protocol's fixed setting. Both are tested against zero-shot, in the same Holm family."
+    ]
+    return blocks + ([Bullets(lines)] if lines else [])
+
+
 def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[list[Section], list, tuple]:
     groups = build_groups(col)
     comps = comparisons(groups)
     sections = [Section("Runs", header(col, groups))]
 
     rec_blocks: list = []
-    for rec in recommendations(col, groups):
+    for rec in recommendations(col, groups, comps):
         rec_blocks += [f"{rec.model}:", Bullets(rec.text)]
     sections.append(
         Section(
@@ -328,9 +383,11 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
                 )
                 if flagged
                 else "No trained method is significantly below its zero-shot baseline.",
+                *_tuned_blocks(col, groups, comps),
             ],
         )
     )
+    sections += _sweep_sections(col)
 
     cols, rows, notes = cost_table(col, price)
     sections.append(Section("Table 3: cost", [Table(cols, rows, notes=notes)]))

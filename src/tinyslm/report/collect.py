@@ -11,6 +11,12 @@ that fits, and its subdirectories are then not searched again):
 
 ``study.json`` files met on the way are kept for the header, and their cells that never wrote a
 ``cell.json`` (a crash before the cell started) still appear, with the study's status and reason.
+
+A study with a learning-rate sweep (issue 15) adds two kinds of cells: *trials*
+(``<method>-trial-<slug>``, ``kind: trial``), which train and are validated but have no test benchmarks, and
+*tuned* cells (``<method>-tuned``), the chosen setting evaluated on the test benchmarks. ``metrics.jsonl``
+then holds validation lines (``"split": "val"``) beside the training lines; they are kept apart
+(:attr:`Cell.val_metrics`) so that every reader of :attr:`Cell.metrics` sees training lines only.
 Nothing here judges results: a failed or unreadable cell is recorded as such so that the report can show
 it instead of crashing on it.
 """
@@ -29,6 +35,31 @@ from tinyslm.core.files import read_json_object, read_jsonl
 from tinyslm.results.schema import CellRecord, EvalResult, RunRecord, Status
 
 ZERO_SHOT = "zero-shot"
+TUNED_SUFFIX = "-tuned"
+TRIAL_INFIX = "-trial-"
+
+
+def base_method(method: str) -> str:
+    """The method a sweep cell belongs to: ``lora`` for ``lora-tuned`` and ``lora-trial-lr5e-04-r16``."""
+    if method.endswith(TUNED_SUFFIX):
+        return method[: -len(TUNED_SUFFIX)]
+    head, sep, _ = method.partition(TRIAL_INFIX)
+    return head if sep and head else method
+
+
+def is_tuned(method: str) -> bool:
+    """A ``<method>-tuned`` cell: the sweep's chosen setting, evaluated on the test benchmarks."""
+    return method.endswith(TUNED_SUFFIX) and method != TUNED_SUFFIX
+
+
+def is_trial(method: str) -> bool:
+    """A ``<method>-trial-<slug>`` cell: one sweep point, validated but never tested."""
+    return base_method(method) != method and not is_tuned(method)
+
+
+def is_trained_method(method: str) -> bool:
+    """Full, LoRA, DoRA and their tuned and trial cells: the methods that train weights."""
+    return base_method(method) in TRAINED_METHODS
 
 
 @dataclass
@@ -64,10 +95,35 @@ class Cell:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
     benchmarks: dict[str, BenchmarkRun] = field(default_factory=dict)
     diagnostics: dict[str, Any] | None = None  # the "summary" of diagnostics.json
+    # Sweep (issue 15): the cell.json keys, and the validation lines of metrics.jsonl ("split": "val").
+    cell_id: str | None = None  # cell.json "id"
+    kind: str | None = None  # cell.json "kind": train, icl, trial, tuned
+    trial: dict[str, Any] | None = None  # a trial's setting, e.g. {"lr": 0.0005, "lora_r": 16}
+    sweep_point: dict[str, Any] | None = None  # a protocol cell's values of the sweep grid's keys
+    chosen: dict[str, Any] | None = None  # a tuned cell's choice: cell, setting, select_by, value, protocol
+    val_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """The study's cell id (``model/method/seedK``), as study.json and a tuned cell's ``chosen`` name it."""
+        return self.cell_id or f"{self.model}/{self.method}/seed{self.seed}"
+
+    @property
+    def base_method(self) -> str:
+        return base_method(self.method)
+
+    @property
+    def is_trial(self) -> bool:
+        """A sweep trial: never in the accuracy, cost or results.csv rows (it has no test benchmarks)."""
+        return self.kind == "trial" or is_trial(self.method)
+
+    @property
+    def is_tuned(self) -> bool:
+        return is_tuned(self.method)
 
     @property
     def trained(self) -> bool:
-        return self.method in TRAINED_METHODS
+        return is_trained_method(self.method)
 
     @property
     def finished(self) -> bool:
@@ -108,17 +164,43 @@ class Collection:
                 return int(total)
         return None
 
+    def cell_by_id(self, cell_id: str | None) -> Cell | None:
+        """The cell a study.json choice or a tuned cell's ``chosen`` names (None when it is not here)."""
+        if not cell_id:
+            return None
+        return next((c for c in self.cells if c.id == cell_id), None)
 
-def method_order(method: str) -> tuple[int, int, str]:
-    """Zero-shot, few-shot-k by k, full, LoRA, DoRA, then anything else: the order of every table."""
+    def training_run(self, c: Cell) -> RunRecord | None:
+        """The run that trained ``c``'s weights: its own run.json, or for a tuned cell that evaluated the
+        chosen trial's model without training (the first seed) that trial's run.json."""
+        if c.run is not None or not c.is_tuned:
+            return c.run
+        chosen = self.cell_by_id(str((c.chosen or {}).get("cell") or ""))
+        return chosen.run if chosen is not None else None
+
+    @property
+    def sweeps(self) -> list[dict[str, Any]]:
+        """The "sweep" sections of the study.json files (select_by, val_size, choices), each with "_dir"."""
+        return [{**s["sweep"], "_dir": s["_dir"]} for s in self.studies if isinstance(s.get("sweep"), dict)]
+
+    @property
+    def has_sweep(self) -> bool:
+        return bool(self.sweeps) or any(c.is_trial or c.is_tuned for c in self.cells)
+
+
+def method_order(method: str) -> tuple[int, int, int, str]:
+    """Zero-shot, few-shot-k by k, full, LoRA, DoRA, then anything else: the order of every table. A sweep's
+    ``<method>-tuned`` follows its method directly, then its trials."""
     if method == ZERO_SHOT:
-        return (0, 0, method)
+        return (0, 0, 0, method)
     m = re.fullmatch(r"few-shot-(\d+)", method)
     if m:
-        return (1, int(m.group(1)), method)
-    if method in TRAINED_METHODS:
-        return (2, TRAINED_METHODS.index(method), method)
-    return (3, 0, method)
+        return (1, int(m.group(1)), 0, method)
+    base = base_method(method)
+    variant = 0 if base == method else 1 if is_tuned(method) else 2
+    if base in TRAINED_METHODS:
+        return (2, TRAINED_METHODS.index(base), variant, method)
+    return (3, 0, variant, method)
 
 
 def natural_key(problem_id: str) -> tuple[int, int | str]:
@@ -192,7 +274,11 @@ def _fill_trained(cell: Cell, warnings: list[str]) -> None:
             cell.run = RunRecord.from_json(_read_json(run_file))
         except _Unreadable as e:
             warnings.append(str(e))
-    cell.metrics = _read_jsonl(cell.dir / "metrics.jsonl", warnings)
+    lines = _read_jsonl(cell.dir / "metrics.jsonl", warnings)
+    # Validation lines carry "split": "val"; training lines have no "split" key. Only training lines go to
+    # cell.metrics, which the loss curves and every other reader of training telemetry use.
+    cell.metrics = [m for m in lines if "split" not in m]
+    cell.val_metrics = [m for m in lines if m.get("split") == "val"]
     diag_file = cell.dir / "diagnostics.json"
     if diag_file.is_file():
         try:
@@ -229,10 +315,24 @@ def read_study_cell(d: Path, warnings: list[str]) -> Cell:
         model_ref=meta.get("model_ref"),
         declared_benchmarks=[str(b) for b in meta.get("benchmarks") or []],
         wall_s=meta.get("wall_s"),
+        cell_id=_str_or_none(meta.get("id")),
+        kind=_str_or_none(meta.get("kind")),
+        trial=_dict_or_none(meta.get("trial")),
+        sweep_point=_dict_or_none(meta.get("sweep_point")),
+        chosen=_dict_or_none(meta.get("chosen")),
     )
     _fill_trained(cell, warnings)
     cell.benchmarks = read_benchmarks(d / "eval", warnings)
     return cell
+
+
+def _str_or_none(x: Any) -> str | None:
+    return str(x) if isinstance(x, (str, int)) and str(x) else None
+
+
+def _dict_or_none(x: Any) -> dict[str, Any] | None:
+    """A cell.json object value, or None when absent or not an object (a damaged key is not a crash)."""
+    return dict(x) if isinstance(x, dict) else None
 
 
 def read_train_dir(d: Path, warnings: list[str]) -> Cell:
@@ -308,6 +408,9 @@ def _cells_from_study(study: dict[str, Any], seen: set[Path]) -> list[Cell]:
                 seed=entry.get("seed"),
                 status=str(entry.get("status") or "not started"),
                 reason=entry.get("reason") or "no cell.json was written",
+                cell_id=_str_or_none(entry.get("id")),
+                kind=_str_or_none(entry.get("kind")),
+                trial=_dict_or_none(entry.get("trial")),
             )
         )
     return out

@@ -24,7 +24,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinyslm.config.methods import TRAINED_METHODS
 from tinyslm.core.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
 from tinyslm.core.textstats import has_repetition_loop
 from tinyslm.report.collect import (
@@ -32,6 +31,9 @@ from tinyslm.report.collect import (
     BenchmarkRun,
     Cell,
     Collection,
+    base_method,
+    is_trained_method,
+    is_tuned,
     method_order,
     natural_key,
 )
@@ -98,9 +100,11 @@ def build_groups(col: Collection) -> dict[tuple[str, str, str], Group]:
     """Every model x method x benchmark that has a result or a cell that should have produced one."""
     groups: dict[tuple[str, str, str], Group] = {}
     model_benchmarks: dict[str, set[str]] = defaultdict(set)
-    for c in col.cells:
+    # Sweep trials have no test benchmarks by design: they are never a group (nor a "missing" result).
+    cells = [c for c in col.cells if not c.is_trial]
+    for c in cells:
         model_benchmarks[c.model] |= set(c.benchmarks)
-    for c in col.cells:
+    for c in cells:
         for name, b in c.benchmarks.items():
             g = groups.setdefault((c.model, c.method, name), Group(c.model, c.method, name))
             if c.finished:
@@ -422,7 +426,7 @@ def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tu
         rows.append(
             [
                 g.model,
-                g.method,
+                method_label(g),
                 g.benchmark,
                 seeds_text(g),
                 str(ns[0]) if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}",
@@ -436,10 +440,45 @@ def accuracy_table(groups: dict[tuple[str, str, str], Group], comps: dict) -> tu
     return cols, rows
 
 
+def method_label(g: Group) -> str:
+    """The method as Table 2 names it: a tuned method with the setting the sweep chose, e.g.
+    'lora-tuned (lr=5e-4, lora_r=16)' (the setting of its cells; each seed's where they differ)."""
+    if not is_tuned(g.method):
+        return g.method
+    settings = []
+    for c, _ in g.runs:
+        text = fmt_setting((c.chosen or {}).get("setting"))
+        if text and text not in settings:
+            settings.append(text)
+    return g.method + (f" ({' / '.join(settings)})" if settings else "")
+
+
+def fmt_setting_value(x: Any) -> str:
+    """5e-4, 2e-5, 1.5e-4, 16, 0.1: a sweep value as people write it (small floats in short e-notation)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if x != 0 and abs(x) < 1e-2:
+        mantissa, exp = f"{x:.6e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exp)}"
+    return f"{x:g}"
+
+
+def fmt_setting(setting: Any) -> str:
+    """{'lr': 0.0005, 'lora_r': 16} -> 'lr=5e-4, lora_r=16' (empty for no setting)."""
+    if not isinstance(setting, dict):
+        return ""
+    return ", ".join(f"{k}={fmt_setting_value(v)}" for k, v in setting.items())
+
+
 def _by_model_method(col: Collection) -> dict[tuple[str, str], list[Cell]]:
+    """The cells of each model x method row (sweep trials are no method row: see :func:`sweep_tables`)."""
     out: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for c in col.cells:
-        out[(c.model, c.method)].append(c)
+        if not c.is_trial:
+            out[(c.model, c.method)].append(c)
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))))
 
 
@@ -480,7 +519,8 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
             full_speed[model] = mean(speeds)
     for (model, method), cs in cells.items():
         done = [c for c in cs if c.finished]
-        runs = [c.run for c in done if c.run]
+        # a tuned cell that evaluated the chosen trial's model costs that trial's training
+        runs = [r for r in (col.training_run(c) for c in done) if r]
         train_dev = sorted({str(r.get("device")) for r in runs if r.get("device")})
         eval_dev = sorted(
             {str(b.results["device"]) for c in done for b in c.benchmarks.values() if b.results.get("device")}
@@ -550,7 +590,29 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         "fine-tuning of the same model. Eval wall time is the summed results.json wall_s over the benchmarks of "
         "one seed (generation and scoring, model loading excluded): for zero-/few-shot it is the whole cost."
     )
+    sweep_cost = _sweep_cost(col)
+    if sweep_cost:
+        notes.append(
+            "The learning-rate sweep's trials are not rows of this table (they have no test evaluation); their "
+            "training, the price of tuning: "
+            + "; ".join(sweep_cost)
+            + ". A '-tuned' row counts the training of the chosen setting only (for the first seed, the "
+            "chosen trial's own run)."
+        )
     return cols, rows, notes
+
+
+def _sweep_cost(col: Collection) -> list[str]:
+    """Per model x method: the number of sweep trials and their summed training runtime."""
+    per: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for c in col.cells:
+        if c.is_trial:
+            per[(c.model, c.base_method)].append(c)
+    out = []
+    for (model, method), cs in sorted(per.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))):
+        runtime = sum(float(c.run.get("runtime_s") or 0) for c in cs if c.run)
+        out.append(f"{model} {method} {len(cs)} trial(s), {fmt_duration(runtime)} of training")
+    return out
 
 
 def strict_table(groups: dict[tuple[str, str, str], Group]) -> tuple[list[str], Rows]:
@@ -648,6 +710,200 @@ def diagnostics_table(col: Collection) -> tuple[list[str], Rows] | None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The learning-rate sweep (issue 15).
+
+SELECT_BY_TEXT = {
+    "val_loss": "the lowest validation loss",
+    "val_em": "the highest validation exact match",
+}
+
+
+@dataclass
+class SweepTable:
+    model: str
+    columns: list[str]
+    rows: Rows
+    notes: list[str]
+
+
+def validation_summary(c: Cell) -> dict[str, Any]:
+    """A trial's final validation numbers: run.json's ``validation`` section, else its last validation line
+    in metrics.jsonl (a run that stopped before writing the section). Keys: loss, loss_ci95, correct, n, em,
+    em_ci95 (absent when unknown)."""
+    v = c.run.get("validation") if c.run is not None else None
+    if isinstance(v, dict):
+        out = {k: v.get(k) for k in ("loss", "loss_ci95", "correct", "em", "em_ci95")}
+        out["n"] = v.get("n_generate")
+    elif c.val_metrics:
+        last = c.val_metrics[-1]
+        out = {
+            "loss": last.get("val_loss"),
+            "loss_ci95": last.get("val_loss_ci95"),
+            "correct": last.get("val_correct"),
+            "n": last.get("val_n"),
+            "em": last.get("val_em"),
+            "em_ci95": None,
+        }
+    else:
+        return {}
+    if out["em"] is None and isinstance(out["correct"], int) and isinstance(out["n"], int) and out["n"] > 0:
+        out["em"] = out["correct"] / out["n"]
+    if (
+        out["em_ci95"] is None
+        and isinstance(out["correct"], int)
+        and isinstance(out["n"], int)
+        and out["n"] > 0
+    ):
+        out["em_ci95"] = list(wilson_interval(out["correct"], out["n"]))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _interval(ci: Any, fmt: Any) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        return f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+    return ""
+
+
+def _fmt_val_loss(v: dict[str, Any]) -> str:
+    loss = v.get("loss")
+    if not isinstance(loss, (int, float)):
+        return "\u2014"
+    return f"{loss:.4f}" + _interval(v.get("loss_ci95"), lambda x: f"{x:.4f}")
+
+
+def _fmt_val_em(v: dict[str, Any]) -> str:
+    em = v.get("em")
+    if not isinstance(em, (int, float)) or not v.get("n"):
+        return "\u2014"
+    counts = f" ({v['correct']}/{v['n']})" if isinstance(v.get("correct"), int) else ""
+    return pct(em) + counts + _interval(v.get("em_ci95"), pct)
+
+
+def _setting_key(setting: dict[str, Any]) -> tuple:
+    """Rows in grid order: by the first key's value (numbers numerically), then the next key's, ..."""
+    return tuple(
+        (k, 0, float(v), "") if isinstance(v, (int, float)) else (k, 1, 0.0, str(v))
+        for k, v in setting.items()
+    )
+
+
+def _sweep_choices(col: Collection) -> tuple[dict[str, dict[str, Any]], str | None, Any]:
+    """study.json's choices merged over the studies ("<model>/<method>" -> {chosen, trials}), select_by, val_size."""
+    choices: dict[str, dict[str, Any]] = {}
+    select_by, val_size = None, None
+    for sw in col.sweeps:
+        select_by = select_by or sw.get("select_by")
+        val_size = val_size if val_size is not None else sw.get("val_size")
+        for key, entry in (sw.get("choices") or {}).items():
+            if isinstance(entry, dict):
+                choices[str(key)] = entry
+    if select_by is None:
+        select_by = next((c.chosen.get("select_by") for c in col.cells if c.chosen), None)
+    return choices, select_by, val_size
+
+
+def _sweep_cells(col: Collection, choices: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[Cell]]:
+    """Per model x method: every trial of the sweep, the protocol point included. The trials are the trial
+    cells, those study.json lists, and the protocol cell of the first seed that records its sweep point."""
+    per: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+
+    def add(key: tuple[str, str], c: Cell) -> None:
+        if all(c is not x for x in per[key]):
+            per[key].append(c)
+
+    for key, entry in choices.items():
+        model, _, method = key.rpartition("/")
+        for cid in entry.get("trials") or []:
+            c = col.cell_by_id(str(cid))
+            if c is not None:
+                add((model, method), c)
+    for c in col.cells:
+        if c.is_trial:
+            add((c.model, c.base_method), c)
+    for (model, method), cs in list(per.items()):
+        if any(not c.is_trial for c in cs):
+            continue  # study.json named the protocol point
+        protocol = [
+            c
+            for c in col.cells
+            if c.model == model and c.method == method and c.sweep_point is not None and not c.is_tuned
+        ]
+        if protocol:
+            add((model, method), min(protocol, key=lambda c: c.seed if isinstance(c.seed, int) else 1 << 62))
+    return per
+
+
+def sweep_tables(col: Collection) -> list[SweepTable]:
+    """One table per model: every trial of each model x method (setting, validation metric with its
+    interval, train time, status, chosen mark), the paper-protocol point marked. Empty without a sweep."""
+    if not col.has_sweep:
+        return []
+    choices, select_by, val_size = _sweep_choices(col)
+    per = _sweep_cells(col, choices)
+    if not per:
+        return []
+    chosen_ids: dict[tuple[str, str], str | None] = {}
+    for key, entry in choices.items():
+        model, _, method = key.rpartition("/")
+        chosen_ids[(model, method)] = entry.get("chosen")
+    for c in col.cells:
+        if c.is_tuned and c.chosen and (c.model, c.base_method) not in chosen_ids:
+            chosen_ids[(c.model, c.base_method)] = c.chosen.get("cell")
+    show_em = select_by == "val_em" or any(validation_summary(c).get("n") for cs in per.values() for c in cs)
+    loss_col = "Val loss [95% CI]" + (" (selects)" if select_by != "val_em" else "")
+    em_col = "Val exact match % (correct/n) [95% CI]" + (" (selects)" if select_by == "val_em" else "")
+    cols = (
+        ["Method", "Setting", "Status", loss_col] + ([em_col] if show_em else []) + ["Train time", "Chosen"]
+    )
+    rule = (
+        "Selection rule: per model \u00d7 method, among the finished trials (the paper-protocol point included) "
+        f"the one with {SELECT_BY_TEXT.get(str(select_by), f'the best {select_by}')} on the "
+        + (f"{val_size} " if val_size else "")
+        + "held-out training problems of the validation split; ties go to the cheaper trial (fewer trainable "
+        "parameters, then shorter train time); diverged or failed trials are never chosen. The test benchmarks "
+        "play no part in the choice: the chosen setting is evaluated on them afterwards, as the '-tuned' rows of "
+        "Table 2."
+    )
+    out = []
+    for model in col.models:
+        keys = sorted((k for k in per if k[0] == model), key=lambda k: method_order(k[1]))
+        if not keys:
+            continue
+        rows: Rows = []
+        notes: list[str] = []
+        for key in keys:
+            chosen_id = chosen_ids.get(key)
+            trials = sorted(per[key], key=lambda c: _setting_key(c.trial or c.sweep_point or {}))
+            for c in trials:
+                protocol = not c.is_trial
+                setting = fmt_setting(c.trial if c.is_trial else c.sweep_point) or "\u2014"
+                v = validation_summary(c)
+                run = c.run or {}
+                runtime = run.get("runtime_s") if isinstance(run.get("runtime_s"), (int, float)) else c.wall_s
+                is_chosen = chosen_id is not None and c.id == chosen_id
+                if is_chosen and not c.finished:
+                    notes.append(
+                        f"Warning: the study names {c.id} as chosen although it is {c.status}; it is not "
+                        "marked chosen here."
+                    )
+                rows.append(
+                    [
+                        key[1],
+                        setting + (" (paper protocol)" if protocol else ""),
+                        "finished" if c.finished else short_reason(c, 100),
+                        _fmt_val_loss(v),
+                        *([_fmt_val_em(v)] if show_em else []),
+                        fmt_duration(float(runtime)) if isinstance(runtime, (int, float)) else "\u2014",
+                        "\u2713 chosen" if is_chosen and c.finished else "",
+                    ]
+                )
+            if key in chosen_ids and chosen_ids[key] is None:
+                notes.append(f"{model} {key[1]}: no trial finished, so no setting was chosen.")
+        out.append(SweepTable(model, cols, rows, [rule, *notes]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # Recommendations.
 
 
@@ -658,13 +914,25 @@ class Recommendation:
 
 
 def _train_runtime(col: Collection, model: str, method: str) -> float | None:
-    runs = [c.run for c in col.cells if c.model == model and c.method == method and c.finished and c.run]
+    runs = [
+        r
+        for c in col.cells
+        if c.model == model and c.method == method and c.finished
+        for r in [col.training_run(c)]
+        if r
+    ]
     vals = [float(r.get("runtime_s") or 0) for r in runs]
     return mean(vals) if vals else None
 
 
-def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) -> list[Recommendation]:
-    """Per model: the best method by pooled exact match, and whether the data can tell it from the rest."""
+def recommendations(
+    col: Collection, groups: dict[tuple[str, str, str], Group], comps: dict | None = None
+) -> list[Recommendation]:
+    """Per model: the best method by pooled exact match, and whether the data can tell it from the rest;
+    with a sweep, also whether tuning changed the ranking of the trained methods and the negative-transfer
+    verdict (``comps``: :func:`comparisons` of ``groups``, computed when not given)."""
+    if comps is None:
+        comps = comparisons(groups)
     out = []
     for model in col.models:
         mg: dict[str, dict[str, Group]] = defaultdict(dict)
@@ -689,13 +957,7 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                 )
             )
             continue
-        pooled = {
-            m: (
-                sum(mg[m][b].em * mean([float(x) for x in mg[m][b].ns]) for b in benches),
-                sum(mean([float(x) for x in mg[m][b].ns]) for b in benches),
-            )
-            for m in methods
-        }
+        pooled = _pooled(mg, methods, benches)
         acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
         ranked = sorted(methods, key=lambda m: (-acc[m], method_order(m)))
         best = ranked[0]
@@ -757,7 +1019,7 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
                 tied_with_best.append(m)
         if tied_with_best:
             options = [best, *tied_with_best]
-            costs = {m: (0.0 if m not in TRAINED_METHODS else _train_runtime(col, model, m)) for m in options}
+            costs = {m: (0.0 if not is_trained_method(m) else _train_runtime(col, model, m)) for m in options}
             known = {m: v for m, v in costs.items() if v is not None}
             if known:
                 cheapest = min(known, key=lambda m: (known[m], method_order(m)))
@@ -777,8 +1039,104 @@ def recommendations(col: Collection, groups: dict[tuple[str, str, str], Group]) 
             lines.append(
                 f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}."
             )
+        lines += tuning_lines(model, mg, comps)
         out.append(Recommendation(model, lines + ([thin] if thin else [])))
     return out
+
+
+def _pooled(
+    mg: dict[str, dict[str, Group]], methods: list[str], benches: list[str]
+) -> dict[str, tuple[float, float]]:
+    """Per method: (correct, n) summed over ``benches``, seeds averaged."""
+    return {
+        m: (
+            sum(mg[m][b].em * mean([float(x) for x in mg[m][b].ns]) for b in benches),
+            sum(mean([float(x) for x in mg[m][b].ns]) for b in benches),
+        )
+        for m in methods
+    }
+
+
+def _ranking(acc: dict[str, float]) -> str:
+    """'full > lora = dora': best first, equal accuracies joined by '=' (ties in table order)."""
+    order = sorted(acc, key=lambda m: (-acc[m], method_order(m)))
+    text = order[0]
+    for prev, m in zip(order, order[1:], strict=False):
+        text += (" = " if acc[m] == acc[prev] else " > ") + m
+    return text
+
+
+def tuned_pairs(methods: list[str] | set[str]) -> list[tuple[str, str]]:
+    """(method, method-tuned) for every tuned method whose paper-protocol method is there too."""
+    return sorted(
+        ((base_method(m), m) for m in methods if is_tuned(m) and base_method(m) in methods),
+        key=lambda p: method_order(p[0]),
+    )
+
+
+def negative_transfer_lines(groups: dict[tuple[str, str, str], Group], comps: dict, model: str) -> list[str]:
+    """Per trained method with a tuned counterpart: the negative-transfer verdict under each protocol."""
+    methods = {g.method for g in groups.values() if g.model == model and g.runs}
+    out = []
+    for base, tuned in tuned_pairs(methods):
+
+        def flagged(method: str) -> list[str]:
+            return sorted(
+                b
+                for (m_, meth, b), comp in comps.items()
+                if m_ == model and meth == method and comp.negative_transfer
+            )
+
+        proto, tun = flagged(base), flagged(tuned)
+        out.append(
+            f"Negative transfer of {base}: under the paper protocol "
+            + (f"on {', '.join(proto)}" if proto else "none")
+            + ", tuned ("
+            + tuned
+            + ") "
+            + (f"on {', '.join(tun)}" if tun else "none")
+            + (": tuning changed the verdict." if proto != tun else ": the same verdict.")
+        )
+    return out
+
+
+def tuning_lines(model: str, mg: dict[str, dict[str, Group]], comps: dict) -> list[str]:
+    """With tuned methods: each method's pooled exact match under both protocols, whether the ranking of
+    the trained methods changed (paper protocol against tuned settings), and the negative-transfer verdicts."""
+    pairs = tuned_pairs(set(mg))
+    if not pairs:
+        return []
+    compared = [m for p in pairs for m in p]
+    benches = sorted(set.intersection(*(set(mg[m]) for m in compared)))
+    if not benches:
+        return ["The paper-protocol and tuned methods share no benchmark: tuning cannot be compared."]
+    pooled = _pooled(mg, compared, benches)
+    acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
+    lines = [
+        "Tuning (pooled exact match over "
+        + ", ".join(benches)
+        + ", paper protocol \u2192 tuned): "
+        + "; ".join(
+            f"{base} {pct(acc[base])}% \u2192 {pct(acc[tuned])}% ({signed(100 * (acc[tuned] - acc[base]))} pp)"
+            for base, tuned in pairs
+        )
+        + "."
+    ]
+    if len(pairs) > 1:
+        proto = _ranking({base: acc[base] for base, _ in pairs})
+        tuned = _ranking({base: acc[t] for base, t in pairs})
+        lines.append(
+            (
+                f"Tuning changed the ranking of the trained methods: under the paper protocol {proto}, "
+                f"tuned {tuned}"
+                if proto != tuned
+                else f"Tuning did not change the ranking of the trained methods: {proto} under both protocols"
+            )
+            + " (point estimates; Table 2 has the intervals)."
+        )
+    groups = {(model, m, b): g for m, by in mg.items() for b, g in by.items()}
+    lines += negative_transfer_lines(groups, comps, model)
+    return lines
 
 
 def _pooled_votes(by_bench: dict[str, Group], benches: list[str]) -> dict[str, bool]:
