@@ -17,6 +17,7 @@ import io
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyslm.core.files import atomic_write_bytes, atomic_write_text
@@ -90,29 +91,30 @@ def _listing(by_digest: dict[str, list[str]]) -> str:
     )
 
 
-def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
-    """Header bullets with the digests (short form) of the weights, data files and chat templates behind the
-    results, the code and hardware; and warnings when cells of one table came from different data files,
-    base weights, templates or package versions (a table of mixed provenance compares unlike things).
+@dataclass
+class _Digests:
+    """What the header's provenance bullets count: digests by what they identify, and the cells behind each."""
 
-    Results written before provenance was recorded have none: they are counted as unknown, never as a
-    difference."""
-    base: dict[str, dict[str, list[str]]] = {}  # model -> base weight digest -> cells
-    data: dict[
-        str, dict[str, list[str]]
-    ] = {}  # "gsm8k", "few-shot pool", "training set x" -> digest -> cells
-    templates: dict[str, dict[str, list[str]]] = {}
-    code: dict[str, list[str]] = {}
-    hardware: dict[str, set[str]] = {}
-    versions: dict[str, dict[str, list[str]]] = {}  # package -> version -> cells
-    files = unknown = 0
+    base: dict[str, dict[str, list[str]]] = field(
+        default_factory=dict
+    )  # model -> base weight digest -> cells
+    data: dict[str, dict[str, list[str]]] = field(
+        default_factory=dict
+    )  # "gsm8k", "few-shot pool", ... -> ...
+    templates: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    code: dict[str, list[str]] = field(default_factory=dict)
+    hardware: dict[str, set[str]] = field(default_factory=dict)
+    versions: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # package -> version -> cells
+    files: int = 0
+    unknown: int = 0
 
+    @staticmethod
     def add(table: dict[str, dict[str, list[str]]], key: str, digest: object, label: str) -> None:
         if isinstance(digest, str) and digest:
             table.setdefault(key, {}).setdefault(digest, []).append(label)
 
-    def add_common(prov: dict, label: str, role: str, model: str) -> None:
-        add(templates, model, prov.get("chat_template_sha256"), label)
+    def add_common(self, prov: dict, label: str, role: str, model: str) -> None:
+        self.add(self.templates, model, prov.get("chat_template_sha256"), label)
         cr = prov.get("code") or {}
         if cr.get("tiny_slm") or cr.get("git_commit"):
             key = f"tiny-slm {cr.get('tiny_slm') or '?'}" + (
@@ -121,101 +123,119 @@ def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
                 if cr.get("git_commit")
                 else ""
             )
-            code.setdefault(key, []).append(label)
+            self.code.setdefault(key, []).append(label)
         dev = prov.get("device") or {}
         if dev.get("name"):
-            hardware.setdefault(role, set()).add(f"{dev['name']}, {dev.get('threads', '?')} threads")
+            self.hardware.setdefault(role, set()).add(f"{dev['name']}, {dev.get('threads', '?')} threads")
 
-    for c in col.cells:
-        label = _label(c)
-        sources = [(b.results, "evaluation") for b in c.benchmarks.values()] + (
-            [(c.run, "training")] if c.run else []
-        )
-        for res, role in sources:
-            files += 1
-            for pkg, ver in (res.get("versions") or {}).items():
-                versions.setdefault(pkg, {}).setdefault(str(ver), []).append(label)
-            prov = res.get("provenance")
-            if not isinstance(prov, dict):
-                unknown += 1
-                continue
-            add_common(prov, label, role, c.model)
-            model_digest = (prov.get("model") or {}).get("sha256")
-            if role == "training" or not c.trained or prov.get("adapter"):
-                add(base, c.model, model_digest, label)  # not the fine-tuned weights of full FT / merged
-            for drole, rec in (prov.get("data") or {}).items():
-                if not isinstance(rec, dict):
+    def read(self, col: Collection) -> None:
+        for c in col.cells:
+            label = _label(c)
+            sources = [(b.results, "evaluation") for b in c.benchmarks.values()] + (
+                [(c.run, "training")] if c.run else []
+            )
+            for res, role in sources:
+                self.files += 1
+                for pkg, ver in (res.get("versions") or {}).items():
+                    self.versions.setdefault(pkg, {}).setdefault(str(ver), []).append(label)
+                prov = res.get("provenance")
+                if not isinstance(prov, dict):
+                    self.unknown += 1
                     continue
-                key = {
-                    "benchmark": str(res.get("benchmark") or "?"),
-                    "fewshot_pool": "few-shot pool",
-                    "training_set": f"training set {(res.get('data') or {}).get('dataset') or ''}".strip(),
-                }.get(drole, drole)
-                add(data, key, rec.get("sha256"), label)
+                self.add_common(prov, label, role, c.model)
+                model_digest = (prov.get("model") or {}).get("sha256")
+                if role == "training" or not c.trained or prov.get("adapter"):  # not full FT's tuned weights
+                    self.add(self.base, c.model, model_digest, label)
+                for drole, rec in (prov.get("data") or {}).items():
+                    if not isinstance(rec, dict):
+                        continue
+                    key = {
+                        "benchmark": str(res.get("benchmark") or "?"),
+                        "fewshot_pool": "few-shot pool",
+                        "training_set": f"training set {(res.get('data') or {}).get('dataset') or ''}".strip(),
+                    }.get(drole, drole)
+                    self.add(self.data, key, rec.get("sha256"), label)
 
-    lines: list[str] = []
-    if base:
-        lines.append(
-            "Base model weights (sha256, first 12 hex digits): "
-            + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(base.items()))
-            + "."
-        )
-    if data:
-        lines.append(
-            "Data files (sha256): "
-            + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(data.items()))
-            + "."
-        )
-    if templates:
-        lines.append(
-            "Chat templates (sha256): "
-            + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(templates.items()))
-            + "."
-        )
-    if code:
-        lines.append("Code: " + "; ".join(sorted(code)) + ".")
-    if hardware:
-        lines.append(
-            "Hardware: "
-            + "; ".join(f"{role} on {', '.join(sorted(v))}" for role, v in sorted(hardware.items()))
-            + "."
-        )
-    if unknown:
-        lines.append(
-            f"{unknown} of {files} result files carry no provenance record (written before tiny-slm "
-            "recorded it): their weights and data files are unknown."
-        )
+    def lines(self) -> list[str]:
+        lines: list[str] = []
+        if self.base:
+            lines.append(
+                "Base model weights (sha256, first 12 hex digits): "
+                + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(self.base.items()))
+                + "."
+            )
+        if self.data:
+            lines.append(
+                "Data files (sha256): "
+                + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(self.data.items()))
+                + "."
+            )
+        if self.templates:
+            lines.append(
+                "Chat templates (sha256): "
+                + "; ".join(
+                    f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(self.templates.items())
+                )
+                + "."
+            )
+        if self.code:
+            lines.append("Code: " + "; ".join(sorted(self.code)) + ".")
+        if self.hardware:
+            lines.append(
+                "Hardware: "
+                + "; ".join(f"{role} on {', '.join(sorted(v))}" for role, v in sorted(self.hardware.items()))
+                + "."
+            )
+        if self.unknown:
+            lines.append(
+                f"{self.unknown} of {self.files} result files carry no provenance record (written before tiny-slm "
+                "recorded it): their weights and data files are unknown."
+            )
+        return lines
 
-    warnings: list[str] = []
-    for key, ds in sorted(data.items()):
-        if len(ds) > 1:
+    def warnings(self) -> list[str]:
+        warnings: list[str] = []
+        for key, ds in sorted(self.data.items()):
+            if len(ds) > 1:
+                warnings.append(
+                    f"Warning: the {key} results were made from {len(ds)} different data files: "
+                    f"{_listing(ds)}. Cells built on different files are not comparable."
+                )
+        for model, ds in sorted(self.base.items()):
+            if len(ds) > 1:
+                warnings.append(
+                    f"Warning: the {model} cells start from {len(ds)} different base weights: {_listing(ds)}."
+                )
+        for model, ds in sorted(self.templates.items()):
+            if len(ds) > 1:
+                warnings.append(
+                    f"Warning: the {model} cells used {len(ds)} different chat templates: {_listing(ds)}."
+                )
+        mixed = {pkg: vs for pkg, vs in self.versions.items() if len(vs) > 1}
+        if len(self.code) > 1:
+            mixed["tiny-slm code"] = self.code
+        if mixed:
             warnings.append(
-                f"Warning: the {key} results were made from {len(ds)} different data files: "
-                f"{_listing(ds)}. Cells built on different files are not comparable."
+                "Warning: the cells were made with different package versions: "
+                + " | ".join(
+                    f"{pkg}: " + "; ".join(f"{v} ({_names(cs)})" for v, cs in sorted(vs.items()))
+                    for pkg, vs in sorted(mixed.items())
+                )
+                + "."
             )
-    for model, ds in sorted(base.items()):
-        if len(ds) > 1:
-            warnings.append(
-                f"Warning: the {model} cells start from {len(ds)} different base weights: {_listing(ds)}."
-            )
-    for model, ds in sorted(templates.items()):
-        if len(ds) > 1:
-            warnings.append(
-                f"Warning: the {model} cells used {len(ds)} different chat templates: {_listing(ds)}."
-            )
-    mixed = {pkg: vs for pkg, vs in versions.items() if len(vs) > 1}
-    if len(code) > 1:
-        mixed["tiny-slm code"] = code
-    if mixed:
-        warnings.append(
-            "Warning: the cells were made with different package versions: "
-            + " | ".join(
-                f"{pkg}: " + "; ".join(f"{v} ({_names(cs)})" for v, cs in sorted(vs.items()))
-                for pkg, vs in sorted(mixed.items())
-            )
-            + "."
-        )
-    return lines, warnings
+        return warnings
+
+
+def provenance_lines(col: Collection) -> tuple[list[str], list[str]]:
+    """Header bullets with the digests (short form) of the weights, data files and chat templates behind the
+    results, the code and hardware; and warnings when cells of one table came from different data files,
+    base weights, templates or package versions (a table of mixed provenance compares unlike things).
+
+    Results written before provenance was recorded have none: they are counted as unknown, never as a
+    difference."""
+    digests = _Digests()
+    digests.read(col)
+    return digests.lines(), digests.warnings()
 
 
 def _study_lines(col: Collection) -> list[str]:
@@ -330,63 +350,11 @@ def _tuned_blocks(col: Collection, groups: dict, comps: dict) -> list:
 
 
 def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[list[Section], list, tuple]:
+    """The report's sections in order, its figures and the rows of results.csv."""
     groups = build_groups(col)
     comps = comparisons(groups)
-    sections = [Section("Runs", header(col, groups))]
-
-    rec_blocks: list = []
-    for rec in recommendations(col, groups, comps):
-        rec_blocks += [f"{rec.model}:", Bullets(rec.text)]
-    sections.append(
-        Section(
-            "Recommendations",
-            [
-                "Derived from the tables below: per model, the method with the highest exact match pooled over the "
-                "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
-                f"same problems, \u03b1 = {ALPHA}, Holm-adjusted over the best method's comparisons within the model; a "
-                "multi-seed method counts a problem as solved when most seeds solved it).",
-                *rec_blocks,
-            ],
-        )
-    )
-
-    cols, rows = accuracy_table(groups, comps)
-    flagged = [r for r in rows if r[-1].startswith("NEGATIVE TRANSFER")]
-    sections.append(
-        Section(
-            "Table 2: accuracy",
-            [
-                Table(
-                    cols,
-                    rows,
-                    notes=[
-                        "Exact match: the extracted answer equals the gold (flexible: the last number counts when no answer "
-                        "is marked). 95% CI: Wilson score interval. With several seeds: mean \u00b1 sample sd over seeds, and "
-                        "the interval is Wilson at the mean with the per-seed n (problems are the sampling unit; seeds re-use "
-                        "the same problems).",
-                        "\u0394: percentage points against the same model's zero-shot on the same benchmark. McNemar: exact "
-                        "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
-                        "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
-                        "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
-                        f"of the seeds below zero-shot with Holm-adjusted p < {ALPHA}. NEGATIVE TRANSFER = a trained method "
-                        "significantly below zero-shot; n.s. = not significant.",
-                        "Holm: all McNemar tests of one model in this table (every method \u00d7 benchmark \u00d7 seed against "
-                        "zero-shot) are one family; the i-th smallest of its m p-values is multiplied by m \u2212 i + 1 (running "
-                        "maximum, capped at 1), which keeps the chance of any false flag per model at 5%. Both p-values are "
-                        "shown; the verdicts use the adjusted one.",
-                    ],
-                ),
-                (
-                    f"Negative transfer found in {len(flagged)} case(s): "
-                    + "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged)
-                    + "."
-                )
-                if flagged
-                else "No trained method is significantly below its zero-shot baseline.",
-                *_tuned_blocks(col, groups, comps),
-            ],
-        )
-    )
+    sections = [Section("Runs", header(col, groups)), _recommendation_section(col, groups, comps)]
+    sections.append(_accuracy_section(col, groups, comps))
     sections += _sweep_sections(col)
 
     cols, rows, notes = cost_table(col, price)
@@ -400,7 +368,71 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
             or ["No figure: no training metrics, parameter counts or throughput numbers were found."],
         )
     )
+    sections.append(_qualitative_section(col, groups, examples))
+    sections += _diagnostics_section(col) + _failed_section(col)
+    if col.warnings:
+        sections.append(Section("Warnings while reading", [Bullets(col.warnings)]))
+    return sections, figures, results_csv_rows(col)
 
+
+def _recommendation_section(col: Collection, groups: dict, comps: dict) -> Section:
+    """Per model: the method to use and whether the data can tell it from the others."""
+    rec_blocks: list = []
+    for rec in recommendations(col, groups, comps):
+        rec_blocks += [f"{rec.model}:", Bullets(rec.text)]
+    return Section(
+        "Recommendations",
+        [
+            "Derived from the tables below: per model, the method with the highest exact match pooled over the "
+            "benchmarks every method has, and whether the data can tell it from the others (exact McNemar on the "
+            f"same problems, \u03b1 = {ALPHA}, Holm-adjusted over the best method's comparisons within the model; a "
+            "multi-seed method counts a problem as solved when most seeds solved it).",
+            *rec_blocks,
+        ],
+    )
+
+
+def _accuracy_section(col: Collection, groups: dict, comps: dict) -> Section:
+    """Table 2: exact match with intervals, the paired tests against zero-shot, negative transfer."""
+    cols, rows = accuracy_table(groups, comps)
+    flagged = [r for r in rows if r[-1].startswith("NEGATIVE TRANSFER")]
+    return Section(
+        "Table 2: accuracy",
+        [
+            Table(
+                cols,
+                rows,
+                notes=[
+                    "Exact match: the extracted answer equals the gold (flexible: the last number counts when no answer "
+                    "is marked). 95% CI: Wilson score interval. With several seeds: mean \u00b1 sample sd over seeds, and "
+                    "the interval is Wilson at the mean with the per-seed n (problems are the sampling unit; seeds re-use "
+                    "the same problems).",
+                    "\u0394: percentage points against the same model's zero-shot on the same benchmark. McNemar: exact "
+                    "two-sided test on the problems both answered, joined by id; 'lost/won' counts the problems only "
+                    "zero-shot / only this method got right. One test per seed of the method (zero-shot is greedy and "
+                    "seed-independent, run once); 'significantly below' needs a negative mean \u0394 and more than half "
+                    f"of the seeds below zero-shot with Holm-adjusted p < {ALPHA}. NEGATIVE TRANSFER = a trained method "
+                    "significantly below zero-shot; n.s. = not significant.",
+                    "Holm: all McNemar tests of one model in this table (every method \u00d7 benchmark \u00d7 seed against "
+                    "zero-shot) are one family; the i-th smallest of its m p-values is multiplied by m \u2212 i + 1 (running "
+                    "maximum, capped at 1), which keeps the chance of any false flag per model at 5%. Both p-values are "
+                    "shown; the verdicts use the adjusted one.",
+                ],
+            ),
+            (
+                f"Negative transfer found in {len(flagged)} case(s): "
+                + "; ".join(f"{r[0]} {r[1]} on {r[2]} ({r[7]} pp)" for r in flagged)
+                + "."
+            )
+            if flagged
+            else "No trained method is significantly below its zero-shot baseline.",
+            *_tuned_blocks(col, groups, comps),
+        ],
+    )
+
+
+def _qualitative_section(col: Collection, groups: dict, examples: int) -> Section:
+    """Side-by-side outputs, repetition loops, strict against flexible match."""
     qual: list = [
         f"The first {examples} problems (by id) that every method of a model answered, each method's lowest "
         "seed; the output is cut to its start and end (the end is where the answer is). \u2713/\u2717 is the "
@@ -432,50 +464,55 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
             ],
         )
     )
-    sections.append(Section("Qualitative", qual))
+    return Section("Qualitative", qual)
 
+
+def _diagnostics_section(col: Collection) -> list[Section]:
+    """The diagnostics table, when any cell has diagnostics."""
     diag = diagnostics_table(col)
-    if diag is not None:
-        sections.append(
-            Section(
-                "Diagnostics",
-                [
-                    Table(
-                        *diag,
-                        notes=[
-                            "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); where seeds differ, each seed's "
-                            "value in seed order, separated by '/'."
-                        ],
-                    )
-                ],
-            )
+    if diag is None:
+        return []
+    return [
+        Section(
+            "Diagnostics",
+            [
+                Table(
+                    *diag,
+                    notes=[
+                        "The 'summary' of each cell's diagnostics.json (tiny-slm analyze); where seeds differ, each seed's "
+                        "value in seed order, separated by '/'."
+                    ],
+                )
+            ],
         )
+    ]
 
+
+def _failed_section(col: Collection) -> list[Section]:
+    """Every cell that did not finish, with its reason."""
     failed = [c for c in col.cells if not c.finished]
-    if failed:
-        sections.append(
-            Section(
-                "Failed or unfinished cells",
-                [
-                    Table(
-                        ["Model", "Method", "Seed", "Status", "Directory"],
+    if not failed:
+        return []
+    return [
+        Section(
+            "Failed or unfinished cells",
+            [
+                Table(
+                    ["Model", "Method", "Seed", "Status", "Directory"],
+                    [
                         [
-                            [
-                                c.model,
-                                c.method,
-                                "" if c.seed is None else str(c.seed),
-                                short_reason(c, 300),
-                                str(c.dir),
-                            ]
-                            for c in failed
-                        ],
-                    )
-                ],
-            )
+                            c.model,
+                            c.method,
+                            "" if c.seed is None else str(c.seed),
+                            short_reason(c, 300),
+                            str(c.dir),
+                        ]
+                        for c in failed
+                    ],
+                )
+            ],
         )
-    if col.warnings:
-        sections.append(Section("Warnings while reading", [Bullets(col.warnings)]))
-    return sections, figures, results_csv_rows(col)
+    ]
 
 
 def write_report(
