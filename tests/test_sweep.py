@@ -184,3 +184,38 @@ def test_a_cell_made_before_the_validation_settings_existed_still_counts_as_done
         _write(tmp_path / "c.yaml", cfg), str(root), progress=False, report=False
     )
     assert changed["cells"][cid]["status"] == "failed" and "train.limit" in changed["cells"][cid]["reason"]
+
+
+def test_a_killed_trial_resumes_where_it_stopped(tmp_path, tiny_model_dir, data_dir):
+    """SIGKILL after the first of two steps of a trial (checkpointed): rerunning the same command continues
+    it from that checkpoint, and the study then chooses and evaluates as if nothing had happened."""
+    import os
+    import subprocess
+    import sys
+
+    from tinyslm.train.recipe import FAULT_ENV
+
+    cfg = _study(tiny_model_dir, data_dir, seeds=[7])
+    cfg["train"].update(max_steps=2, save_every=1)
+    cfg["sweep"]["grid"] = {"lora": {"lr": [1.0e-3]}}
+    cfg_file = _write(tmp_path / "s.yaml", cfg)
+    root = tmp_path / "out"
+    trial = f"{tiny_model_dir.name}/lora-trial-lr1e-03/seed7"
+    cmd = [str(Path(sys.executable).parent / "tiny-slm"), "run", str(cfg_file), "--output", str(root)]
+    env = {**os.environ, FAULT_ENV: "sigkill@1", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([*cmd, "--cell", trial, "--no-progress"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert json.loads((root / trial / "cell.json").read_text())["status"] == "running"
+    env.pop(FAULT_ENV)
+    done = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads((root / trial / "run.json").read_text())
+    assert run["status"] == "finished" and run["resumed_from_steps"] == [1] and run["validation"]["step"] == 2
+    lines = [json.loads(x) for x in (root / trial / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x.get("split") == "val"] == [1, 2]  # none repeated by the resume
+    assert [x["step"] for x in lines if "split" not in x] == [1, 2]
+    tuned = json.loads((root / tiny_model_dir.name / "lora-tuned" / "seed7" / "cell.json").read_text())
+    assert tuned["status"] == "finished" and tuned["chosen"]["cell"] in (
+        trial,
+        f"{tiny_model_dir.name}/lora/seed7",
+    )
