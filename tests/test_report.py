@@ -692,3 +692,26 @@ def test_old_results_without_provenance_still_report(report_dir):
     md = (report_dir / "report.md").read_text()
     assert "result files carry no provenance record" in md  # unknown, counted, and not a warning
     assert "Warning: the" not in md
+
+
+def test_arithmetic_column_counts_false_equations_for_every_method(tmp_path):
+    """Issue 16: the false-arithmetic rate is shown per method, zero-shot included, from the predictions."""
+    from tinyslm.report.tables import repetition_table
+
+    for method_dir, texts in {
+        "zs": ["3 + 4 = 7 so #### 7", "2 * 5 = 11, then 11 - 1 = 10"],  # 1 of 3 false
+        "ft": ["6 / 3 = 2", "10 - 4 = 6 and 2 + 2 = 5"],  # 1 of 3 false
+    }.items():
+        d = tmp_path / method_dir / "gsm8k"
+        write_benchmark(tmp_path / method_dir, "gsm8k", 2, {0}, model="m", shots=0)
+        preds = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+        for p, text in zip(preds, texts, strict=True):
+            p["output"] = text
+        (d / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    (tmp_path / "ft" / "gsm8k" / "results.json").write_text(
+        json.dumps({**json.loads((tmp_path / "ft" / "gsm8k" / "results.json").read_text()), "shots": 3})
+    )
+    cols, rows = repetition_table(collect([tmp_path]))
+    at = {row[1]: dict(zip(cols, row, strict=True)) for row in rows}
+    assert at["zero-shot"]["Equations"] == "3" and at["zero-shot"]["False equations %"] == "33.3"
+    assert at["few-shot-3"]["Equations"] == "3" and at["few-shot-3"]["False equations %"] == "33.3"

@@ -445,10 +445,13 @@ def _qualitative_section(col: Collection, groups: dict, examples: int) -> Sectio
         Table(
             rcols,
             rrows,
-            title="Repetition loops",
+            title="Repetition loops and arithmetic",
             notes=[
                 "A repetition loop: the same word n-gram 4 or more times in a row (tinyslm.core.textstats). Hit token "
-                "budget: the output used all max_new_tokens, i.e. it never ended on its own."
+                "budget: the output used all max_new_tokens, i.e. it never ended on its own.",
+                "Equations: the 'a op b = c' statements in the outputs; false: wrong under exact rational arithmetic "
+                "(c rounded to its own decimals counts as right), as the diagnostics' arithmetic error rate. Every "
+                "method is shown, zero-shot included, so a rate after fine-tuning can be read against the base model's.",
             ],
         )
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinyslm.core.stats import holm_adjust, mcnemar_exact, mean, paired_counts, sample_sd, wilson_interval
-from tinyslm.core.textstats import has_repetition_loop
+from tinyslm.core.textstats import find_equations, has_repetition_loop
 from tinyslm.report.collect import (
     ZERO_SHOT,
     BenchmarkRun,
@@ -627,22 +627,41 @@ def strict_table(groups: dict[tuple[str, str, str], Group]) -> tuple[list[str], 
 
 
 def repetition_table(col: Collection) -> tuple[list[str], Rows]:
-    """Per model x method: share of outputs stuck in a repetition loop, and of outputs that hit the token budget."""
-    cols = ["Model", "Method", "Outputs", "Repetition loops", "Loop rate %", "Hit token budget %"]
+    """Per model x method, zero-shot included (a symptom of fine-tuning needs the base model's rate beside
+    it): outputs stuck in a repetition loop, outputs that hit the token budget, and false arithmetic."""
+    cols = [
+        "Model", "Method", "Outputs", "Repetition loops", "Loop rate %", "Hit token budget %",
+        "Equations", "False equations %",
+    ]  # fmt: skip
     rows: Rows = []
     for (model, method), cs in _by_model_method(col).items():
-        total = loops = budget = 0
+        total = loops = budget = equations = false = 0
         for c in cs:
             if not c.finished:
                 continue
             for b in c.benchmarks.values():
                 cap = b.results.get("max_new_tokens")
                 for p in b.predictions.values():
+                    text = str(p.get("output") or "")
                     total += 1
-                    loops += has_repetition_loop(str(p.get("output") or ""))
+                    loops += has_repetition_loop(text)
                     budget += bool(cap) and int(p.get("n_tokens") or 0) >= int(cap)
+                    eqs = find_equations(text)
+                    equations += len(eqs)
+                    false += sum(e.is_error for e in eqs)
         if total:
-            rows.append([model, method, str(total), str(loops), pct(loops / total), pct(budget / total)])
+            rows.append(
+                [
+                    model,
+                    method,
+                    str(total),
+                    str(loops),
+                    pct(loops / total),
+                    pct(budget / total),
+                    str(equations),
+                    pct(false / equations) if equations else "-",
+                ]  # fmt: skip
+            )
     return cols, rows
 
 
