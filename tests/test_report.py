@@ -715,3 +715,39 @@ def test_arithmetic_column_counts_false_equations_for_every_method(tmp_path):
     at = {row[1]: dict(zip(cols, row, strict=True)) for row in rows}
     assert at["zero-shot"]["Equations"] == "3" and at["zero-shot"]["False equations %"] == "33.3"
     assert at["few-shot-3"]["Equations"] == "3" and at["few-shot-3"]["False equations %"] == "33.3"
+
+
+def test_packed_predictions_report_the_same(study_dir, tmp_path):
+    """scripts/pack_predictions.py gzips finished predictions for the repository; the report reads them
+    as before (same report.md and results.csv), and the diagnostics' output measures read them too."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tinyslm.diagnostics.outputs import read_outputs
+
+    packed = tmp_path / "packed"
+    shutil.copytree(study_dir, packed)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pack_predictions.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(packed), "--min-mb", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "MB ->" in done.stdout
+    assert not list(packed.rglob("predictions.jsonl")) and list(packed.rglob("predictions.jsonl.gz"))
+    write_report([study_dir], tmp_path / "plain-report")
+    write_report([packed], tmp_path / "packed-report")
+
+    def norm(p: Path, root: Path) -> str:
+        text = p.read_text().replace(str(root), "ROOT")
+        return "".join(x for x in text.splitlines(keepends=True) if not x.startswith("- Generated "))
+
+    for name in ("report.md", "results.csv"):
+        assert norm(tmp_path / "packed-report" / name, packed) == norm(
+            tmp_path / "plain-report" / name, study_dir
+        )
+    cell = next(p.parents[2] for p in packed.rglob("predictions.jsonl.gz"))  # RUN/eval/<benchmark>/file
+    plain_cell = study_dir / cell.relative_to(packed)
+    assert read_outputs(cell) == read_outputs(plain_cell) != {}

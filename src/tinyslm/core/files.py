@@ -98,8 +98,14 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
     (the record will simply be recomputed), anywhere else a bad line is a ``ValueError`` naming file:line.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        lines = f.readlines()
+    if path.suffix == ".gz":  # a finished result's predictions, compressed for the repository
+        import gzip
+
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.readlines()
+    else:
+        with path.open(encoding="utf-8") as f:
+            lines = f.readlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -112,6 +118,14 @@ def read_jsonl(path: str | Path, *, tolerate_torn_tail: bool = False) -> Iterato
         if not isinstance(rec, dict):
             raise ValueError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
         yield rec
+
+
+def predictions_file(bench_dir: Path) -> Path:
+    """A benchmark directory's predictions: ``predictions.jsonl``, else its compressed form
+    ``predictions.jsonl.gz`` (see scripts/pack_predictions.py), else the plain name (which does not exist)."""
+    plain = bench_dir / "predictions.jsonl"
+    packed = bench_dir / "predictions.jsonl.gz"
+    return packed if not plain.exists() and packed.exists() else plain
 
 
 def truncate_torn_tail(path: str | Path) -> None:

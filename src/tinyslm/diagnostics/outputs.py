@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.core.errors import UserError
-from tinyslm.core.files import read_jsonl
+from tinyslm.core.files import predictions_file, read_jsonl
 from tinyslm.core.textstats import find_equations, has_repetition_loop
 
 
 def read_outputs(run_dir: Path) -> dict[str, list[str]]:
     """The ``output`` of every prediction, per benchmark directory under ``run_dir/eval``."""
     found: dict[str, list[str]] = {}
-    for path in sorted((run_dir / "eval").glob("*/predictions.jsonl")):
+    bench_dirs = sorted({p.parent for p in (run_dir / "eval").glob("*/predictions.jsonl*")})
+    for path in (predictions_file(d) for d in bench_dirs):
+        if path.suffix not in (".jsonl", ".gz"):
+            continue
         try:
             recs = list(read_jsonl(path, tolerate_torn_tail=True))
         except ValueError as e:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tinyslm.config.methods import TRAINED_METHODS
 from tinyslm.core.errors import UserError
-from tinyslm.core.files import read_json_object, read_jsonl
+from tinyslm.core.files import predictions_file, read_json_object, read_jsonl
 from tinyslm.results.schema import CellRecord, EvalResult, RunRecord, Status
 
 ZERO_SHOT = "zero-shot"
@@ -252,7 +252,7 @@ def read_benchmarks(eval_dir: Path, warnings: list[str]) -> dict[str, BenchmarkR
             warnings.append(f"skipped {res_file}: no integer n/correct")
             continue
         name = str(res.get("benchmark") or d.name)
-        preds = {str(p["id"]): p for p in _read_jsonl(d / "predictions.jsonl", warnings) if "id" in p}
+        preds = {str(p["id"]): p for p in _read_jsonl(predictions_file(d), warnings) if "id" in p}
         if not preds:
             warnings.append(f"{d}: no predictions.jsonl; paired tests and examples skip this benchmark")
         out[name] = BenchmarkRun(name, res, preds, d)
