@@ -219,3 +219,15 @@ def test_a_killed_trial_resumes_where_it_stopped(tmp_path, tiny_model_dir, data_
         trial,
         f"{tiny_model_dir.name}/lora/seed7",
     )
+
+
+@pytest.mark.parametrize(("name", "trials"), [("sweep-quick", 2), ("reference-cpu", 3)])
+def test_shipped_sweep_configs_plan(name, trials):
+    """The shipped sweep configs validate, and each swept method gets its trials and a tuned cell."""
+    cfg = study_grid.load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    cells = study_grid.plan_cells(cfg)
+    assert cfg.sweep is not None and sum(c.kind == "trial" for c in cells) == trials
+    assert {c.method for c in cells if c.kind == "tuned"} == set(cfg.sweep.grid)
+    assert all(
+        study_grid.train_config(cfg, c, Path("x")).val_size == cfg.sweep.val_size for c in cells if c.trained
+    )
