@@ -751,3 +751,23 @@ def test_packed_predictions_report_the_same(study_dir, tmp_path):
     cell = next(p.parents[2] for p in packed.rglob("predictions.jsonl.gz"))  # RUN/eval/<benchmark>/file
     plain_cell = study_dir / cell.relative_to(packed)
     assert read_outputs(cell) == read_outputs(plain_cell) != {}
+
+
+def test_pending_cells_of_study_json_are_named_by_their_id(tmp_path):
+    """study.json lists a cell that never started with null model/method/seed (the runner knows only its
+    id); the report names it from the id instead of 'unknown' (seen on the reference study, issue 16)."""
+    write_benchmark(
+        tmp_path / "m" / "zero-shot" / "seed7" / "eval", "gsm8k", 4, {0}, model="m", shots=0, seed=7
+    )
+    _write_json(
+        tmp_path / "m" / "zero-shot" / "seed7" / "cell.json",
+        {"model": "m", "method": "zero-shot", "seed": 7, "status": "finished"},
+    )
+    cells = [
+        {"id": "m/zero-shot/seed7", "dir": "m/zero-shot/seed7", "model": "m", "method": "zero-shot", "seed": 7, "status": "finished"},
+        {"id": "m/lora/seed7", "dir": "m/lora/seed7", "model": None, "method": None, "seed": None, "status": None},
+    ]  # fmt: skip
+    _write_json(tmp_path / "study.json", {"name": "s", "cells": cells})
+    col = collect([tmp_path])
+    pending = next(c for c in col.cells if not c.finished)
+    assert (pending.model, pending.method, pending.seed) == ("m", "lora", 7)

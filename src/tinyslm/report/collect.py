@@ -399,13 +399,16 @@ def _cells_from_study(study: dict[str, Any], seen: set[Path]) -> list[Cell]:
         d = (root / str(entry["dir"])).resolve()
         if d in seen:
             continue
+        # a cell that never started has only its id ("<model>/<method>/seed<k>"): its parts name it
+        parts = str(entry.get("id") or entry["dir"]).split("/")
+        by_id = parts if len(parts) == 3 else [None, None, None]
         out.append(
             Cell(
                 dir=d,
                 layout="study",
-                model=str(entry.get("model") or "unknown"),
-                method=str(entry.get("method") or "unknown"),
-                seed=entry.get("seed"),
+                model=str(entry.get("model") or by_id[0] or "unknown"),
+                method=str(entry.get("method") or by_id[1] or "unknown"),
+                seed=entry.get("seed") if entry.get("seed") is not None else _seed_from_dir(d),
                 status=str(entry.get("status") or "not started"),
                 reason=entry.get("reason") or "no cell.json was written",
                 cell_id=_str_or_none(entry.get("id")),
