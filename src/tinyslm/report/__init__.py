@@ -157,27 +157,17 @@ class _Digests:
                     self.add(self.data, key, rec.get("sha256"), label)
 
     def lines(self) -> list[str]:
-        lines: list[str] = []
-        if self.base:
-            lines.append(
-                "Base model weights (sha256, first 12 hex digits): "
-                + "; ".join(f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(self.base.items()))
-                + "."
+        lines = [
+            f"{title} (sha256{', first 12 hex digits' if first else ''}): "
+            + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(table.items()))
+            + "."
+            for title, table, first in (
+                ("Base model weights", self.base, True),
+                ("Data files", self.data, False),
+                ("Chat templates", self.templates, False),
             )
-        if self.data:
-            lines.append(
-                "Data files (sha256): "
-                + "; ".join(f"{k} {' / '.join(short(d) for d in ds)}" for k, ds in sorted(self.data.items()))
-                + "."
-            )
-        if self.templates:
-            lines.append(
-                "Chat templates (sha256): "
-                + "; ".join(
-                    f"{m} {' / '.join(short(d) for d in ds)}" for m, ds in sorted(self.templates.items())
-                )
-                + "."
-            )
+            if table
+        ]
         if self.code:
             lines.append("Code: " + "; ".join(sorted(self.code)) + ".")
         if self.hardware:
