@@ -9,7 +9,9 @@ behind them (the keys of the first shape and target set at top level, every case
 **Evaluation.** What ``tiny-slm-eval`` runs (``--engine fast``: continuous batching over a slot KV cache,
 ``--eval-batch-size`` slots) against HF ``generate`` in length-sorted fixed batches of the same size, on the
 same GSM8K prompts, greedily, with the same stop rule, so both produce the same tokens (checked, the
-``same tokens`` column). Speed = generated (non-pad) tokens/s. A shape whose real weights are installed
+``same tokens`` column). On a CPU with the edge extra installed, a third row: the same weights as an F32
+GGUF decoded by llama.cpp through the same loop (``--backend llama-cpp``), same threads. Speed = generated
+(non-pad) tokens/s. A shape whose real weights are installed
 offline (``smollm2-135m`` -> the ``smollm2-135m-instruct`` alias) is evaluated with them; other shapes get
 random weights, which never write an answer line, so every row runs to ``--max-new-tokens``: that
 measures the per-step cost only, not the gain from dropping finished rows.
@@ -236,6 +238,39 @@ def run_engine(
     return out, time.perf_counter() - t0
 
 
+def llama_cpp_f32(
+    model: Any, tokenizer: Any, rows: list[list[int]], args: argparse.Namespace, stop: list[int]
+) -> tuple[list[list[int]], float, int] | None:
+    """The third column on a CPU where the edge extra is installed: the same weights written to an F32 GGUF
+    and decoded by llama.cpp through the same loop (``--backend llama-cpp``), at the same batch size and
+    thread count as torch. None when llama-cpp-python is missing or the architecture cannot be exported."""
+    import tempfile
+
+    from tinyslm.core.errors import UserError
+    from tinyslm.evaluate.llamacpp import LlamaCppModel
+    from tinyslm.export.gguf import write_gguf
+
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            write_gguf(model, tokenizer, Path(d) / "m.gguf", ftype="f32")
+        except UserError as e:
+            print(f"(no llama.cpp column: {e})")
+            return None
+        gguf_model = LlamaCppModel(Path(d) / "m.gguf", threads=torch.get_num_threads())
+        run_engine(
+            "fast", gguf_model, tokenizer, rows[: args.eval_batch_size], args.eval_batch_size, 2, stop, "cpu"
+        )
+        gen, wall = run_engine(
+            "fast", gguf_model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop, "cpu"
+        )
+        gguf_model.close()
+    return gen, wall, sum(len(g) for g in gen)
+
+
 def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) -> dict[str, dict]:
     """The evaluation table; returns per-case figures keyed by shape."""
     from transformers import AutoModelForCausalLM
@@ -281,12 +316,18 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
                 engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop, args.device
             )
             res[engine] = (gen, wall, sum(len(g) for g in gen))
+        llama = llama_cpp_f32(model, tokenizer, rows, args, stop) if args.device == "cpu" else None
+        if llama is not None:
+            res["llama"] = llama
         same = res["fast"][0] == res["hf"][0]
-        for engine, name in (("hf", "HF generate"), ("fast", "ours")):
-            _, wall, n = res[engine]
+        names = (("hf", "HF generate"), ("fast", "ours"), ("llama", "llama.cpp"))
+        for engine, name in names:
+            if engine not in res:
+                continue
+            gen, wall, n = res[engine]
             print(
                 f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
-                f"{str(same):>11}"
+                f"{str(gen == res['hf'][0]):>11}"
             )
         summary[shape] = {
             "model": label,
@@ -295,6 +336,14 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             "eval_speedup_vs_hf_generate": round(res["hf"][1] / res["fast"][1], 3),
             "identical_tokens": same,
         }
+        if llama is not None:
+            summary[shape].update(
+                {
+                    "llama_cpp_f32_tokens_per_s": round(llama[2] / llama[1], 2),
+                    "ours_speedup_vs_llama_cpp_f32": round(llama[1] / res["fast"][1], 3),
+                    "llama_cpp_f32_identical_tokens": llama[0] == res["hf"][0],
+                }
+            )
         del model
     return summary
 
@@ -578,7 +627,11 @@ def flat_figures(eval_summary: dict, train_summary: dict) -> dict[str, Any]:
                     "hf_generate_tokens_per_s",
                     "ours_eval_tokens_per_s",
                     "identical_tokens",
+                    "llama_cpp_f32_tokens_per_s",
+                    "ours_speedup_vs_llama_cpp_f32",
+                    "llama_cpp_f32_identical_tokens",
                 )
+                if k in first
             }
         )
     if train_summary:

@@ -18,6 +18,7 @@ LAYERS = [
     "results",
     "evaluate",
     "train",
+    "export",
     "diagnostics",
     "report",
     "study",

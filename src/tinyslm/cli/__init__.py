@@ -1,7 +1,7 @@
 """Command-line entry points: ``tiny-slm <command>`` and the short ``tiny-slm-eval``, ``tiny-slm-train``,
 ``tiny-slm-report``.
 
-One module per command (``tinyslm.cli.eval``, ``score``, ``train``, ``run``, ``report``, ``analyze``,
+One module per command (``tinyslm.cli.eval``, ``score``, ``train``, ``run``, ``report``, ``analyze``, ``export``,
 ``models``, ``benchmarks``), each with ``add_<command>_args`` and ``cmd_<command>``; shared argument helpers
 in :mod:`tinyslm.cli.args`. The library never imports this package: commands import the library, inside the
 command where it is heavy, so that ``--help`` is instant.
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyslm.cli.analyze import add_analyze_args, cmd_analyze
     from tinyslm.cli.benchmarks import cmd_benchmarks
     from tinyslm.cli.eval import add_eval_args, cmd_eval
+    from tinyslm.cli.export import add_export_args, cmd_export
     from tinyslm.cli.models import add_models_args, cmd_models
     from tinyslm.cli.report import add_report_args, cmd_report
     from tinyslm.cli.run import add_run_args, cmd_run
@@ -72,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    x = sub.add_parser(
+        "export",
+        help="a trained model -> GGUF files quantised by llama.cpp (f16, q8_0, q4_k_m, ...), optionally scored",
+        description="Merge the adapter, write a GGUF with the tokenizer and chat template, quantise it with "
+        "llama.cpp's own quantiser, and with --score evaluate each file with the llama-cpp backend under "
+        "the run's own evaluation settings (needs the edge extra: pip install 'tiny-slm[edge]').",
+    )
+    add_export_args(x)
+    x.set_defaults(func=cmd_export)
 
     a = sub.add_parser(
         "analyze",

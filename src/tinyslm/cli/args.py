@@ -74,6 +74,9 @@ def add_setting_arg(p: argparse.ArgumentParser, cls: type, f: Field) -> None:
         return
     kwargs: dict[str, Any] = {"help": m["help"]}
     typ = base_type(cls, f.name)
+    if not flags[0].startswith("-"):  # a positional argument: ``tiny-slm export SOURCE``
+        p.add_argument(f.name, metavar=flags[0].upper(), type=flag_type(f, typ), **kwargs)
+        return
     if typ is bool:
         kwargs["action"] = "store_true"
     else:

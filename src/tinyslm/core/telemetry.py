@@ -50,6 +50,17 @@ def peak_memory_mib(device: Any) -> tuple[float, str]:
     return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_max_rss_process"
 
 
+def rss_mib() -> float | None:
+    """The process's resident memory now (VmRSS), None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Reporters:
     """Mirror each metrics line to W&B and/or TensorBoard (imported lazily; both are optional)."""
 

@@ -301,8 +301,9 @@ class SlotDecoder:
         self.active += n
         return self._logits(hidden[torch.arange(n, device=self.device), last])
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
         """Feed one token to each active row (``tokens`` [active]); the next-token logits [active, V]."""
+        tokens = torch.as_tensor(tokens, device=self.device)
         n = self.active
         kt = max(self.lens[:n]) + 1
         if kt > self.capacity:

@@ -24,6 +24,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from tinyslm.evaluate.decoder import SlotDecoder, unsupported_reason
+from tinyslm.evaluate.llamacpp import LlamaCppDecoder, LlamaCppModel
 from tinyslm.models.load import base_model
 
 # The end of an answer line: "#### 42" or a closed \boxed{...} followed by a newline.
@@ -76,7 +77,10 @@ class _StopOnText(StoppingCriteria):
 
 def eos_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
-    for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+    for src in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        tokenizer.eos_token_id,
+    ):
         if isinstance(src, int):
             ids.add(src)
         elif src:
@@ -218,27 +222,19 @@ ENGINE_NAMES = tuple(BATCH_ENGINES)
 
 @torch.inference_mode()
 def _decode_continuous(
-    model, tokenizer, rows: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], slots: int, device
+    dec, tokenizer, rows: list[list[int]], shared: int, *, max_new_tokens: int, stop_ids: list[int]
 ) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode every row with continuous batching; yields ``(row, ids)`` as each row finishes.
 
-    Up to ``slots`` rows decode at once (the batch size). When a row stops, its slot takes the next prompt
-    (longest first) instead of idling until the batch's longest answer is done: with answers of 30 to 300
-    tokens, ``generate``'s fixed batches spend much of their compute on rows that have already finished.
-    The prompts' shared prefix (system turn, instruction, few-shot exemplars) is computed once for the
-    whole run. Each row sees exactly the tokens and positions it would see decoded alone.
+    ``dec`` is a slot decoder (:class:`SlotDecoder`, or llama.cpp's with the same interface) built with
+    the rows' first ``shared`` tokens as its prefix. Up to ``dec.slots`` rows decode at once (the batch
+    size). When a row stops, its slot takes the next prompt (longest first) instead of idling until the
+    batch's longest answer is done: with answers of 30 to 300 tokens, ``generate``'s fixed batches spend
+    much of their compute on rows that have already finished. The prompts' shared prefix (system turn,
+    instruction, few-shot exemplars) is computed once for the whole run. Each row sees exactly the tokens
+    and positions it would see decoded alone.
     """
     stop_set = set(stop_ids)
-    shared = shared_prefix_length(rows)
-    if shared < MIN_SHARED_PREFIX:
-        shared = 0
-    dec = SlotDecoder(
-        model,
-        slots=min(slots, len(rows)),
-        capacity=max(len(r) for r in rows) - shared + max_new_tokens,
-        device=device,
-        prefix=rows[0][:shared],
-    )
     queue = deque(sorted(range(len(rows)), key=lambda i: -len(rows[i])))
     in_slot: list[int] = []  # the row each active slot decodes
     gen: dict[int, list[int]] = {}
@@ -251,7 +247,7 @@ def _decode_continuous(
             gen.update((i, []) for i in new)
         else:
             first = 0
-            logits = dec.step(torch.tensor([gen[i][-1] for i in in_slot], device=dec.device))
+            logits = dec.step([gen[i][-1] for i in in_slot])
         finished = []
         for s, tok in enumerate(logits.argmax(-1).tolist(), start=first):
             ids = gen[in_slot[s]]
@@ -268,6 +264,11 @@ def _decode_continuous(
             dec.release(s)
             in_slot[s] = in_slot[-1]
             in_slot.pop()
+
+
+def _shared_prefix(rows: list[list[int]]) -> int:
+    shared = shared_prefix_length(rows)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def _decode_batched(
@@ -323,16 +324,26 @@ def decode_rows(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = eos_ids(model, tokenizer) if stop_ids is None else stop_ids
+    shared = _shared_prefix(rows)
+    capacity = max(len(r) for r in rows) - shared + max_new_tokens
+    if isinstance(model, LlamaCppModel):  # a GGUF: llama.cpp's forward pass, this loop
+        dec = LlamaCppDecoder(
+            model, slots=min(batch_size, len(rows)), capacity=capacity, prefix=rows[0][:shared]
+        )
+        try:
+            yield from _decode_continuous(
+                dec, tokenizer, rows, shared, max_new_tokens=max_new_tokens, stop_ids=stop_ids
+            )
+        finally:
+            dec.close()
+        return
     device = next(model.parameters()).device
     if engine == "fast" and unsupported_reason(model, max(len(r) for r in rows) + max_new_tokens) is None:
+        dec = SlotDecoder(
+            model, slots=min(batch_size, len(rows)), capacity=capacity, device=device, prefix=rows[0][:shared]
+        )
         yield from _decode_continuous(
-            model,
-            tokenizer,
-            rows,
-            max_new_tokens=max_new_tokens,
-            stop_ids=stop_ids,
-            slots=batch_size,
-            device=device,
+            dec, tokenizer, rows, shared, max_new_tokens=max_new_tokens, stop_ids=stop_ids
         )
     else:
         yield from _decode_batched(

@@ -102,6 +102,15 @@ class EvalConfig:
         "tokens",
         choices=("fast", "hf"),
     )
+    backend: str = setting(
+        "torch",
+        help="torch (transformers weights, the engines above) or llama-cpp (a .gguf --model decoded by "
+        "llama.cpp on the CPU: same prompts, stop rule and scorer; needs the edge extra)",
+        choices=("torch", "llama-cpp"),
+    )
+    threads: int | None = setting(
+        None, help="CPU threads for the llama-cpp backend (default: every core this process may use)", ge=1
+    )
     trust_remote_code: bool = setting(False, help="allow model code from the Hub (off by default)")
     progress: bool = setting(True, help="no progress bar", flag="--no-progress", negate=True)
     # evaluate a checkpoint whose files lack weights its config declares
@@ -129,7 +138,16 @@ HASHES = "hashes"
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("tiny-slm", "torch", "transformers", "peft", "accelerate", "math-verify", "gguf"):
+    for pkg in (
+        "tiny-slm",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "math-verify",
+        "gguf",
+        "llama-cpp-python",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     return out
@@ -158,6 +176,8 @@ def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
             "max_new_tokens": cfg.max_new_tokens,
             "prompt_version": PROMPT_VERSION,
         }
+        if cfg.backend != "torch":  # absent for torch, so run_config.json files from before it still resume
+            fingerprint["backend"] = cfg.backend
         data = {"benchmark": data_record(loaded.source, cache)}
         if cfg.shots and bench.fewshot_pool in FEWSHOT_POOLS:
             local, hub = FEWSHOT_POOLS[bench.fewshot_pool][:2]
@@ -261,6 +281,9 @@ def summarize(benchmark: str, preds: list[dict], extra: dict[str, Any]) -> dict[
 
 
 def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, model_info: dict) -> dict:
+    from torch import device as torch_device
+
+    from tinyslm.core.telemetry import peak_memory_mib, reset_peak_memory
     from tinyslm.data.prompts import build_prompt, is_chat_tokenizer
     from tinyslm.evaluate.generation import generate
 
@@ -285,6 +308,9 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             cfg.progress,
             initial=len(plan.examples) - len(todo),
         )
+        on_cpu = model_info.get("backend") == "llama-cpp"
+        if on_cpu:  # the on-device table's memory: the peak while this benchmark generates
+            reset_peak_memory(torch_device("cpu"))
         tg = time.perf_counter()
 
         def on_progress(rows: int, new_tokens: int) -> None:
@@ -323,6 +349,8 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
         gen_time = time.perf_counter() - tg
         if bar is not None:
             bar.close()
+        if on_cpu:
+            model_info = {**model_info, "peak_rss_mib": round(peak_memory_mib(torch_device("cpu"))[0], 1)}
     preds = [done[e.id] for e in plan.examples]
     result = summarize(
         bench.name,
@@ -338,7 +366,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "excluded_from_scoring": plan.fewshot.excluded_ids,
             "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size,
-            "engine": cfg.engine,
+            "engine": "llama-cpp" if cfg.backend == "llama-cpp" else cfg.engine,
             "resumed_predictions": len(plan.examples) - len(todo),
             "generated_tokens": gen_tokens,
             "generation_wall_s": round(gen_time, 3),
@@ -364,10 +392,15 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
 
 
 def context_length(model: Any) -> int | None:
-    """The positions the model was built for (``config.max_position_embeddings``); None when it does not say."""
+    """The positions the model was built for (``config.max_position_embeddings``, a GGUF's
+    ``context_length``); None when it does not say."""
+    from tinyslm.evaluate.llamacpp import LlamaCppModel
     from tinyslm.models.load import base_model
 
-    n = getattr(base_model(model).config, "max_position_embeddings", None)
+    if isinstance(model, LlamaCppModel):
+        n = model.facts.get("context_length")
+    else:
+        n = getattr(base_model(model).config, "max_position_embeddings", None)
     return n if isinstance(n, int) and n > 0 else None
 
 
@@ -427,33 +460,37 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
             print(f"{plan.loaded.benchmark.name}: already finished, kept {plan.out_dir / 'results.json'}")
     if not pending:
         return results
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    t_load = time.perf_counter()
-    notes: dict[str, Any] = {}
-    with hf_progress_bars(cfg.progress):
-        model, tokenizer = load_model(
-            cfg.model,
-            adapter=cfg.adapter,
-            device=device,
-            trust_remote_code=cfg.trust_remote_code,
-            allow_missing_weights=cfg.allow_missing_weights,
-            notes=notes,
-        )
-    check_context(pending, model, tokenizer, cfg)
-    model_info = {
-        "model": model_name_for_results(cfg.model),
-        "model_ref": cfg.model,
-        "adapter": cfg.adapter,
-        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-        "device": device,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "model_load_s": round(time.perf_counter() - t_load, 3),
-        # Base parameters (an adapter's are not counted): the x axis of the report's accuracy-vs-size figure.
-        "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
-        "context_length": context_length(model),
-        **notes,  # adapter_base_model, warnings (e.g. an adapter trained on another base), missing_weights
-    }
+    if cfg.backend == "llama-cpp":
+        model, tokenizer, model_info = _load_gguf(cfg, pending)
+    else:
+        device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        t_load = time.perf_counter()
+        notes: dict[str, Any] = {}
+        with hf_progress_bars(cfg.progress):
+            model, tokenizer = load_model(
+                cfg.model,
+                adapter=cfg.adapter,
+                device=device,
+                trust_remote_code=cfg.trust_remote_code,
+                allow_missing_weights=cfg.allow_missing_weights,
+                notes=notes,
+            )
+        check_context(pending, model, tokenizer, cfg)
+        model_info = {
+            "model": model_name_for_results(cfg.model),
+            "model_ref": cfg.model,
+            "adapter": cfg.adapter,
+            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "device": device,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "model_load_s": round(time.perf_counter() - t_load, 3),
+            # Base parameters (an adapter's are not counted): the x axis of the accuracy-vs-size figure.
+            "model_parameters": sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n),
+            "context_length": context_length(model),
+            **notes,  # adapter_base_model, warnings (e.g. an adapter trained on another base), missing_weights
+        }
+    device = model_info["device"]
     # Digests of what was loaded (cached by path + mtime + size), checked against every pending benchmark's
     # run_config.json before anything is written: a swapped checkpoint never adds to old predictions.
     cache = HashCache()
@@ -479,6 +516,74 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         for plan in todo:
             results[plan.loaded.benchmark.name] = evaluate_benchmark(plan, model, tokenizer, cfg, model_info)
     return results
+
+
+def _load_gguf(cfg: EvalConfig, pending: list[BenchmarkPlan]) -> tuple[Any, Any, dict[str, Any]]:
+    """The llama-cpp backend's model, tokenizer (transformers', read from the GGUF: the same prompts and
+    detokenization as every other run) and results facts, including what the on-device table reports:
+    file size, resident memory before loading and, measured here on the first prompts, tokens/s at batch 1."""
+    from tinyslm.core.telemetry import rss_mib
+    from tinyslm.evaluate.llamacpp import LlamaCppModel
+    from tinyslm.models.load import load_tokenizer, model_name_for_results
+
+    if cfg.adapter is not None:
+        raise UserError(
+            "--backend llama-cpp takes a merged .gguf (tiny-slm export merges adapters); drop --adapter"
+        )
+    if cfg.device not in ("auto", "cpu"):
+        raise UserError(f"--backend llama-cpp runs on the CPU; --device {cfg.device} is not supported")
+    if not cfg.model.lower().endswith(".gguf") or not Path(cfg.model).is_file():
+        raise UserError(f"--backend llama-cpp needs --model FILE.gguf (an existing file); got {cfg.model}")
+    rss_before = rss_mib()
+    t_load = time.perf_counter()
+    model = LlamaCppModel(cfg.model, threads=cfg.threads)
+    tokenizer = load_tokenizer(cfg.model)
+    check_context(pending, model, tokenizer, cfg)
+    facts = model.facts
+    info = {
+        "model": model_name_for_results(cfg.model),
+        "model_ref": cfg.model,
+        "adapter": None,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "device": "cpu",
+        "dtype": facts["file_type"],
+        "backend": "llama-cpp",
+        "threads": model.threads,
+        "model_load_s": round(time.perf_counter() - t_load, 3),
+        "model_parameters": facts["parameters"],
+        "context_length": facts["context_length"],
+        "gguf_bytes": facts["file_bytes"],
+        "rss_before_load_mib": round(rss_before, 1) if rss_before is not None else None,
+        "tokens_per_s_batch1": _batch1_speed(model, tokenizer, pending),
+    }
+    return model, tokenizer, info
+
+
+BATCH1_PROMPTS, BATCH1_TOKENS = 4, 64  # the batch-1 speed probe: short, so it adds seconds, not minutes
+
+
+def _batch1_speed(model: Any, tokenizer: Any, plans: list[BenchmarkPlan]) -> float | None:
+    """Generated tokens/s decoding the first prompts of the first benchmark one at a time (batch 1): what
+    a single user waits for on this CPU, beside the batched rate every results.json records."""
+    from tinyslm.data.prompts import build_prompt, is_chat_tokenizer
+    from tinyslm.evaluate.generation import decode_rows
+
+    plan = plans[0]
+    exs = plan.examples[:BATCH1_PROMPTS]
+    add_special = not is_chat_tokenizer(tokenizer)
+    rows = [
+        tokenizer(
+            build_prompt(tokenizer, e, plan.loaded.benchmark.answer_style, plan.fewshot.exemplars),
+            add_special_tokens=add_special,
+        )["input_ids"]
+        for e in exs
+    ]
+    t0, n = time.perf_counter(), 0
+    for row in rows:
+        for _, ids in decode_rows(model, tokenizer, [row], max_new_tokens=BATCH1_TOKENS, batch_size=1):
+            n += len(ids)
+    dt = time.perf_counter() - t0
+    return round(n / dt, 2) if n and dt > 0 else None
 
 
 def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from tinyslm.report.tables import (
     comparisons,
     cost_table,
     diagnostics_table,
+    edge_table,
     fmt_count,
     half_width,
     negative_transfer_lines,
@@ -349,6 +350,11 @@ def build_sections(col: Collection, price: float, examples: int = 3) -> tuple[li
 
     cols, rows, notes = cost_table(col, price)
     sections.append(Section("Table 3: cost", [Table(cols, rows, notes=notes)]))
+    edge = edge_table(col)
+    if edge is not None:
+        sections.append(
+            Section("Table 4: on device (llama.cpp on this CPU)", [Table(edge[0], edge[1], notes=edge[2])])
+        )
 
     figures = all_figures(col, groups)
     sections.append(

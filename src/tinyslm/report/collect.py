@@ -102,6 +102,8 @@ class Cell:
     sweep_point: dict[str, Any] | None = None  # a protocol cell's values of the sweep grid's keys
     chosen: dict[str, Any] | None = None  # a tuned cell's choice: cell, setting, select_by, value, protocol
     val_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # On device (issue 14): the cell's exported GGUF files scored by llama.cpp, edge/<quant>/<benchmark>/.
+    edge: dict[str, dict[str, BenchmarkRun]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -279,6 +281,12 @@ def _fill_trained(cell: Cell, warnings: list[str]) -> None:
     # cell.metrics, which the loss curves and every other reader of training telemetry use.
     cell.metrics = [m for m in lines if "split" not in m]
     cell.val_metrics = [m for m in lines if m.get("split") == "val"]
+    edge = cell.dir / "edge"
+    if edge.is_dir():
+        for q in sorted(p for p in edge.iterdir() if p.is_dir()):
+            runs = read_benchmarks(q, warnings)
+            if runs:
+                cell.edge[q.name] = runs
     diag_file = cell.dir / "diagnostics.json"
     if diag_file.is_file():
         try:

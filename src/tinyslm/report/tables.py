@@ -615,6 +615,79 @@ def _sweep_cost(col: Collection) -> list[str]:
     return out
 
 
+def edge_table(col: Collection) -> tuple[list[str], Rows, list[str]] | None:
+    """Table 4: each exported GGUF scored by llama.cpp beside its float model, per benchmark: file size,
+    memory, speed, exact match, and the paired test of what quantisation cost (None: nothing exported)."""
+    cols = [
+        "Model", "Method", "File", "Size (MiB)", "Memory (MiB)", "tok/s @1", "tok/s @batch", "Benchmark",
+        "Float EM % [95% CI]", "File EM % [95% CI]", "Δ (pp)", "Same output %", "Lost / gained", "McNemar p",
+    ]  # fmt: skip
+    rows: Rows = []
+    for c in col.cells:
+        if not c.finished:
+            continue
+        for quant, runs in sorted(c.edge.items(), key=lambda kv: -_gguf_bytes(kv[1])):
+            for name, run in sorted(runs.items()):
+                res, base = run.results, c.benchmarks.get(name)
+                mem = _minus(res.get("peak_rss_mib"), res.get("rss_before_load_mib"))
+                row = [
+                    c.model, c.method, str(res.get("dtype") or quant), _mib(res.get("gguf_bytes")),
+                    fmt_num(round(mem)) if mem is not None else "-", _rate(res.get("tokens_per_s_batch1")),
+                    _rate(res.get("generated_tokens_per_s")), name,
+                ]  # fmt: skip
+                file_em = f"{pct(res['correct'] / res['n'])}{_interval(res.get('exact_match_ci95'), pct)}"
+                if base is None:
+                    rows.append(row + ["-", file_em, "-", "-", "-", "-"])
+                    continue
+                fv, qv = base.verdicts, run.verdicts
+                ids = sorted(set(fv) & set(qv))
+                lost = sum(fv[i] and not qv[i] for i in ids)
+                gained = sum(qv[i] and not fv[i] for i in ids)
+                same = sum(base.predictions[i].get("output") == run.predictions[i].get("output") for i in ids)
+                fres = base.results
+                rows.append(
+                    row
+                    + [
+                        f"{pct(fres['correct'] / fres['n'])}{_interval(fres.get('exact_match_ci95'), pct)}",
+                        file_em,
+                        signed(100 * (gained - lost) / len(ids)) if ids else "-",
+                        pct(same / len(ids)) if ids else "-",
+                        f"{lost} / {gained}",
+                        fmt_p(mcnemar_exact(lost, gained)) if ids else "-",
+                    ]
+                )
+    if not rows:
+        return None
+    notes = [
+        "Each file was written by `tiny-slm export` (adapter merged, llama.cpp's own quantiser) and scored by "
+        "`--backend llama-cpp` with the float model's prompts, stop rule, scorer and problems.",
+        "Memory: peak resident memory of the scoring process while it generated, minus its resident memory "
+        "before the model loaded (Python and the tokenizer): the weights, KV cache and compute buffers.",
+        "tok/s @1: generated tokens per second decoding the first 4 prompts one at a time (64 new tokens at "
+        "most); tok/s @batch: the whole benchmark with continuous batching at the run's batch size.",
+        "Δ, same output, lost / gained (problems only the float model / only the file solves) and the exact "
+        "McNemar p pair the file with its float model on the same problems: a check of what quantisation "
+        "cost, one test per file and benchmark, not adjusted for multiplicity.",
+    ]
+    return cols, rows, notes
+
+
+def _gguf_bytes(runs: dict[str, BenchmarkRun]) -> int:
+    return max((int(r.results.get("gguf_bytes") or 0) for r in runs.values()), default=0)
+
+
+def _minus(a: Any, b: Any) -> float | None:
+    return float(a) - float(b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+
+def _rate(x: Any) -> str:
+    return f"{x:.0f}" if isinstance(x, (int, float)) else "-"
+
+
+def _mib(n: Any) -> str:
+    return f"{n / 2**20:.1f}" if isinstance(n, (int, float)) and n > 0 else "-"
+
+
 def strict_table(groups: dict[tuple[str, str, str], Group]) -> tuple[list[str], Rows]:
     """Flexible (any final number) against strict (marked answer) exact match: the formatting effect."""
     cols = ["Model", "Method", "Benchmark", "Flexible %", "Strict %", "Gap (pp)"]
