@@ -232,6 +232,7 @@ def test_export_score_and_report_end_to_end(tmp_path, real_tokenizer, tiny_model
     assert gguf_facts(run / "export" / "model-q8_0.gguf")["file_type"] == "q8_0"
     rec = json.loads((run / "export" / "export.json").read_text())
     assert set(rec["files"]) == {"f32", "q8_0"} and rec["architecture"] == "llama"
+    assert rec["files"]["q8_0"]["tensor_types"]["q8_0"] > 0 and "f32" in rec["files"]["q8_0"]["tensor_types"]
 
     f32 = json.loads((run / "edge" / "f32" / "gsm8k" / "results.json").read_text())
     assert f32["engine"] == "llama-cpp" and f32["dtype"] == "f32" and f32["n"] == 3

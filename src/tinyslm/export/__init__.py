@@ -22,7 +22,7 @@ from tinyslm.core.errors import UserError
 from tinyslm.core.files import atomic_write_json, exclusive_lock
 from tinyslm.evaluate.runner import package_versions
 from tinyslm.export.gguf import QUANT_TYPES, WRITTEN_DIRECTLY, parse_quant_types, quantize, write_gguf
-from tinyslm.models.llamacpp import import_llama_cpp
+from tinyslm.models.llamacpp import gguf_facts, import_llama_cpp
 
 EXPORT_DIR, EDGE_DIR = "export", "edge"  # under a run directory: the GGUF files, their evaluations
 
@@ -169,6 +169,7 @@ def _write_files(
             "file": files[q].name,
             "bytes": files[q].stat().st_size,
             "write_s": timings.get(q),
+            "tensor_types": gguf_facts(files[q])["tensor_types"],
         }
     atomic_write_json(out / "export.json", record)
     return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def gguf_facts(path: Path) -> dict[str, Any]:
         "file_type": names.get(int(ftype), str(ftype)) if ftype is not None else None,
         "context_length": _field(r, f"{arch}.context_length"),
         "parameters": int(sum(int(np.prod(t.shape)) for t in r.tensors)),
+        # what each tensor was stored as: a k-quant falls back to another type for rows it cannot split
+        "tensor_types": dict(Counter(t.tensor_type.name.lower() for t in r.tensors).most_common()),
         "file_bytes": path.stat().st_size,
     }
 
