@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 TINYSLM_DATA_DIR ?= ../shared/data
 export TINYSLM_DATA_DIR
 DEMO_OUT ?= runs/quick
+# Extra `tiny-slm export` flags for edge-demo, e.g. --threads 1 while another job holds a core: llama.cpp's
+# worker threads spin-wait, so on an oversubscribed CPU its default of every core decodes several times slower.
+EXPORT_FLAGS ?=
 # llama-cpp-python (the edge extra) compiles llama.cpp: only the library this package loads, for this CPU.
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
@@ -38,7 +41,7 @@ demo: setup
 # same problems, then the report with its on-device table.
 edge-demo: demo setup-edge
 	for m in full lora dora; do \
-		$(BIN)/tiny-slm export $(DEMO_OUT)/smollm2-135m-instruct/$$m/seed1234 --quant q8_0,q4_k_m --score || exit 1; \
+		$(BIN)/tiny-slm export $(DEMO_OUT)/smollm2-135m-instruct/$$m/seed1234 --quant q8_0,q4_k_m --score $(EXPORT_FLAGS) || exit 1; \
 	done
 	$(BIN)/tiny-slm-report $(DEMO_OUT) --output $(DEMO_OUT)/report
 
