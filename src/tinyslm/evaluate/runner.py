@@ -534,10 +534,12 @@ def _load_gguf(cfg: EvalConfig, pending: list[BenchmarkPlan]) -> tuple[Any, Any,
         raise UserError(f"--backend llama-cpp runs on the CPU; --device {cfg.device} is not supported")
     if not cfg.model.lower().endswith(".gguf") or not Path(cfg.model).is_file():
         raise UserError(f"--backend llama-cpp needs --model FILE.gguf (an existing file); got {cfg.model}")
-    rss_before = rss_mib()
     t_load = time.perf_counter()
-    model = LlamaCppModel(cfg.model, threads=cfg.threads)
     tokenizer = load_tokenizer(cfg.model)
+    rss_before = (
+        rss_mib()
+    )  # after the tokenizer: the on-device memory is the model's, its cache's and buffers'
+    model = LlamaCppModel(cfg.model, threads=cfg.threads)
     check_context(pending, model, tokenizer, cfg)
     facts = model.facts
     info = {

@@ -204,6 +204,9 @@ def score_files(
     run_dir: Path, files: dict[str, Path], plan: dict[str, Any], cfg: ExportConfig
 ) -> dict[str, Any]:
     """Evaluate each GGUF with the llama-cpp backend into ``run_dir/edge/<quant>/``; resumable like any eval."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from tinyslm.evaluate.runner import EvalConfig, run_eval
 
     scored = {}
@@ -222,7 +225,10 @@ def score_files(
             data_dir=cfg.data_dir,
             progress=cfg.progress,
         )
-        results = run_eval(ecfg)
+        # Each file in a fresh process: its memory figures then start from the same empty process, not from
+        # this one's heap after merging and writing the float model (which glibc does not hand back).
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = pool.submit(run_eval, ecfg).result()
         scored[q] = {b: {"correct": r["correct"], "n": r["n"]} for b, r in results.items()}
         for b, r in results.items():
             print(

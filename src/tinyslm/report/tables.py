@@ -662,7 +662,7 @@ def edge_table(col: Collection) -> tuple[list[str], Rows, list[str]] | None:
         "Each file was written by `tiny-slm export` (adapter merged, llama.cpp's own quantiser) and scored by "
         "`--backend llama-cpp` with the float model's prompts, stop rule, scorer and problems.",
         "Memory: peak resident memory of the scoring process while it generated, minus its resident memory "
-        "before the model loaded (Python and the tokenizer): the weights, KV cache and compute buffers.",
+        "once Python and the tokenizer had loaded: the weights, KV cache and compute buffers.",
         "tok/s @1: generated tokens per second decoding the first 4 prompts one at a time (64 new tokens at "
         "most); tok/s @batch: the whole benchmark with continuous batching at the run's batch size.",
         "Δ, same output, lost / gained (problems only the float model / only the file solves) and the exact "
