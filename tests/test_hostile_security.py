@@ -681,3 +681,44 @@ def test_disk_full_stops_the_study_grid(tmp_path, monkeypatch):
     assert calls == ["a/zero-shot/seed1"]
     rec = json.loads((tmp_path / "out" / "a/zero-shot/seed1/cell.json").read_text())
     assert rec["status"] == "failed" and "no space left" in rec["reason"]
+
+
+def test_disk_full_while_saving_final_keeps_the_old_one(
+    tiny_model_dir, real_tokenizer, tmp_path, monkeypatch
+):
+    """save_pretrained's ENOSPC names no file; final/ and merged/ now fail as one line naming the directory,
+    with the half-written temp directory removed and an earlier final/ left as it was."""
+    from transformers import AutoModelForCausalLM
+
+    from tinyslm.train.checkpoint import save_final
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    dest = tmp_path / "final"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}")
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(model, "save_pretrained", no_space)
+    with pytest.raises(DiskFullError, match=f"no space left on device while writing {dest}"):
+        save_final(model, real_tokenizer, dest, None)
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["final"] and (dest / "config.json").read_text() == "{}"
+    )
+
+
+def test_disk_full_while_writing_a_gguf_names_it(tiny_model_dir, real_tokenizer, tmp_path, monkeypatch):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from tinyslm.export.gguf import write_gguf
+
+    def no_space(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", no_space)
+    dest = tmp_path / "model-f32.gguf"
+    with pytest.raises(DiskFullError, match=f"while writing {dest}"):
+        write_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir), real_tokenizer, dest)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tinyslm.core.errors import UserError
+from tinyslm.core.files import writing
 from tinyslm.models.llamacpp import QUANT_TYPES, import_llama_cpp
 
 # llama.cpp's probe text for the BPE pre-tokenizer (convert_hf_to_gguf_update.py, ``CHK_TXT``): the ids a
@@ -159,64 +160,65 @@ def write_gguf(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        w = gguf.GGUFWriter(tmp, arch)
-        # Phase 1: hyperparameters (the keys llama.cpp's loader reads for these architectures).
-        w.add_name(name)
-        w.add_context_length(int(cfg.max_position_embeddings))
-        w.add_embedding_length(int(cfg.hidden_size))
-        w.add_block_count(int(cfg.num_hidden_layers))
-        w.add_feed_forward_length(int(cfg.intermediate_size))
-        w.add_head_count(int(n_head))
-        w.add_head_count_kv(int(n_kv))
-        w.add_key_length(int(head_dim))
-        w.add_value_length(int(head_dim))
-        w.add_rope_dimension_count(int(head_dim))
-        w.add_rope_freq_base(_rope_theta(cfg))
-        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-        w.add_vocab_size(vocab_size)
-        w.add_file_type(getattr(gguf.LlamaFileType, QUANT_TYPES[ftype]))
-        # Phase 2: the tokenizer, with its merges, special ids and chat template (read from a saved copy,
-        # the files gguf's SpecialVocab understands).
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        with tempfile.TemporaryDirectory() as tok_dir:
-            tokenizer.save_pretrained(tok_dir)
-            special = gguf.SpecialVocab(tok_dir, load_merges=True, n_vocab=vocab_size)
-        plain = tokenizer("a")["input_ids"]
-        bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-        special.add_special_token["bos"] = len(plain) > len(bare) and plain[0] == tokenizer.bos_token_id
-        special.add_special_token.pop("eos", None)
-        special.add_to_gguf(w, quiet=True)
-        # Phase 3: tensors, renamed to llama.cpp's names.
-        names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
-        tied = bool(getattr(cfg, "tie_word_embeddings", False))
-        n_params = 0
-        for hf_name, t in model.state_dict().items():
-            if tied and hf_name == "lm_head.weight":
-                continue
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue
-            new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if new is None:
-                raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
-            data = t.detach().to("cpu").float().numpy()
-            if permute and hf_name.endswith("q_proj.weight"):
-                data = _permute_rotary(data, n_head)
-            elif permute and hf_name.endswith("k_proj.weight"):
-                data = _permute_rotary(data, n_kv)
-            if ftype == "f16" and data.ndim == 2:
-                data = data.astype(np.float16)
-            w.add_tensor(new, np.ascontiguousarray(data))
-            n_params += data.size
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise UserError(f"cannot write {dest}: {e.strerror or e}") from None
+        with writing(dest):  # a full disk is one line naming the file
+            w = gguf.GGUFWriter(tmp, arch)
+            # Phase 1: hyperparameters (the keys llama.cpp's loader reads for these architectures).
+            w.add_name(name)
+            w.add_context_length(int(cfg.max_position_embeddings))
+            w.add_embedding_length(int(cfg.hidden_size))
+            w.add_block_count(int(cfg.num_hidden_layers))
+            w.add_feed_forward_length(int(cfg.intermediate_size))
+            w.add_head_count(int(n_head))
+            w.add_head_count_kv(int(n_kv))
+            w.add_key_length(int(head_dim))
+            w.add_value_length(int(head_dim))
+            w.add_rope_dimension_count(int(head_dim))
+            w.add_rope_freq_base(_rope_theta(cfg))
+            w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+            w.add_vocab_size(vocab_size)
+            w.add_file_type(getattr(gguf.LlamaFileType, QUANT_TYPES[ftype]))
+            # Phase 2: the tokenizer, with its merges, special ids and chat template (read from a saved copy,
+            # the files gguf's SpecialVocab understands).
+            w.add_tokenizer_model("gpt2")
+            w.add_tokenizer_pre(pre)
+            w.add_token_list(tokens)
+            w.add_token_types(types)
+            with tempfile.TemporaryDirectory() as tok_dir:
+                tokenizer.save_pretrained(tok_dir)
+                special = gguf.SpecialVocab(tok_dir, load_merges=True, n_vocab=vocab_size)
+            plain = tokenizer("a")["input_ids"]
+            bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+            special.add_special_token["bos"] = len(plain) > len(bare) and plain[0] == tokenizer.bos_token_id
+            special.add_special_token.pop("eos", None)
+            special.add_to_gguf(w, quiet=True)
+            # Phase 3: tensors, renamed to llama.cpp's names.
+            names = gguf.get_tensor_name_map(
+                getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers)
+            )
+            tied = bool(getattr(cfg, "tie_word_embeddings", False))
+            n_params = 0
+            for hf_name, t in model.state_dict().items():
+                if tied and hf_name == "lm_head.weight":
+                    continue
+                if hf_name.endswith("rotary_emb.inv_freq"):
+                    continue
+                new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if new is None:
+                    raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
+                data = t.detach().to("cpu").float().numpy()
+                if permute and hf_name.endswith("q_proj.weight"):
+                    data = _permute_rotary(data, n_head)
+                elif permute and hf_name.endswith("k_proj.weight"):
+                    data = _permute_rotary(data, n_kv)
+                if ftype == "f16" and data.ndim == 2:
+                    data = data.astype(np.float16)
+                w.add_tensor(new, np.ascontiguousarray(data))
+                n_params += data.size
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return {"architecture": arch, "pre_tokenizer": pre, "parameters": n_params, "vocab_size": vocab_size}

@@ -215,10 +215,14 @@ def save_final(model: Any, tokenizer: Any, dest: Path, adapter_base: str | None)
         # We never resize or target the embeddings; without this peft looks the base up on the Hub to check
         # (a network call, and a warning offline or for an alias).
         extra["save_embedding_layers"] = False
-    model.save_pretrained(tmp, safe_serialization=True, **extra)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    _save_dir(
+        dest,
+        tmp,
+        lambda: (
+            model.save_pretrained(tmp, safe_serialization=True, **extra),
+            tokenizer.save_pretrained(tmp),
+        ),
+    )
 
 
 def save_merged(model: Any, tokenizer: Any, dest: Path) -> None:
@@ -226,7 +230,21 @@ def save_merged(model: Any, tokenizer: Any, dest: Path) -> None:
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged = model.merge_and_unload()
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    _save_dir(
+        dest,
+        tmp,
+        lambda: (merged.save_pretrained(tmp, safe_serialization=True), tokenizer.save_pretrained(tmp)),
+    )
+
+
+def _save_dir(dest: Path, tmp: Path, save: Any) -> None:
+    """Run ``save`` (which writes ``tmp``), then swap ``tmp`` in for ``dest``. A full disk is one line naming
+    ``dest`` (save_pretrained's own error names no file); ``tmp`` is removed and an older ``dest`` kept."""
+    try:
+        with writing(dest):
+            save()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
