@@ -144,17 +144,8 @@ def write_gguf(
 
     if ftype not in WRITTEN_DIRECTLY:
         raise ValueError(f"write_gguf writes {WRITTEN_DIRECTLY}, not {ftype!r}")
-    cfg = model.config
     arch, permute = _check_supported(model)
-    n_head, n_kv = (
-        cfg.num_attention_heads,
-        getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-    )
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    vocab_size = int(cfg.vocab_size)
-    pre = pre_tokenizer(tokenizer)
-    tokens, types = _vocab(tokenizer, vocab_size)
-
+    pre = pre_tokenizer(tokenizer)  # refused here, before anything is written
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
@@ -162,58 +153,10 @@ def write_gguf(
     try:
         with writing(dest):  # a full disk is one line naming the file
             w = gguf.GGUFWriter(tmp, arch)
-            # Phase 1: hyperparameters (the keys llama.cpp's loader reads for these architectures).
             w.add_name(name)
-            w.add_context_length(int(cfg.max_position_embeddings))
-            w.add_embedding_length(int(cfg.hidden_size))
-            w.add_block_count(int(cfg.num_hidden_layers))
-            w.add_feed_forward_length(int(cfg.intermediate_size))
-            w.add_head_count(int(n_head))
-            w.add_head_count_kv(int(n_kv))
-            w.add_key_length(int(head_dim))
-            w.add_value_length(int(head_dim))
-            w.add_rope_dimension_count(int(head_dim))
-            w.add_rope_freq_base(_rope_theta(cfg))
-            w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-            w.add_vocab_size(vocab_size)
-            w.add_file_type(getattr(gguf.LlamaFileType, QUANT_TYPES[ftype]))
-            # Phase 2: the tokenizer, with its merges, special ids and chat template (read from a saved copy,
-            # the files gguf's SpecialVocab understands).
-            w.add_tokenizer_model("gpt2")
-            w.add_tokenizer_pre(pre)
-            w.add_token_list(tokens)
-            w.add_token_types(types)
-            with tempfile.TemporaryDirectory() as tok_dir:
-                tokenizer.save_pretrained(tok_dir)
-                special = gguf.SpecialVocab(tok_dir, load_merges=True, n_vocab=vocab_size)
-            plain = tokenizer("a")["input_ids"]
-            bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-            special.add_special_token["bos"] = len(plain) > len(bare) and plain[0] == tokenizer.bos_token_id
-            special.add_special_token.pop("eos", None)
-            special.add_to_gguf(w, quiet=True)
-            # Phase 3: tensors, renamed to llama.cpp's names.
-            names = gguf.get_tensor_name_map(
-                getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers)
-            )
-            tied = bool(getattr(cfg, "tie_word_embeddings", False))
-            n_params = 0
-            for hf_name, t in model.state_dict().items():
-                if tied and hf_name == "lm_head.weight":
-                    continue
-                if hf_name.endswith("rotary_emb.inv_freq"):
-                    continue
-                new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-                if new is None:
-                    raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
-                data = t.detach().to("cpu").float().numpy()
-                if permute and hf_name.endswith("q_proj.weight"):
-                    data = _permute_rotary(data, n_head)
-                elif permute and hf_name.endswith("k_proj.weight"):
-                    data = _permute_rotary(data, n_kv)
-                if ftype == "f16" and data.ndim == 2:
-                    data = data.astype(np.float16)
-                w.add_tensor(new, np.ascontiguousarray(data))
-                n_params += data.size
+            _write_hparams(w, model.config, ftype)
+            _write_tokenizer(w, tokenizer, pre, int(model.config.vocab_size))
+            n_params = _add_tensors(w, model, arch, permute, ftype)
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
@@ -221,7 +164,87 @@ def write_gguf(
             os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"architecture": arch, "pre_tokenizer": pre, "parameters": n_params, "vocab_size": vocab_size}
+    return {
+        "architecture": arch,
+        "pre_tokenizer": pre,
+        "parameters": n_params,
+        "vocab_size": int(model.config.vocab_size),
+    }
+
+
+def _heads(cfg: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size)."""
+    n_head = int(cfg.num_attention_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_head)
+    return n_head, n_kv, int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head)
+
+
+def _write_hparams(w: Any, cfg: Any, ftype: str) -> None:
+    """The hyperparameters llama.cpp's loader reads for the Llama and Qwen2 architectures."""
+    import gguf
+
+    n_head, n_kv, head_dim = _heads(cfg)
+    w.add_context_length(int(cfg.max_position_embeddings))
+    w.add_embedding_length(int(cfg.hidden_size))
+    w.add_block_count(int(cfg.num_hidden_layers))
+    w.add_feed_forward_length(int(cfg.intermediate_size))
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(_rope_theta(cfg))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(int(cfg.vocab_size))
+    w.add_file_type(getattr(gguf.LlamaFileType, QUANT_TYPES[ftype]))
+
+
+def _write_tokenizer(w: Any, tokenizer: Any, pre: str, vocab_size: int) -> None:
+    """The BPE vocabulary, merges, special ids and chat template (the last three read by gguf's SpecialVocab
+    from a saved copy of the tokenizer, the files it understands)."""
+    import gguf
+
+    tokens, types = _vocab(tokenizer, vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer.save_pretrained(tok_dir)
+        special = gguf.SpecialVocab(tok_dir, load_merges=True, n_vocab=vocab_size)
+    # add_bos as the tokenizer behaves (not as its config says): a BOS is added iff encoding adds one
+    plain = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    special.add_special_token["bos"] = len(plain) > len(bare) and plain[0] == tokenizer.bos_token_id
+    special.add_special_token.pop("eos", None)
+    special.add_to_gguf(w, quiet=True)
+
+
+def _add_tensors(w: Any, model: Any, arch: str, permute: bool, ftype: str) -> int:
+    """Every weight under llama.cpp's name (q/k permuted for Llama's rotary layout); the parameter count."""
+    import gguf
+
+    cfg = model.config
+    n_head, n_kv, _ = _heads(cfg)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), int(cfg.num_hidden_layers))
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    n_params = 0
+    for hf_name, t in model.state_dict().items():
+        if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name}")
+        data = t.detach().to("cpu").float().numpy()
+        if permute and hf_name.endswith("q_proj.weight"):
+            data = _permute_rotary(data, n_head)
+        elif permute and hf_name.endswith("k_proj.weight"):
+            data = _permute_rotary(data, n_kv)
+        if ftype == "f16" and data.ndim == 2:
+            data = data.astype(np.float16)
+        w.add_tensor(new, np.ascontiguousarray(data))
+        n_params += data.size
+    return n_params
 
 
 def quantize(src: Path, dest: Path, quant: str, *, threads: int | None = None) -> None:
