@@ -267,7 +267,11 @@ def chat_template_sha256(tokenizer: Any) -> str:
 
 
 def _package_dir() -> Path:
-    return Path(__file__).resolve().parent
+    """The ``tinyslm`` package folder, asked of the package itself: a module's own folder moves when the
+    module moves into a subpackage (it did, and every record lost its commit until a test pinned it)."""
+    import tinyslm
+
+    return Path(tinyslm.__file__).resolve().parent
 
 
 @lru_cache(maxsize=1)
