@@ -339,6 +339,15 @@ def test_results_csv_one_row_per_cell_and_benchmark(report_dir):
     assert any("non-finite loss" in x["reason"] for x in dora)
 
 
+def test_cells_listed_only_in_study_json_keep_the_path_the_user_gave(study_dir, monkeypatch):
+    # a committed report must not carry the absolute paths of the machine that built it
+    monkeypatch.chdir(study_dir.parent)
+    cells = collect([study_dir.name]).cells
+    never_started = next(c for c in cells if c.model == "tiny-b" and c.method == "dora")
+    assert never_started.dir == Path(study_dir.name) / "tiny-b" / "dora" / "seed1"
+    assert all(not c.dir.is_absolute() for c in cells)
+
+
 def test_negative_transfer_and_mcnemar_per_seed(study_dir):
     groups = build_groups(collect([study_dir]))
     comps = comparisons(groups)

@@ -404,8 +404,8 @@ def _cells_from_study(study: dict[str, Any], seen: set[Path]) -> list[Cell]:
     for entry in study.get("cells") or []:
         if not isinstance(entry, dict) or not entry.get("dir"):
             continue
-        d = (root / str(entry["dir"])).resolve()
-        if d in seen:
+        d = root / str(entry["dir"])  # as the user named the study: the report shows no absolute paths
+        if d.resolve() in seen:
             continue
         # a cell that never started has only its id ("<model>/<method>/seed<k>"): its parts name it
         parts = str(entry.get("id") or entry["dir"]).split("/")
