@@ -14,11 +14,12 @@ from tinyslm.evaluate.generation import decode_rows, shared_prefix_length
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(kind: str = "llama", vocab: int = 300):
+def _model(kind: str = "llama", vocab: int = 300, init: float = 0.2):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    # A large init makes the random model emit varied tokens (the default init repeats one token).
+    # A large init makes the random model emit varied tokens (the default init repeats one token); a
+    # middling one (0.05) gives varied outputs that repeat their spans, as a small model's loops do.
     common = dict(
         vocab_size=vocab,
         hidden_size=32,
@@ -26,7 +27,7 @@ def _model(kind: str = "llama", vocab: int = 300):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        initializer_range=0.2,
+        initializer_range=init,
         max_position_embeddings=512,
     )
     if kind == "qwen2":
@@ -107,19 +108,72 @@ def test_decoder_logits_equal_the_models_forward(shared, cpu_flash, monkeypatch)
             torch.testing.assert_close(logits[j], ref[len(rows[j]) - 1 + s], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shared", [0, 20, CASCADE_MIN_PREFIX + 10])
+@torch.inference_mode()
+def test_extend_feeds_runs_of_different_lengths_and_keep_drops_the_rest(shared):
+    """Rows fed 1, 3 and 2 tokens in one pass get the logits the model's forward gives after each of them;
+    of those runs only the kept tokens stay: the next step sees the row as if the rest were never fed."""
+    model = _model()
+    rows = _rows(3, shared=shared)
+    p = shared_prefix_length(rows)
+    dec = SlotDecoder(model, slots=3, capacity=40, device="cpu", prefix=rows[0][:p])
+    first = dec.admit([r[p:] for r in rows]).argmax(-1).tolist()
+    runs = [[first[0]], [first[1], 7, 8], [first[2], 9]]
+    got = dec.extend(runs)
+    assert got.shape[0] == 6
+    at = 0
+    for r, run in zip(rows, runs, strict=True):
+        ref = model(input_ids=torch.tensor([r + run])).logits[0, len(r) :]
+        torch.testing.assert_close(got[at : at + len(run)], ref, rtol=1e-5, atol=1e-5)
+        at += len(run)
+    kept = [1, 2, 1]  # row 1 keeps one guess (7), row 2 none (9 is dropped)
+    dec.keep(kept)
+    nxt = [5, 6, 4]
+    after = dec.step(nxt)
+    for j, (r, run) in enumerate(zip(rows, runs, strict=True)):
+        seq = r + run[: kept[j]] + [nxt[j]]
+        ref = model(input_ids=torch.tensor([seq])).logits[0, -1]
+        torch.testing.assert_close(after[j], ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one non-empty run"):
+        dec.extend([[1], [2]])
+    with pytest.raises(ValueError, match="outgrew"):
+        dec.extend([[1] * 41, [2], [3]])
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @pytest.mark.parametrize("shared", [0, 24, CASCADE_MIN_PREFIX + 10])
-def test_continuous_batching_gives_generates_tokens(kind, shared):
+@pytest.mark.parametrize("draft", [0, 3])
+def test_continuous_batching_gives_generates_tokens(kind, shared, draft, monkeypatch):
     model, tok = _model(kind), _Tok()
     rows = _rows(11, shared=shared)  # 11 rows through 4 slots: freed slots are refilled many times
     assert (shared_prefix_length(rows) >= 16) == bool(shared)
     stops = _stops_at_various_steps(model, tok, rows, 48)
+    kept: list[int] = []
+    keep = SlotDecoder.keep
+    monkeypatch.setattr(SlotDecoder, "keep", lambda self, counts: (kept.extend(counts), keep(self, counts)))
     kw = dict(max_new_tokens=48, batch_size=4, stop_ids=stops)
-    fast = dict(decode_rows(model, tok, rows, engine="fast", **kw))
+    fast = dict(decode_rows(model, tok, rows, engine="fast", draft=draft, **kw))
     ref = dict(decode_rows(model, tok, rows, engine="hf", **kw))
     assert sorted(fast) == list(range(len(rows)))
     assert fast == ref
     assert len({len(g) for g in fast.values()}) > 3, "rows should stop at many different steps"
+    if not draft:
+        assert set(kept) == {1}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_confirmed_guesses_give_generates_tokens_in_fewer_steps(kind, monkeypatch):
+    """A model whose outputs repeat their spans (as a small model's loops do): prompt-lookup guesses are
+    confirmed often, a step keeps several tokens of a row, and the tokens are still generate's."""
+    model, tok = _model(kind, init=0.05), _Tok()
+    rows = _rows(11, shared=0)
+    kept: list[int] = []
+    keep = SlotDecoder.keep
+    monkeypatch.setattr(SlotDecoder, "keep", lambda self, counts: (kept.extend(counts), keep(self, counts)))
+    kw = dict(max_new_tokens=48, batch_size=4, stop_ids=[])
+    fast = dict(decode_rows(model, tok, rows, engine="fast", draft=3, **kw))
+    assert fast == dict(decode_rows(model, tok, rows, engine="hf", **kw))
+    assert max(kept) >= 3 and sum(kept) > 1.3 * len(kept)
 
 
 def test_unmerged_lora_layers_are_applied():

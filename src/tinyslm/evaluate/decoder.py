@@ -303,28 +303,66 @@ class SlotDecoder:
 
     def step(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
         """Feed one token to each active row (``tokens`` [active]); the next-token logits [active, V]."""
-        tokens = torch.as_tensor(tokens, device=self.device)
+        tokens = torch.as_tensor(tokens).tolist()
+        logits = self.extend([[t] for t in tokens])
+        self.keep([1] * len(tokens))
+        return logits
+
+    def room(self, slot: int) -> int:
+        """Tokens ``slot``'s row can still be fed before its cache stretch is full."""
+        return self.capacity - self.lens[slot]
+
+    def extend(self, runs: list[list[int]]) -> torch.Tensor:
+        """Feed each active row its own run of tokens (``runs[b]`` for slot ``b``, at least one: the last
+        token the row produced, then any drafted guesses) and return the next-token logits after every fed
+        token, concatenated in row order: [sum of the run lengths, V].
+
+        The rows' lengths do not advance: ``keep`` then says how many tokens of each run stay in the
+        cache (the last token and the guesses the logits confirmed); the rest are overwritten later.
+        Runs of different lengths share one pass without padding in the linear layers, which see the
+        fed tokens as one flat batch; only the attention pads the queries to the longest run, and it
+        reads each row's keys once however many queries the row has.
+        """
         n = self.active
-        kt = max(self.lens[:n]) + 1
-        if kt > self.capacity:
+        if len(runs) != n or not all(runs):
+            raise ValueError(f"extend needs one non-empty run for each of the {n} active rows")
+        t = max(len(r) for r in runs)
+        if any(self.lens[b] + len(r) > self.capacity for b, r in enumerate(runs)):
             raise ValueError(f"a row outgrew its {self.capacity - self.offset} cache positions")
-        lens = torch.tensor(self.lens[:n], device=self.device)
-        rows = torch.arange(n, device=self.device)
-        # a row's keys are 0 .. len (the new token's included); the rest of the slice is masked
-        bias = self._bias((torch.arange(kt, device=self.device)[None, :] <= lens[:, None])[:, None, None, :])
+        dev = self.device
+        row = torch.tensor([b for b, r in enumerate(runs) for _ in r], device=dev)  # each fed token's row
+        col = torch.tensor([j for r in runs for j in range(len(r))], device=dev)  # and place in its run
+        lens = torch.tensor(self.lens[:n], device=dev)
+        at = lens[row] + col  # cache index each fed token is written to
+        kt = int(max(self.lens[b] + len(r) for b, r in enumerate(runs)))
+        # query j of row b sees keys 0 .. lens[b] + j (its own token included); the rest are masked
+        last = lens[:, None] + torch.arange(t, device=dev)[None, :]  # [n, t]
+        bias = self._bias((torch.arange(kt, device=dev)[None, None, :] <= last[:, :, None])[:, None])
+        flat = row.numel()
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            self.k[i, rows, :, lens] = k[:, :, 0]
-            self.v[i, rows, :, lens] = v[:, :, 0]
+            self.k[i, row, :, at] = k[0].transpose(0, 1)
+            self.v[i, row, :, at] = v[0].transpose(0, 1)
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return self._attend(i, q, self.k[i, :n, :, :kt], self.v[i, :n, :, :kt], bias)
+            q = q[0].transpose(0, 1)  # [flat, heads, dim]
+            if t == 1:
+                padded = q[:, :, None]  # one token per row: the rows are the batch
+            else:
+                padded = q.new_zeros(n, t, *q.shape[1:])
+                padded[row, col] = q
+                padded = padded.transpose(1, 2)
+            out = self._attend(i, padded, self.k[i, :n, :, :kt], self.v[i, :n, :, :kt], bias)
+            return (out[:, 0] if t == 1 else out[row, col])[None]
 
-        pos = lens + (self.prefix_len - self.offset)
-        hidden = self._layers(tokens[:, None], pos[:, None], write, attend)
-        for b in range(n):
-            self.lens[b] += 1
-        return self._logits(hidden[:, 0])
+        ids = torch.tensor([[x for r in runs for x in r]], device=dev)
+        pos = (at + (self.prefix_len - self.offset))[None]
+        return self._logits(self._layers(ids, pos, write, attend)[0]).view(flat, -1)
+
+    def keep(self, counts: list[int]) -> None:
+        """After ``extend``: the first ``counts[b]`` tokens of row ``b``'s run stay in its cache."""
+        for b, c in enumerate(counts):
+            self.lens[b] += c
 
     def release(self, slot: int) -> None:
         """Free ``slot``; the last active row moves into it (so active rows stay in slots 0 .. n-1)."""

@@ -25,6 +25,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from tinyslm.evaluate.decoder import SlotDecoder, unsupported_reason
 from tinyslm.evaluate.llamacpp import LlamaCppDecoder, LlamaCppModel
+from tinyslm.evaluate.lookup import DRAFT_BUDGET, DRAFT_TOKENS, MAX_DRAFT, PromptLookup
 from tinyslm.models.load import base_model
 
 # The end of an answer line: "#### 42" or a closed \boxed{...} followed by a newline.
@@ -222,7 +223,14 @@ ENGINE_NAMES = tuple(BATCH_ENGINES)
 
 @torch.inference_mode()
 def _decode_continuous(
-    dec, tokenizer, rows: list[list[int]], shared: int, *, max_new_tokens: int, stop_ids: list[int]
+    dec,
+    tokenizer,
+    rows: list[list[int]],
+    shared: int,
+    *,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    draft: int = 0,
 ) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode every row with continuous batching; yields ``(row, ids)`` as each row finishes.
 
@@ -233,33 +241,75 @@ def _decode_continuous(
     much of their compute on rows that have already finished. The prompts' shared prefix (system turn,
     instruction, few-shot exemplars) is computed once for the whole run. Each row sees exactly the tokens
     and positions it would see decoded alone.
+
+    ``draft`` > 0 (on a decoder with ``extend``): each step also feeds every row up to ``draft`` tokens
+    guessed by prompt lookup (:mod:`tinyslm.evaluate.lookup`) and keeps the longest run of guesses that
+    the step's own greedy choices confirm, plus the model's next token after them. The tokens are the
+    ones plain greedy decoding produces; a step yields one to ``draft + 1`` of them per row.
     """
     stop_set = set(stop_ids)
     queue = deque(sorted(range(len(rows)), key=lambda i: -len(rows[i])))
     in_slot: list[int] = []  # the row each active slot decodes
     gen: dict[int, list[int]] = {}
+    draft = draft if hasattr(dec, "extend") else 0
+    history: dict[int, PromptLookup] = {}
+    want: dict[int, int] = {}  # guesses each row asks for next (transformers' "heuristic" schedule)
     while queue or in_slot:
+        runs = None
         if queue and len(in_slot) < dec.slots:
             new = [queue.popleft() for _ in range(min(dec.slots - len(in_slot), len(queue)))]
             first = len(in_slot)
             logits = dec.admit([rows[i][shared:] for i in new])
             in_slot += new
             gen.update((i, []) for i in new)
+            if draft:
+                history.update((i, PromptLookup(rows[i])) for i in new)
+                want.update((i, draft) for i in new)
+            made = [[t] for t in logits.argmax(-1).tolist()]
+        elif draft:
+            first = 0
+            runs = []
+            share = max(int(DRAFT_BUDGET * dec.slots) // len(in_slot) - 1, 1)  # fewer rows: longer guesses
+            for s, i in enumerate(in_slot):
+                # guesses that fit the token budget and the slot's cache stretch
+                k = min(want[i], share, max_new_tokens - len(gen[i]) - 1, dec.room(s) - 1)
+                runs.append([gen[i][-1], *history[i].draft(k)])
+            best = dec.extend(runs).argmax(-1).tolist()
+            made, at = [], 0
+            for run in runs:
+                y = best[at : at + len(run)]  # the greedy token after each fed token
+                at += len(run)
+                ok = 0  # guesses confirmed: guess j+1 is the greedy choice after fed token j
+                while ok + 1 < len(run) and run[ok + 1] == y[ok]:
+                    ok += 1
+                made.append(y[: ok + 1])
+                # all guesses right: ask for two more next time; any wrong: one fewer (at least one)
+                i = in_slot[len(made) - 1]
+                if len(run) > 1:
+                    want[i] = min(want[i] + 2, MAX_DRAFT) if ok == len(run) - 1 else max(want[i] - 1, 1)
         else:
             first = 0
-            logits = dec.step([gen[i][-1] for i in in_slot])
+            made = [[t] for t in dec.step([gen[i][-1] for i in in_slot]).argmax(-1).tolist()]
         finished = []
-        for s, tok in enumerate(logits.argmax(-1).tolist(), start=first):
+        for s, toks in enumerate(made, start=first):
             ids = gen[in_slot[s]]
-            ids.append(tok)
-            if (
-                tok in stop_set
-                or len(ids) >= max_new_tokens
-                or cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))[1]
-            ):
-                finished.append(s)
+            for tok in toks:
+                ids.append(tok)
+                if draft:
+                    history[in_slot[s]].append(tok)
+                if (
+                    tok in stop_set
+                    or len(ids) >= max_new_tokens
+                    or cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))[1]
+                ):
+                    finished.append(s)
+                    break
+        if runs is not None:  # the fed last token and the confirmed guesses stay cached
+            dec.keep([len(toks) for toks in made])
         for s in reversed(finished):  # highest slot first: the row moved into s is one still decoding
             row = in_slot[s]
+            history.pop(row, None)
+            want.pop(row, None)
             yield row, gen.pop(row)
             dec.release(s)
             in_slot[s] = in_slot[-1]
@@ -308,13 +358,15 @@ def decode_rows(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     stop_ids: list[int] | None = None,
+    draft: int | None = None,
 ) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode tokenized prompts; yields ``(row index, generated ids)`` in the order rows finish.
 
     ``engine="fast"``: continuous batching over our slot decoder for Llama-family models; for other
     architectures, fixed batches through the model's own forward (shared prefix once, finished rows
     dropped). ``engine="hf"``: fixed batches through ``model.generate``, the reference. Every path gives
-    the same tokens; each row's ids end at (and include) its stop token.
+    the same tokens; each row's ids end at (and include) its stop token. ``draft``: tokens guessed per
+    row and step by prompt lookup on the slot decoder (default ``DRAFT_TOKENS``; 0 turns it off).
     """
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
@@ -343,7 +395,13 @@ def decode_rows(
             model, slots=min(batch_size, len(rows)), capacity=capacity, device=device, prefix=rows[0][:shared]
         )
         yield from _decode_continuous(
-            dec, tokenizer, rows, shared, max_new_tokens=max_new_tokens, stop_ids=stop_ids
+            dec,
+            tokenizer,
+            rows,
+            shared,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+            draft=DRAFT_TOKENS if draft is None else draft,
         )
     else:
         yield from _decode_batched(
@@ -368,6 +426,7 @@ def generate(
     batch_size: int = 16,
     add_special_tokens: bool = False,
     engine: str = "fast",
+    draft: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, Generation]]:
     """Greedy-decode ``prompts``; yields ``(prompt index, Generation)`` as each one finishes.
@@ -378,7 +437,13 @@ def generate(
     """
     enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     for i, ids in decode_rows(
-        model, tokenizer, enc, engine=engine, max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        tokenizer,
+        enc,
+        engine=engine,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        draft=draft,
     ):
         text, _ = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))
         yield i, Generation(text=text, n_tokens=len(ids), prompt_tokens=len(enc[i]))

@@ -38,6 +38,7 @@ from tinyslm.data.benchmarks import (
     plan_fewshot,
     resolve_data_dir,
 )
+from tinyslm.evaluate.lookup import DRAFT_TOKENS
 from tinyslm.models.zoo import DEFAULT_MODEL
 from tinyslm.results.provenance import (
     HashCache,
@@ -101,6 +102,13 @@ class EvalConfig:
         help="decoding loop: fast (continuous batching over a slot KV cache) or hf (model.generate); same "
         "tokens",
         choices=("fast", "hf"),
+    )
+    draft_tokens: int = setting(
+        DRAFT_TOKENS,
+        help="fast engine: tokens guessed per row and step by prompt lookup and kept where the model's own "
+        "greedy choice confirms them (same tokens, fewer passes; 0 = off; default %(default)s)",
+        ge=0,
+        le=64,
     )
     backend: str = setting(
         "torch",
@@ -329,6 +337,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
                 batch_size=cfg.batch_size,
                 add_special_tokens=not is_chat_tokenizer(tokenizer),
                 engine=cfg.engine,
+                draft=cfg.draft_tokens,
                 on_progress=on_progress,
             ):
                 ex = todo[i]
@@ -367,6 +376,7 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "max_new_tokens": cfg.max_new_tokens,
             "batch_size": cfg.batch_size,
             "engine": "llama-cpp" if cfg.backend == "llama-cpp" else cfg.engine,
+            "draft_tokens": cfg.draft_tokens if cfg.backend == "torch" and cfg.engine == "fast" else 0,
             "resumed_predictions": len(plan.examples) - len(todo),
             "generated_tokens": gen_tokens,
             "generation_wall_s": round(gen_time, 3),

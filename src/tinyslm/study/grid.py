@@ -89,7 +89,13 @@ TrainSection = create_model(
     **pydantic_fields(TrainConfig, TRAIN_SECTION_FIELDS),
 )
 
-EVAL_SECTION_FIELDS = ("limit", "batch_size", "max_new_tokens", "engine")  # from EvalConfig, as for train:
+EVAL_SECTION_FIELDS = (
+    "limit",
+    "batch_size",
+    "max_new_tokens",
+    "engine",
+    "draft_tokens",
+)  # from EvalConfig, as for train:
 
 EvalSection = create_model(
     "EvalSection",
@@ -453,6 +459,7 @@ def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) 
         data_dir=cfg.data_dir,
         device=cfg.hardware.device,
         engine=cfg.eval.engine,
+        draft_tokens=cfg.eval.draft_tokens,
         progress=progress,
     )
     if not cell.trained:
