@@ -325,9 +325,11 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             if engine not in res:
                 continue
             gen, wall, n = res[engine]
+            rows_same = sum(a == b for a, b in zip(gen, res["hf"][0], strict=True))
+            same_col = "True" if gen == res["hf"][0] else f"{rows_same}/{len(gen)} rows"
             print(
                 f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
-                f"{str(gen == res['hf'][0]):>11}"
+                f"{same_col:>11}"
             )
         summary[shape] = {
             "model": label,
@@ -342,6 +344,9 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
                     "llama_cpp_f32_tokens_per_s": round(llama[2] / llama[1], 2),
                     "ours_speedup_vs_llama_cpp_f32": round(llama[1] / res["fast"][1], 3),
                     "llama_cpp_f32_identical_tokens": llama[0] == res["hf"][0],
+                    "llama_cpp_f32_identical_rows": sum(
+                        a == b for a, b in zip(llama[0], res["hf"][0], strict=True)
+                    ),
                 }
             )
         del model
