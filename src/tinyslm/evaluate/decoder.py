@@ -24,7 +24,9 @@ into it), so a decode step works on plain slices of the cache.
 
 from __future__ import annotations
 
+import itertools
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,6 +84,20 @@ def _attention_lse(
         s = s + bias
     lse = torch.logsumexp(s, -1)
     return torch.matmul(torch.exp(s - lse[..., None]).to(v.dtype), v), lse
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Rows fed in one ``extend`` pass that share an attention call: slots ``lo .. hi-1``."""
+
+    lo: int
+    hi: int
+    t: int  # the longest run: queries are padded to it
+    kt: int  # keys read per row
+    bias: torch.Tensor
+    first: int  # the group's first token in the pass's flat token order
+    row: torch.Tensor  # each of its tokens' row (from lo) and place in its run
+    col: torch.Tensor
 
 
 class SlotDecoder:
@@ -269,37 +285,12 @@ class SlotDecoder:
     def admit(self, rows: list[list[int]]) -> torch.Tensor:
         """Start ``rows`` (token ids after the prefix) in the next free slots; their next-token logits [n, V].
 
-        The rows are prefilled together, right-padded: a padded position sits after its row's last token,
-        so no real token attends to it, and the slot's length ends before it (decoding overwrites it).
+        The rows are prefilled together without padding (see ``extend``); the rows already decoding wait.
         """
-        n, a, o = len(rows), self.active, self.offset
-        t = max(len(r) for r in rows)
-        if a + n > self.slots or not all(rows) or o + t > self.capacity:
-            raise ValueError(
-                f"cannot admit {n} rows of up to {t} tokens: {self.slots - a} free slots of "
-                f"{self.capacity - o} positions"
-            )
-        sl = slice(a, a + n)
-        if o:  # a short prefix is copied into each slot
-            self.k[:, sl, :, :o] = self.prefix_k[:, None]
-            self.v[:, sl, :, :o] = self.prefix_v[:, None]
-        ids = torch.tensor([r + [r[-1]] * (t - len(r)) for r in rows], device=self.device)
-        pos = torch.arange(self.prefix_len, self.prefix_len + t, device=self.device).expand(n, t)
-        bias = self._causal_bias(t, o)
-
-        def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            self.k[i, sl, :, o : o + t] = k
-            self.v[i, sl, :, o : o + t] = v
-
-        def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-            return self._attend(i, q, self.k[i, sl, :, : o + t], self.v[i, sl, :, : o + t], bias)
-
-        hidden = self._layers(ids, pos, write, attend)
-        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
-        for j, r in enumerate(rows):
-            self.lens[a + j] = o + len(r)
-        self.active += n
-        return self._logits(hidden[torch.arange(n, device=self.device), last])
+        old = self.active
+        logits = self.extend(rows, new=len(rows))
+        self.keep([0] * old + [len(r) for r in rows])
+        return logits
 
     def step(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
         """Feed one token to each active row (``tokens`` [active]); the next-token logits [active, V]."""
@@ -312,52 +303,92 @@ class SlotDecoder:
         """Tokens ``slot``'s row can still be fed before its cache stretch is full."""
         return self.capacity - self.lens[slot]
 
-    def extend(self, runs: list[list[int]]) -> torch.Tensor:
-        """Feed each active row its own run of tokens (``runs[b]`` for slot ``b``, at least one: the last
-        token the row produced, then any drafted guesses) and return the next-token logits after every fed
-        token, concatenated in row order: [sum of the run lengths, V].
+    def extend(self, runs: list[list[int]], new: int = 0) -> torch.Tensor:
+        """Feed rows runs of tokens in one pass and return next-token logits, concatenated in run order.
 
-        The rows' lengths do not advance: ``keep`` then says how many tokens of each run stay in the
-        cache (the last token and the guesses the logits confirmed); the rest are overwritten later.
-        Runs of different lengths share one pass without padding in the linear layers, which see the
-        fed tokens as one flat batch; only the attention pads the queries to the longest run, and it
-        reads each row's keys once however many queries the row has.
+        The first ``len(runs) - new`` runs are for the rows already decoding, one each (slot ``b`` gets
+        ``runs[b]``: the last token the row produced, then any guesses), or there are none of them (the
+        decoding rows wait). For these, the logits after every fed token are returned. The last ``new``
+        runs start new rows (their tokens after the shared prefix) in the next free slots; for these,
+        only the logits after their last token are returned.
+
+        The rows' lengths do not advance: ``keep`` then says how many tokens of each row's run stay in
+        the cache (for a decoding row, the last token and the guesses the logits confirmed; for a new row,
+        all of them); the rest are overwritten later. Runs of different lengths share one pass without
+        padding in the linear layers, which see the fed tokens as one flat batch. Only the attention pads
+        queries, per group (decoding rows, new rows) to the group's longest run, and it reads each row's
+        keys once however many queries the row has.
         """
-        n = self.active
-        if len(runs) != n or not all(runs):
-            raise ValueError(f"extend needs one non-empty run for each of the {n} active rows")
-        t = max(len(r) for r in runs)
-        if any(self.lens[b] + len(r) > self.capacity for b, r in enumerate(runs)):
-            raise ValueError(f"a row outgrew its {self.capacity - self.offset} cache positions")
+        a, o = self.active, self.offset
+        old = len(runs) - new
+        if old not in (0, a) or not all(runs):
+            raise ValueError(f"extend needs one non-empty run for each of the {a} active rows, or none")
+        if a + new > self.slots:
+            raise ValueError(f"cannot admit {new} rows: {self.slots - a} free slots")
+        slot = [r if r < old else a + r - old for r in range(len(runs))]
+        for r in range(old, len(runs)):  # new rows start after the shared prefix
+            self.lens[slot[r]] = o
+        if any(self.lens[s] + len(run) > self.capacity for s, run in zip(slot, runs, strict=True)):
+            for r in range(old, len(runs)):
+                self.lens[slot[r]] = 0
+            raise ValueError(f"a row outgrew its {self.capacity - o} cache positions")
+        if new and o:  # a short prefix is copied into each new slot
+            self.k[:, a : a + new, :, :o] = self.prefix_k[:, None]
+            self.v[:, a : a + new, :, :o] = self.prefix_v[:, None]
+        self.active += new
         dev = self.device
-        row = torch.tensor([b for b, r in enumerate(runs) for _ in r], device=dev)  # each fed token's row
-        col = torch.tensor([j for r in runs for j in range(len(r))], device=dev)  # and place in its run
-        lens = torch.tensor(self.lens[:n], device=dev)
-        at = lens[row] + col  # cache index each fed token is written to
-        kt = int(max(self.lens[b] + len(r) for b, r in enumerate(runs)))
-        # query j of row b sees keys 0 .. lens[b] + j (its own token included); the rest are masked
-        last = lens[:, None] + torch.arange(t, device=dev)[None, :]  # [n, t]
-        bias = self._bias((torch.arange(kt, device=dev)[None, None, :] <= last[:, :, None])[:, None])
-        flat = row.numel()
+        flat_slot = [slot[r] for r, run in enumerate(runs) for _ in run]  # each fed token's slot
+        col = [j for run in runs for j in range(len(run))]  # and its place in its run
+        at = [self.lens[s] + j for s, j in zip(flat_slot, col, strict=True)]  # cache index written
+        row_t, at_t = torch.tensor(flat_slot, device=dev), torch.tensor(at, device=dev)
+        # the attention groups: (first slot, rows, their runs, first flat token)
+        groups, start = [], 0
+        for lo, part in ((0, runs[:old]), (a, runs[old:])):
+            if part:
+                groups.append(self._group(lo, part, start))
+                start += sum(len(x) for x in part)
 
         def write(i: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            self.k[i, row, :, at] = k[0].transpose(0, 1)
-            self.v[i, row, :, at] = v[0].transpose(0, 1)
+            self.k[i, row_t, :, at_t] = k[0].transpose(0, 1)
+            self.v[i, row_t, :, at_t] = v[0].transpose(0, 1)
 
         def attend(i: int, q: torch.Tensor) -> torch.Tensor:
             q = q[0].transpose(0, 1)  # [flat, heads, dim]
-            if t == 1:
-                padded = q[:, :, None]  # one token per row: the rows are the batch
-            else:
-                padded = q.new_zeros(n, t, *q.shape[1:])
-                padded[row, col] = q
-                padded = padded.transpose(1, 2)
-            out = self._attend(i, padded, self.k[i, :n, :, :kt], self.v[i, :n, :, :kt], bias)
-            return (out[:, 0] if t == 1 else out[row, col])[None]
+            outs = []
+            for g in groups:
+                qg = q[g.first : g.first + g.row.numel()]
+                if g.t == 1:
+                    padded = qg[:, :, None]  # one token per row: the rows are the batch
+                else:
+                    padded = qg.new_zeros(g.hi - g.lo, g.t, *qg.shape[1:])
+                    padded[g.row, g.col] = qg
+                    padded = padded.transpose(1, 2)
+                keys, values = self.k[i, g.lo : g.hi, :, : g.kt], self.v[i, g.lo : g.hi, :, : g.kt]
+                out = self._attend(i, padded, keys, values, g.bias)
+                outs.append(out[:, 0] if g.t == 1 else out[g.row, g.col])
+            return torch.cat(outs)[None] if len(outs) > 1 else outs[0][None]
 
-        ids = torch.tensor([[x for r in runs for x in r]], device=dev)
-        pos = (at + (self.prefix_len - self.offset))[None]
-        return self._logits(self._layers(ids, pos, write, attend)[0]).view(flat, -1)
+        ids = torch.tensor([[x for run in runs for x in run]], device=dev)
+        pos = (at_t + (self.prefix_len - o))[None]
+        hidden = self._layers(ids, pos, write, attend)[0]
+        if new:  # a new row's logits only after its last token
+            ends = list(itertools.accumulate(len(run) for run in runs))
+            hidden = hidden[list(range(ends[old - 1] if old else 0)) + [e - 1 for e in ends[old:]]]
+        return self._logits(hidden)
+
+    def _group(self, lo: int, runs: list[list[int]], first: int) -> _Group:
+        """The attention call of ``extend`` for slots ``lo ..`` fed ``runs``, whose tokens start at flat index
+        ``first``."""
+        dev, hi = self.device, lo + len(runs)
+        t = max(len(r) for r in runs)
+        lens = torch.tensor(self.lens[lo:hi], device=dev)
+        kt = int(max(self.lens[lo + b] + len(r) for b, r in enumerate(runs)))
+        # query j of row b sees keys 0 .. lens[b] + j (its own token included); the rest are masked
+        last = lens[:, None] + torch.arange(t, device=dev)[None, :]  # [rows, t]
+        bias = self._bias((torch.arange(kt, device=dev)[None, None, :] <= last[:, :, None])[:, None])
+        row = torch.tensor([b for b, r in enumerate(runs) for _ in r], device=dev)
+        col = torch.tensor([j for r in runs for j in range(len(r))], device=dev)
+        return _Group(lo, hi, t, kt, bias, first, row, col)
 
     def keep(self, counts: list[int]) -> None:
         """After ``extend``: the first ``counts[b]`` tokens of row ``b``'s run stay in its cache."""

@@ -255,28 +255,25 @@ def _decode_continuous(
     history: dict[int, PromptLookup] = {}
     want: dict[int, int] = {}  # guesses each row asks for next (transformers' "heuristic" schedule)
     while queue or in_slot:
-        runs = None
-        if queue and len(in_slot) < dec.slots:
-            new = [queue.popleft() for _ in range(min(dec.slots - len(in_slot), len(queue)))]
-            first = len(in_slot)
-            logits = dec.admit([rows[i][shared:] for i in new])
-            in_slot += new
-            gen.update((i, []) for i in new)
-            if draft:
-                history.update((i, PromptLookup(rows[i])) for i in new)
-                want.update((i, draft) for i in new)
+        new = [queue.popleft() for _ in range(min(dec.slots - len(in_slot), len(queue)))]
+        prompts = [rows[i][shared:] for i in new]
+        kept = None
+        if not draft:  # a pass either starts the new rows (the others wait) or steps every row
+            first = len(in_slot) if new else 0
+            logits = dec.admit(prompts) if new else dec.step([gen[i][-1] for i in in_slot])
             made = [[t] for t in logits.argmax(-1).tolist()]
-        elif draft:
+        else:  # one pass: each decoding row's last token and guesses, and the new rows' prompts
             first = 0
             runs = []
-            share = max(int(DRAFT_BUDGET * dec.slots) // len(in_slot) - 1, 1)  # fewer rows: longer guesses
+            # the step's token budget shared by the decoding rows: fewer rows guess further ahead
+            share = max(int(DRAFT_BUDGET * dec.slots) // max(len(in_slot), 1) - 1, 1)
             for s, i in enumerate(in_slot):
                 # guesses that fit the token budget and the slot's cache stretch
                 k = min(want[i], share, max_new_tokens - len(gen[i]) - 1, dec.room(s) - 1)
                 runs.append([gen[i][-1], *history[i].draft(k)])
-            best = dec.extend(runs).argmax(-1).tolist()
+            best = dec.extend(runs + prompts, new=len(new)).argmax(-1).tolist()
             made, at = [], 0
-            for run in runs:
+            for s, run in enumerate(runs):
                 y = best[at : at + len(run)]  # the greedy token after each fed token
                 at += len(run)
                 ok = 0  # guesses confirmed: guess j+1 is the greedy choice after fed token j
@@ -284,12 +281,17 @@ def _decode_continuous(
                     ok += 1
                 made.append(y[: ok + 1])
                 # all guesses right: ask for two more next time; any wrong: one fewer (at least one)
-                i = in_slot[len(made) - 1]
                 if len(run) > 1:
+                    i = in_slot[s]
                     want[i] = min(want[i] + 2, MAX_DRAFT) if ok == len(run) - 1 else max(want[i] - 1, 1)
-        else:
-            first = 0
-            made = [[t] for t in dec.step([gen[i][-1] for i in in_slot]).argmax(-1).tolist()]
+            made += [[t] for t in best[at:]]  # a new row's first token
+            # cached from here on: the fed last token and the confirmed guesses; a new row's whole prompt
+            kept = [len(m) for m in made[: len(runs)]] + [len(p) for p in prompts]
+        in_slot += new
+        gen.update((i, []) for i in new)
+        if draft:
+            history.update((i, PromptLookup(rows[i])) for i in new)
+            want.update((i, draft) for i in new)
         finished = []
         for s, toks in enumerate(made, start=first):
             ids = gen[in_slot[s]]
@@ -304,8 +306,8 @@ def _decode_continuous(
                 ):
                     finished.append(s)
                     break
-        if runs is not None:  # the fed last token and the confirmed guesses stay cached
-            dec.keep([len(toks) for toks in made])
+        if kept is not None:
+            dec.keep(kept)
         for s in reversed(finished):  # highest slot first: the row moved into s is one still decoding
             row = in_slot[s]
             history.pop(row, None)
