@@ -5,7 +5,8 @@ A row stops at EOS, at the end of its answer line (``#### X`` or a ``\\boxed{}``
 
 * ``fast`` (default) on Llama-family models: continuous batching over :class:`tinyslm.evaluate.decoder.SlotDecoder`.
   ``batch_size`` rows decode at once; a row that stops hands its slot to the next prompt (longest first),
-  and the prompts' shared prefix is computed once for the whole run.
+  and the prompts' shared prefix is computed once for the whole run. Each step also verifies tokens guessed
+  by prompt lookup (:mod:`tinyslm.evaluate.lookup`) and keeps those greedy decoding would have produced.
 * ``fast`` on other architectures: length-sorted fixed batches through the model's own forward with
   transformers' KV cache; the batch's shared prefix is computed once and finished rows are dropped.
 * ``hf``: ``model.generate`` on the same length-sorted, left-padded batches with a stopping criterion: the
