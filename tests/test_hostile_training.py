@@ -302,3 +302,39 @@ def test_gradient_checkpointing_may_change_on_resume_but_the_math_may_not(
     assert study_grid.train_config(cfg, cell, tmp_path).gradient_checkpointing is True
     assert "gradient_checkpointing" not in study_grid.cell_spec(cfg, cell, tmp_path)["train"]
     assert "--gradient-checkpointing" in study_runner.train_argv(study_grid.train_config(cfg, cell, tmp_path))
+
+
+def test_release_memory_records_the_allocator_and_changes_no_number(tiny_model_dir, small_jsonl, tmp_path):
+    """--release-memory only tells glibc to unmap freed blocks >= 1 MiB: the losses are those of a plain run,
+    and run.json says what was set. It runs in a child process, since the setting lasts for the process."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    kw = dict(max_steps=3, lr=1e-3)
+    plain = train(_cfg(tiny_model_dir, small_jsonl, tmp_path / "plain", "lora", **kw))
+    assert plain["cpu_allocator"] is None
+    cfg = dataclasses.asdict(
+        _cfg(tiny_model_dir, small_jsonl, tmp_path / "rel", "lora", release_memory=True, **kw)
+    )
+    child = (
+        "import json, sys; from tinyslm.train.config import TrainConfig; from tinyslm.train.recipe import train; "
+        "train(TrainConfig(**json.loads(sys.argv[1])))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, json.dumps(cfg, default=str)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads((tmp_path / "rel" / "run.json").read_text())
+    assert run["config"]["release_memory"] is True
+    if sys.platform == "linux":
+        assert run["cpu_allocator"] == "mallopt(M_MMAP_THRESHOLD, 1048576)"
+    a, b = _metrics(tmp_path / "plain"), _metrics(tmp_path / "rel")
+    assert [r["loss"] for r in b] == [r["loss"] for r in a] and len(a) == 3
+
+
+def test_release_memory_reports_a_threshold_the_user_set(monkeypatch):
+    from tinyslm.core.telemetry import release_cpu_memory
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
+    assert release_cpu_memory() == "MALLOC_MMAP_THRESHOLD_=4194304 (from the environment)"

@@ -780,3 +780,26 @@ def test_pending_cells_of_study_json_are_named_by_their_id(tmp_path):
     col = collect([tmp_path])
     pending = next(c for c in col.cells if not c.finished)
     assert (pending.model, pending.method, pending.seed) == ("m", "lora", 7)
+
+
+def test_study_behaviour_script_recomputes_loops_and_paired_tests(study_dir):
+    """scripts/study_behaviour.py (the README's findings) reads the cells' predictions: tiny-a's LoRA
+    seed 1 solves 15 of zero-shot's 30 GSM8K problems and nothing else, and 10 of its 60 outputs loop."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "study_behaviour.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(study_dir), "--against", "zero-shot"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = next(x for x in out.splitlines() if x.startswith("tiny-a | lora | 1 | gsm8k |"))
+    assert "25.0 [" in row and "(15/60)" in row and "| 16.7% (10) |" in row
+    pair = next(x for x in out.splitlines() if x.startswith("tiny-a | lora 1 vs zero-shot 1 | gsm8k |"))
+    assert "correct 0/15 p=6.1e-05" in pair and "loops 10/0" in pair
+    empty = subprocess.run(
+        [sys.executable, str(script), str(study_dir / "nothing")], capture_output=True, text=True
+    )
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no finished benchmark")

@@ -177,6 +177,7 @@ class RunRecord(Record):
     precision: Any = UNSET
     device: Any = UNSET
     peak_mem_kind: Any = UNSET
+    cpu_allocator: Any = UNSET  # CPU training: the glibc malloc setting (core.telemetry.keep_cpu_heap_flat)
     step: Any = UNSET  # the last step logged in metrics.jsonl
     resumed_from_steps: Any = UNSET
     argv: Any = UNSET

@@ -165,6 +165,13 @@ class TrainConfig:
         "forward pass, same result (may be switched on or off on --resume)",
         resumable=True,
     )
+    release_memory: bool = setting(
+        False,
+        help="CPU: give every freed block of 1 MiB or more back to the OS at once (glibc mmap threshold), so "
+        "the heap does not grow step after step: LoRA on SmolLM2-135M at 8 x 512 tokens peaks at 7.6 GB "
+        "instead of 12.8 GB, 10-25%% slower (same result)",
+        resumable=True,
+    )
     # when to give up on a run, not what it trains
     divergence_factor: float = setting(
         3.0,

@@ -54,7 +54,13 @@ from typing import Any
 from tinyslm.config.limits import seed_problem
 from tinyslm.core.errors import UserError
 from tinyslm.core.files import JsonlAppender, exclusive_lock
-from tinyslm.core.telemetry import Reporters, peak_memory_mib, progress_bar, reset_peak_memory
+from tinyslm.core.telemetry import (
+    Reporters,
+    peak_memory_mib,
+    progress_bar,
+    release_cpu_memory,
+    reset_peak_memory,
+)
 from tinyslm.models.loss import supports_logits_to_keep, target_loss_sum
 from tinyslm.results.schema import RunRecord, Status
 from tinyslm.train.checkpoint import (
@@ -500,6 +506,9 @@ class Recipe:
         )
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.main = accelerator.is_main_process
+        # before the model is loaded, so that every large block it allocates follows the setting
+        on_cpu = accelerator.device.type == "cpu"
+        self.cpu_allocator = release_cpu_memory() if on_cpu and cfg.release_memory else None
         self._setup_data_and_model()
         self._setup_validation()
         self._setup_optimizer()
@@ -961,6 +970,7 @@ def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
         precision="bf16 autocast, fp32 master weights" if r.accelerator.mixed_precision == "bf16" else "fp32",
         device=str(r.accelerator.device),
         peak_mem_kind=peak_memory_mib(r.accelerator.device)[1],
+        cpu_allocator=r.cpu_allocator,
         step=r.start_step,
         resumed_from_steps=[
             *((prev or {}).get("resumed_from_steps") or []),
