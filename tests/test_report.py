@@ -726,25 +726,26 @@ def test_arithmetic_column_counts_false_equations_for_every_method(tmp_path):
     assert at["few-shot-3"]["Equations"] == "3" and at["few-shot-3"]["False equations %"] == "33.3"
 
 
+def _script(name: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/NAME`` with this interpreter, as a reader of the repository would."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / name
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+
+
 def test_packed_predictions_report_the_same(study_dir, tmp_path):
     """scripts/pack_predictions.py gzips finished predictions for the repository; the report reads them
     as before (same report.md and results.csv), and the diagnostics' output measures read them too."""
     import shutil
-    import subprocess
-    import sys
 
     from tinyslm.diagnostics.outputs import read_outputs
 
     packed = tmp_path / "packed"
     shutil.copytree(study_dir, packed)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "pack_predictions.py"
-    done = subprocess.run(
-        [sys.executable, str(script), str(packed), "--min-mb", "0"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "MB ->" in done.stdout
+    done = _script("pack_predictions.py", packed, "--min-mb", "0")
+    assert done.returncode == 0 and "MB ->" in done.stdout
     assert not list(packed.rglob("predictions.jsonl")) and list(packed.rglob("predictions.jsonl.gz"))
     write_report([study_dir], tmp_path / "plain-report")
     write_report([packed], tmp_path / "packed-report")
@@ -785,21 +786,10 @@ def test_pending_cells_of_study_json_are_named_by_their_id(tmp_path):
 def test_study_behaviour_script_recomputes_loops_and_paired_tests(study_dir):
     """scripts/study_behaviour.py (the README's findings) reads the cells' predictions: tiny-a's LoRA
     seed 1 solves 15 of zero-shot's 30 GSM8K problems and nothing else, and 10 of its 60 outputs loop."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "study_behaviour.py"
-    out = subprocess.run(
-        [sys.executable, str(script), str(study_dir), "--against", "zero-shot"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = _script("study_behaviour.py", study_dir, "--against", "zero-shot").stdout
     row = next(x for x in out.splitlines() if x.startswith("tiny-a | lora | 1 | gsm8k |"))
     assert "25.0 [" in row and "(15/60)" in row and "| 16.7% (10) |" in row
     pair = next(x for x in out.splitlines() if x.startswith("tiny-a | lora 1 vs zero-shot 1 | gsm8k |"))
     assert "correct 0/15 p=6.1e-05" in pair and "loops 10/0" in pair
-    empty = subprocess.run(
-        [sys.executable, str(script), str(study_dir / "nothing")], capture_output=True, text=True
-    )
+    empty = _script("study_behaviour.py", study_dir / "nothing")
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished benchmark")
