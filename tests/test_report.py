@@ -793,3 +793,23 @@ def test_study_behaviour_script_recomputes_loops_and_paired_tests(study_dir):
     assert "correct 0/15 p=6.1e-05" in pair and "loops 10/0" in pair
     empty = _script("study_behaviour.py", study_dir / "nothing")
     assert empty.returncode == 2 and empty.stderr.startswith("error: no finished benchmark")
+
+
+def test_a_resumed_evaluation_time_is_marked_as_a_lower_bound(study_dir, tmp_path):
+    """results.json times only the run that finished a resumed evaluation: Table 3 says so, for that
+    method's row only, instead of passing a partial time off as the whole cost."""
+    import shutil
+
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    path = next((copy / "tiny-a" / "lora" / "seed1").rglob("gsm8k/results.json"))
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "resumed_predictions": 12}))
+    write_report([copy], tmp_path / "resumed")
+    write_report([study_dir], tmp_path / "plain")
+    resumed = (tmp_path / "resumed" / "report.md").read_text()
+    marked = [x for x in resumed.splitlines() if "(\u2265, resumed)" in x]
+    assert len(marked) == 1 and marked[0].startswith("| tiny-a | lora |")
+    assert "results.json times only the run that finished it" in resumed
+    plain = (tmp_path / "plain" / "report.md").read_text()
+    assert "(\u2265, resumed)" not in plain and "times only the run that finished it" not in plain

@@ -509,6 +509,7 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
     ]
     rows: Rows = []
     notes: list[str] = []
+    any_resumed = False
     cells = _by_model_method(col)
     full_speed: dict[str, float] = {}
     for (model, method), cs in cells.items():
@@ -565,6 +566,10 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         else:
             train = ["\u2014 (no training)" if not any(c.trained for c in cs) else "\u2014"] + ["\u2014"] * 6
         evals = [_eval_wall(c) for c in done if c.benchmarks]
+        resumed = any(
+            (b.results.get("resumed_predictions") or 0) > 0 for c in done for b in c.benchmarks.values()
+        )
+        any_resumed = any_resumed or resumed
         eval_gpu = all(_is_gpu(b.results.get("device")) for c in done for b in c.benchmarks.values())
         eval_cost = "\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run"
         failed = len(cs) - len(done)
@@ -575,7 +580,9 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
                 f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
                 devices or "\u2014",
                 *train,
-                mean_sd_text(evals, fmt_duration) if evals else "\u2014",
+                (mean_sd_text(evals, fmt_duration) + (" (\u2265, resumed)" if resumed else ""))
+                if evals
+                else "\u2014",
                 eval_cost,
             ]
         )
@@ -590,6 +597,12 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         "fine-tuning of the same model. Eval wall time is the summed results.json wall_s over the benchmarks of "
         "one seed (generation and scoring, model loading excluded): for zero-/few-shot it is the whole cost."
     )
+    if any_resumed:
+        notes.append(
+            "'\u2265, resumed': an evaluation that resumed from predictions already on disk (its process was "
+            "stopped and rerun); results.json times only the run that finished it, so the time shown is a lower "
+            "bound (resumed_predictions in results.json says how many came from before)."
+        )
     sweep_cost = _sweep_cost(col)
     if sweep_cost:
         notes.append(
