@@ -641,3 +641,44 @@ def test_tensorboard_mirrors_the_metrics_and_q_v_targets(tiny_model_dir, small_j
     ]
     cfg = json.loads((out / "final" / "adapter_config.json").read_text())
     assert {m.split(".")[-1] for m in cfg["target_modules"]} == {"q_proj", "v_proj"}
+
+
+def test_an_adapter_is_evaluated_folded_in_unless_asked_not_to(
+    lora_run, tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    """By default the adapter is merged into the weights before decoding (results.json: adapter_merged); with
+    --no-merge-adapter it runs through PEFT's layers. Same prompts, same greedy tokens either way here."""
+    from tinyslm.evaluate.runner import EvalConfig, run_eval
+    from tinyslm.models import load as model_load
+
+    decoded_by = []
+    real_load = model_load.load_model
+
+    def load(*args, **kwargs):
+        model, tokenizer = real_load(*args, **kwargs)
+        decoded_by.append(hasattr(model, "peft_config"))
+        return model, tokenizer
+
+    monkeypatch.setattr(model_load, "load_model", load)
+    outputs = {}
+    for merge in (True, False):
+        out = tmp_path / f"merge-{merge}"
+        run_eval(
+            EvalConfig(
+                model=str(tiny_model_dir),
+                adapter=str(lora_run / "final"),
+                benchmarks="gsm8k",
+                output=str(out),
+                limit=3,
+                max_new_tokens=12,
+                merge_adapter=merge,
+                data_dir=str(data_dir),
+                progress=False,
+            )
+        )
+        res = json.loads((out / "gsm8k" / "results.json").read_text())
+        assert res["adapter_merged"] is merge and res["adapter"] == str(lora_run / "final")
+        rows = [json.loads(x) for x in (out / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
+        outputs[merge] = [(r["id"], r["output"], r["n_tokens"]) for r in rows]
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 3
+    assert decoded_by == [False, True], "merged: a plain model; unmerged: the PEFT wrapper"

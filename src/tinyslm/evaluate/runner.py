@@ -110,6 +110,15 @@ class EvalConfig:
         ge=0,
         le=64,
     )
+    # folding the adapter in changes rounding only; PEFT's DoRA layers recompute weight norms on every pass
+    merge_adapter: bool = setting(
+        True,
+        help="with --adapter: evaluate the adapter through PEFT's layers instead of folding it into the weights "
+        "first (folded: a plain model; the study's DoRA adapter decoded 3.3x faster on CPU with the same "
+        "tokens on 24 of 24 GSM8K prompts)",
+        flag="--no-merge-adapter",
+        negate=True,
+    )
     backend: str = setting(
         "torch",
         help="torch (transformers weights, the engines above) or llama-cpp (a .gguf --model decoded by "
@@ -483,6 +492,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
                 adapter=cfg.adapter,
                 device=device,
                 trust_remote_code=cfg.trust_remote_code,
+                merge_adapter=cfg.merge_adapter,
                 allow_missing_weights=cfg.allow_missing_weights,
                 notes=notes,
             )
@@ -491,6 +501,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
             "model": model_name_for_results(cfg.model),
             "model_ref": cfg.model,
             "adapter": cfg.adapter,
+            **({"adapter_merged": cfg.merge_adapter} if cfg.adapter else {}),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
             "device": device,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
