@@ -449,3 +449,21 @@ def test_study_without_sweep_reports_as_before(study_dir, tmp_path):  # noqa: F8
     assert (
         hashlib.sha256(_normalised(tmp_path / "results.csv", study_dir)).hexdigest() == OLD_RESULTS_CSV_SHA256
     )
+
+
+def test_a_trial_not_run_yet_is_counted_apart_in_the_price_of_tuning(changed, tmp_path):
+    """A sweep still running lists trials with no run yet: they are not 'trials at 0 s of training'."""
+    import shutil
+
+    root = tmp_path / "s"
+    shutil.copytree(changed, root)
+    cell = next(root.rglob("lora-trial-lr1e-04-r8/*/cell.json"))
+    meta = json.loads(cell.read_text())
+    meta["status"] = "running"  # started, nothing finished yet: what a killed or still running trial shows
+    cell.write_text(json.dumps(meta))
+    (cell.parent / "run.json").unlink(missing_ok=True)
+    _, _, notes = cost_table(collect([root]), price=4.0)
+    (sweep_note,) = [n for n in notes if "the price of tuning" in n]
+    assert "tiny-a full 2 trial(s), 8.3 min of training" in sweep_note
+    assert "tiny-a lora 1 trial(s), " in sweep_note and "(+1 not run to an end yet)" in sweep_note
+    assert sweep_note.count("not run to an end yet") == 1

@@ -616,15 +616,22 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
 
 
 def _sweep_cost(col: Collection) -> list[str]:
-    """Per model x method: the number of sweep trials and their summed training runtime."""
+    """Per model x method: the number of sweep trials that ran (finished, diverged or failed: each cost its
+    training) and their summed training runtime; trials not run to an end yet are counted apart, so a
+    sweep still running does not read as a free one."""
     per: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for c in col.cells:
         if c.is_trial:
             per[(c.model, c.base_method)].append(c)
     out = []
     for (model, method), cs in sorted(per.items(), key=lambda kv: (kv[0][0], method_order(kv[0][1]))):
-        runtime = sum(float(c.run.get("runtime_s") or 0) for c in cs if c.run)
-        out.append(f"{model} {method} {len(cs)} trial(s), {fmt_duration(runtime)} of training")
+        ran = [c for c in cs if c.run and c.status not in (Status.RUNNING, Status.INTERRUPTED)]
+        runtime = sum(float(c.run.get("runtime_s") or 0) for c in ran)
+        text = f"{model} {method} {len(ran)} trial(s), {fmt_duration(runtime)} of training" if ran else ""
+        if len(ran) < len(cs):
+            pending = f"{len(cs) - len(ran)} not run to an end yet"
+            text = f"{text} (+{pending})" if ran else f"{model} {method} no trial yet ({pending})"
+        out.append(text)
     return out
 
 
