@@ -9,12 +9,15 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyslm.evaluate.generation import (
     MIN_SHARED_PREFIX,
     _decode_batch_fast,
     _decode_batch_hf,
     generate,
+    greedy,
     shared_prefix_length,
 )
 
@@ -154,3 +157,22 @@ def test_fast_engine_matches_generate_on_the_real_model_few_shot(data_dir):
     ref = dict(generate(model, tok, prompts, engine="hf", **kw))
     assert [fast[i].text for i in range(n)] == [ref[i].text for i in range(n)]
     assert [fast[i].n_tokens for i in range(n)] == [ref[i].n_tokens for i in range(n)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    vocab=st.integers(1, 300),
+    values=st.integers(0, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_greedy_is_argmax_ties_included(rows, vocab, values, seed):
+    """The engine's greedy pick is argmax's, ties to the lowest id (logits with few distinct values tie a lot),
+    and so is it on a vocabulary as wide as SmolLM2's, where the reduction is split into vectorised blocks."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, values + 1, (rows, vocab), generator=g).float()
+    assert torch.equal(greedy(logits), logits.argmax(-1))
+    wide = torch.randint(0, values + 1, (rows, 49152), generator=g).float()
+    wide[:, -1] = values + 1  # one clear maximum at the end, then a tie with it near the start
+    wide[:, 7] = values + 1
+    assert torch.equal(greedy(wide), wide.argmax(-1)) and greedy(wide).tolist() == [7] * rows

@@ -77,6 +77,15 @@ class _StopOnText(StoppingCriteria):
         return done
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The greedy token per row of ``logits`` [..., V]: ``argmax``'s answer, ties to the lowest id.
+
+    ``max(-1).indices`` rather than ``argmax(-1)``: both return the first maximal index (documented for
+    both), but on CPU ``max`` reduces a 49k-entry vocabulary row about 2.7x faster (1.3 against 3.6 ms for
+    28 rows on one thread), which was 2% of a decode run."""
+    return logits.max(-1).indices
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     for src in (
@@ -165,7 +174,7 @@ def _decode_batch_fast(
     gen: list[list[int]] = [[] for _ in rows]
     next_pos = pos[:, -1:] + 1
     while True:
-        nxt = out.logits[:, -1, :].argmax(-1)
+        nxt = greedy(out.logits[:, -1, :])
         keep = []
         for b, (row, tok) in enumerate(zip(alive, nxt.tolist(), strict=True)):
             gen[row].append(tok)
@@ -262,7 +271,7 @@ def _decode_continuous(
         if not draft:  # a pass either starts the new rows (the others wait) or steps every row
             first = len(in_slot) if new else 0
             logits = dec.admit(prompts) if new else dec.step([gen[i][-1] for i in in_slot])
-            made = [[t] for t in logits.argmax(-1).tolist()]
+            made = [[t] for t in greedy(logits).tolist()]
         else:  # one pass: each decoding row's last token and guesses, and the new rows' prompts
             first = 0
             runs = []
@@ -272,7 +281,7 @@ def _decode_continuous(
                 # guesses that fit the token budget and the slot's cache stretch
                 k = min(want[i], share, max_new_tokens - len(gen[i]) - 1, dec.room(s) - 1)
                 runs.append([gen[i][-1], *history[i].draft(k)])
-            best = dec.extend(runs + prompts, new=len(new)).argmax(-1).tolist()
+            best = greedy(dec.extend(runs + prompts, new=len(new))).tolist()
             made, at = [], 0
             for s, run in enumerate(runs):
                 y = best[at : at + len(run)]  # the greedy token after each fed token
