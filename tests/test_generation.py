@@ -176,3 +176,4 @@ def test_greedy_is_argmax_ties_included(rows, vocab, values, seed):
     wide[:, -1] = values + 1  # one clear maximum at the end, then a tie with it near the start
     wide[:, 7] = values + 1
     assert torch.equal(greedy(wide), wide.argmax(-1)) and greedy(wide).tolist() == [7] * rows
+    assert torch.equal(greedy(logits.numpy()), logits.argmax(-1))  # llama.cpp's logits are numpy arrays

@@ -20,13 +20,14 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from tinyslm.evaluate.decoder import SlotDecoder, unsupported_reason
 from tinyslm.evaluate.llamacpp import LlamaCppDecoder, LlamaCppModel
-from tinyslm.evaluate.lookup import DRAFT_BUDGET, DRAFT_TOKENS, MAX_DRAFT, PromptLookup
+from tinyslm.evaluate.lookup import DRAFT_TOKENS, PromptLookup, match_limits
 from tinyslm.models.load import base_model
 
 # The end of an answer line: "#### 42" or a closed \boxed{...} followed by a newline.
@@ -77,13 +78,14 @@ class _StopOnText(StoppingCriteria):
         return done
 
 
-def greedy(logits: torch.Tensor) -> torch.Tensor:
-    """The greedy token per row of ``logits`` [..., V]: ``argmax``'s answer, ties to the lowest id.
+def greedy(logits: Any) -> torch.Tensor:
+    """The greedy token per row of ``logits`` [..., V] (a tensor, or llama.cpp's numpy array): ``argmax``'s
+    answer, ties to the lowest id.
 
     ``max(-1).indices`` rather than ``argmax(-1)``: both return the first maximal index (documented for
     both), but on CPU ``max`` reduces a 49k-entry vocabulary row about 2.7x faster (1.3 against 3.6 ms for
     28 rows on one thread), which was 2% of a decode run."""
-    return logits.max(-1).indices
+    return torch.as_tensor(logits).max(-1).indices
 
 
 def eos_ids(model, tokenizer) -> list[int]:
@@ -252,10 +254,11 @@ def _decode_continuous(
     instruction, few-shot exemplars) is computed once for the whole run. Each row sees exactly the tokens
     and positions it would see decoded alone.
 
-    ``draft`` > 0 (on a decoder with ``extend``): each step also feeds every row up to ``draft`` tokens
-    guessed by prompt lookup (:mod:`tinyslm.evaluate.lookup`) and keeps the longest run of guesses that
-    the step's own greedy choices confirm, plus the model's next token after them. The tokens are the
-    ones plain greedy decoding produces; a step yields one to ``draft + 1`` of them per row.
+    ``draft`` > 0 (on a decoder with ``extend``): each step also feeds every row tokens guessed by prompt
+    lookup (:mod:`tinyslm.evaluate.lookup`): ``draft`` after a 3-token match at full occupancy, fewer
+    after a shorter one, more when few rows decode (``match_limits``). It keeps the longest run of guesses
+    that the step's own greedy choices confirm, plus the model's next token after them. The tokens are the
+    ones plain greedy decoding produces; a step yields one or more of them per row.
     """
     stop_set = set(stop_ids)
     queue = deque(sorted(range(len(rows)), key=lambda i: -len(rows[i])))
@@ -263,7 +266,6 @@ def _decode_continuous(
     gen: dict[int, list[int]] = {}
     draft = draft if hasattr(dec, "extend") else 0
     history: dict[int, PromptLookup] = {}
-    want: dict[int, int] = {}  # guesses each row asks for next (transformers' "heuristic" schedule)
     while queue or in_slot:
         new = [queue.popleft() for _ in range(min(dec.slots - len(in_slot), len(queue)))]
         prompts = [rows[i][shared:] for i in new]
@@ -275,25 +277,21 @@ def _decode_continuous(
         else:  # one pass: each decoding row's last token and guesses, and the new rows' prompts
             first = 0
             runs = []
-            # the step's token budget shared by the decoding rows: fewer rows guess further ahead
-            share = max(int(DRAFT_BUDGET * dec.slots) // max(len(in_slot), 1) - 1, 1)
+            # guesses per row by the length of the match they come from; more when few rows decode
+            limits = match_limits(draft, len(in_slot), dec.slots)
             for s, i in enumerate(in_slot):
-                # guesses that fit the token budget and the slot's cache stretch
-                k = min(want[i], share, max_new_tokens - len(gen[i]) - 1, dec.room(s) - 1)
-                runs.append([gen[i][-1], *history[i].draft(k)])
+                # and no more than fit the token budget and the slot's cache stretch
+                room = min(max_new_tokens - len(gen[i]) - 1, dec.room(s) - 1)
+                runs.append([gen[i][-1], *history[i].guess([min(x, room) for x in limits])])
             best = greedy(dec.extend(runs + prompts, new=len(new))).tolist()
             made, at = [], 0
-            for s, run in enumerate(runs):
+            for run in runs:
                 y = best[at : at + len(run)]  # the greedy token after each fed token
                 at += len(run)
                 ok = 0  # guesses confirmed: guess j+1 is the greedy choice after fed token j
                 while ok + 1 < len(run) and run[ok + 1] == y[ok]:
                     ok += 1
                 made.append(y[: ok + 1])
-                # all guesses right: ask for two more next time; any wrong: one fewer (at least one)
-                if len(run) > 1:
-                    i = in_slot[s]
-                    want[i] = min(want[i] + 2, MAX_DRAFT) if ok == len(run) - 1 else max(want[i] - 1, 1)
             made += [[t] for t in best[at:]]  # a new row's first token
             # cached from here on: the fed last token and the confirmed guesses; a new row's whole prompt
             kept = [len(m) for m in made[: len(runs)]] + [len(p) for p in prompts]
@@ -301,7 +299,6 @@ def _decode_continuous(
         gen.update((i, []) for i in new)
         if draft:
             history.update((i, PromptLookup(rows[i])) for i in new)
-            want.update((i, draft) for i in new)
         finished = []
         for s, toks in enumerate(made, start=first):
             ids = gen[in_slot[s]]
@@ -321,7 +318,6 @@ def _decode_continuous(
         for s in reversed(finished):  # highest slot first: the row moved into s is one still decoding
             row = in_slot[s]
             history.pop(row, None)
-            want.pop(row, None)
             yield row, gen.pop(row)
             dec.release(s)
             in_slot[s] = in_slot[-1]

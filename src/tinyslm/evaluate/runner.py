@@ -105,8 +105,9 @@ class EvalConfig:
     )
     draft_tokens: int = setting(
         DRAFT_TOKENS,
-        help="fast engine: tokens guessed per row and step by prompt lookup and kept where the model's own "
-        "greedy choice confirms them (same tokens, fewer passes; 0 = off; default %(default)s)",
+        help="fast engine: tokens guessed per row and step by prompt lookup (after a 3-token match; one fewer "
+        "per shorter match, more when few rows are left) and kept where the model's own greedy choice "
+        "confirms them (same tokens, fewer passes; 0 = off; default %(default)s)",
         ge=0,
         le=64,
     )
