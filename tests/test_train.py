@@ -682,3 +682,23 @@ def test_an_adapter_is_evaluated_folded_in_unless_asked_not_to(
         outputs[merge] = [(r["id"], r["output"], r["n_tokens"]) for r in rows]
     assert outputs[True] == outputs[False] and len(outputs[True]) == 3
     assert decoded_by == [False, True], "merged: a plain model; unmerged: the PEFT wrapper"
+
+    # where the model runs in bf16 (CUDA), W + BA would be rounded to bf16: the adapter is kept unmerged
+    import torch
+
+    monkeypatch.setattr(model_load, "default_dtype", lambda device: torch.bfloat16)
+    out = tmp_path / "bf16"
+    run_eval(
+        EvalConfig(
+            model=str(tiny_model_dir),
+            adapter=str(lora_run / "final"),
+            benchmarks="gsm8k",
+            output=str(out),
+            limit=1,
+            max_new_tokens=4,
+            data_dir=str(data_dir),
+            progress=False,
+        )
+    )
+    res = json.loads((out / "gsm8k" / "results.json").read_text())
+    assert res["adapter_merged"] is False and res["dtype"] == "bfloat16" and decoded_by[-1] is True

@@ -111,12 +111,13 @@ class EvalConfig:
         ge=0,
         le=64,
     )
-    # folding the adapter in changes rounding only; PEFT's DoRA layers recompute weight norms on every pass
+    # in fp32 folding the adapter in changes rounding only; PEFT's DoRA layers recompute weight norms every pass
     merge_adapter: bool = setting(
         True,
         help="with --adapter: evaluate the adapter through PEFT's layers instead of folding it into the weights "
         "first (folded: a plain model; the study's DoRA adapter decoded 3.3x faster on CPU with the same "
-        "tokens on 24 of 24 GSM8K prompts)",
+        "tokens on 24 of 24 GSM8K prompts). Folded only in fp32 (CPU): in bf16 (CUDA) W + BA would be "
+        "rounded to bf16, losing much of the adapter's small update, so it stays unmerged there",
         flag="--no-merge-adapter",
         negate=True,
     )
@@ -463,7 +464,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
     import torch
 
     from tinyslm.core.runtime import hf_progress_bars, pick_device
-    from tinyslm.models.load import load_model, model_name_for_results
+    from tinyslm.models.load import default_dtype, load_model, model_name_for_results
 
     if cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise UserError(
@@ -487,13 +488,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
         torch.manual_seed(cfg.seed)
         t_load = time.perf_counter()
         notes: dict[str, Any] = {}
+        # folded in only in fp32: rounding W + BA to bf16 would lose much of the adapter's small update
+        merge = cfg.merge_adapter and cfg.adapter is not None and default_dtype(device) == torch.float32
         with hf_progress_bars(cfg.progress):
             model, tokenizer = load_model(
                 cfg.model,
                 adapter=cfg.adapter,
                 device=device,
                 trust_remote_code=cfg.trust_remote_code,
-                merge_adapter=cfg.merge_adapter,
+                merge_adapter=merge,
                 allow_missing_weights=cfg.allow_missing_weights,
                 notes=notes,
             )
@@ -502,7 +505,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict]:
             "model": model_name_for_results(cfg.model),
             "model_ref": cfg.model,
             "adapter": cfg.adapter,
-            **({"adapter_merged": cfg.merge_adapter} if cfg.adapter else {}),
+            **({"adapter_merged": merge} if cfg.adapter else {}),
             "chat_template": bool(getattr(tokenizer, "chat_template", None)),
             "device": device,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
