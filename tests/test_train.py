@@ -648,6 +648,8 @@ def test_an_adapter_is_evaluated_folded_in_unless_asked_not_to(
 ):
     """By default the adapter is merged into the weights before decoding (results.json: adapter_merged); with
     --no-merge-adapter it runs through PEFT's layers. Same prompts, same greedy tokens either way here."""
+    import torch
+
     from tinyslm.evaluate.runner import EvalConfig, run_eval
     from tinyslm.models import load as model_load
 
@@ -659,46 +661,31 @@ def test_an_adapter_is_evaluated_folded_in_unless_asked_not_to(
         decoded_by.append(hasattr(model, "peft_config"))
         return model, tokenizer
 
-    monkeypatch.setattr(model_load, "load_model", load)
-    outputs = {}
-    for merge in (True, False):
-        out = tmp_path / f"merge-{merge}"
-        run_eval(
-            EvalConfig(
-                model=str(tiny_model_dir),
-                adapter=str(lora_run / "final"),
-                benchmarks="gsm8k",
-                output=str(out),
-                limit=3,
-                max_new_tokens=12,
-                merge_adapter=merge,
-                data_dir=str(data_dir),
-                progress=False,
-            )
-        )
-        res = json.loads((out / "gsm8k" / "results.json").read_text())
-        assert res["adapter_merged"] is merge and res["adapter"] == str(lora_run / "final")
-        rows = [json.loads(x) for x in (out / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
-        outputs[merge] = [(r["id"], r["output"], r["n_tokens"]) for r in rows]
-    assert outputs[True] == outputs[False] and len(outputs[True]) == 3
-    assert decoded_by == [False, True], "merged: a plain model; unmerged: the PEFT wrapper"
-
-    # where the model runs in bf16 (CUDA), W + BA would be rounded to bf16: the adapter is kept unmerged
-    import torch
-
-    monkeypatch.setattr(model_load, "default_dtype", lambda device: torch.bfloat16)
-    out = tmp_path / "bf16"
-    run_eval(
-        EvalConfig(
+    def evaluate(name: str, **kw) -> tuple[dict, list[tuple]]:
+        out = tmp_path / name
+        cfg = EvalConfig(
             model=str(tiny_model_dir),
             adapter=str(lora_run / "final"),
             benchmarks="gsm8k",
             output=str(out),
-            limit=1,
-            max_new_tokens=4,
             data_dir=str(data_dir),
             progress=False,
+            **kw,
         )
-    )
-    res = json.loads((out / "gsm8k" / "results.json").read_text())
+        run_eval(cfg)
+        res = json.loads((out / "gsm8k" / "results.json").read_text())
+        rows = [json.loads(x) for x in (out / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
+        return res, [(r["id"], r["output"], r["n_tokens"]) for r in rows]
+
+    monkeypatch.setattr(model_load, "load_model", load)
+    outputs = {}
+    for merge in (True, False):
+        res, outputs[merge] = evaluate(f"merge-{merge}", limit=3, max_new_tokens=12, merge_adapter=merge)
+        assert res["adapter_merged"] is merge and res["adapter"] == str(lora_run / "final")
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 3
+    assert decoded_by == [False, True], "merged: a plain model; unmerged: the PEFT wrapper"
+
+    # where the model runs in bf16 (CUDA), W + BA would be rounded to bf16: the adapter is kept unmerged
+    monkeypatch.setattr(model_load, "default_dtype", lambda device: torch.bfloat16)
+    res, _ = evaluate("bf16", limit=1, max_new_tokens=4)
     assert res["adapter_merged"] is False and res["dtype"] == "bfloat16" and decoded_by[-1] is True
