@@ -508,7 +508,6 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         "Eval cost",
     ]
     rows: Rows = []
-    notes: list[str] = []
     any_resumed = False
     cells = _by_model_method(col)
     full_speed: dict[str, float] = {}
@@ -522,81 +521,87 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
         done = [c for c in cs if c.finished]
         # a tuned cell that evaluated the chosen trial's model costs that trial's training
         runs = [r for r in (col.training_run(c) for c in done) if r]
-        train_dev = sorted({str(r.get("device")) for r in runs if r.get("device")})
-        eval_dev = sorted(
-            {str(b.results["device"]) for c in done for b in c.benchmarks.values() if b.results.get("device")}
-        )
-        devices = (
-            ", ".join(eval_dev)
-            if not train_dev or train_dev == eval_dev
-            else f"train {', '.join(train_dev)}; eval {', '.join(eval_dev) or '?'}"
-        )
         if runs:
-            runtime = [float(r.get("runtime_s") or 0) for r in runs]
-            sps = [float(r["samples_per_s"]) for r in runs if r.get("samples_per_s")]
-            tps = [float(r["tokens_per_s"]) for r in runs if r.get("tokens_per_s")]
-            mem = [float(r["peak_mem_mib"]) for r in runs if r.get("peak_mem_mib")]
-            kinds = sorted({str(r.get("peak_mem_kind")) for r in runs if r.get("peak_mem_kind")})
-            params = runs[0].get("parameters") or {}
-            trainable = params.get("trainable")
-            frac = params.get("trainable_fraction")
-            rel = f"\u00d7{mean(sps) / full_speed[model]:.2f}" if sps and model in full_speed else "\u2014"
-            if all(_is_gpu(r.get("device")) for r in runs):
-                hours = [
-                    float(r.get("runtime_s") or 0)
-                    / 3600
-                    * int((r.get("schedule") or {}).get("num_processes") or 1)
-                    for r in runs
-                ]
-                train_cost = f"${mean(hours) * price:.2f}"
-            else:
-                train_cost = "CPU run"
-            train = [
-                mean_sd_text(runtime, fmt_duration),
-                mean_sd_text(sps),
-                mean_sd_text(tps, lambda v: f"{v:.0f}"),
-                rel,
-                (mean_sd_text(mem, lambda v: f"{v:.0f}") + (f" ({', '.join(kinds)})" if kinds else ""))
-                if mem
-                else "\u2014",
-                f"{fmt_count(trainable)}"
-                + (f" ({100 * frac:.2f}%)" if isinstance(frac, (int, float)) else ""),
-                train_cost,
-            ]
+            train = _train_columns(runs, full_speed.get(model), price)
         else:
             train = ["\u2014 (no training)" if not any(c.trained for c in cs) else "\u2014"] + ["\u2014"] * 6
-        evals = [_eval_wall(c) for c in done if c.benchmarks]
-        resumed = any(
-            (b.results.get("resumed_predictions") or 0) > 0 for c in done for b in c.benchmarks.values()
-        )
+        evals, resumed = _eval_columns(done, price)
         any_resumed = any_resumed or resumed
-        eval_gpu = all(_is_gpu(b.results.get("device")) for c in done for b in c.benchmarks.values())
-        eval_cost = "\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run"
         failed = len(cs) - len(done)
-        rows.append(
-            [
-                model,
-                method,
-                f"{len(done)}" + (f" (+{failed} not finished)" if failed else ""),
-                devices or "\u2014",
-                *train,
-                (mean_sd_text(evals, fmt_duration) + (" (\u2265, resumed)" if resumed else ""))
-                if evals
-                else "\u2014",
-                eval_cost,
-            ]
-        )
-    notes.append(
+        seeds = f"{len(done)}" + (f" (+{failed} not finished)" if failed else "")
+        rows.append([model, method, seeds, _devices(runs, done) or "\u2014", *train, *evals])
+    return cols, rows, _cost_notes(col, price, any_resumed)
+
+
+def _devices(runs: list[dict], done: list[Cell]) -> str:
+    """Where a method ran: the evaluation's devices, or training's and evaluation's when they differ."""
+    train_dev = sorted({str(r.get("device")) for r in runs if r.get("device")})
+    eval_dev = sorted(
+        {str(b.results["device"]) for c in done for b in c.benchmarks.values() if b.results.get("device")}
+    )
+    if not train_dev or train_dev == eval_dev:
+        return ", ".join(eval_dev)
+    return f"train {', '.join(train_dev)}; eval {', '.join(eval_dev) or '?'}"
+
+
+def _train_columns(runs: list[dict], full_speed: float | None, price: float) -> list[str]:
+    """Table 3's training columns from the run.json records of one model x method (one per seed)."""
+    runtime = [float(r.get("runtime_s") or 0) for r in runs]
+    sps = [float(r["samples_per_s"]) for r in runs if r.get("samples_per_s")]
+    tps = [float(r["tokens_per_s"]) for r in runs if r.get("tokens_per_s")]
+    mem = [float(r["peak_mem_mib"]) for r in runs if r.get("peak_mem_mib")]
+    kinds = sorted({str(r.get("peak_mem_kind")) for r in runs if r.get("peak_mem_kind")})
+    params = runs[0].get("parameters") or {}
+    trainable = params.get("trainable")
+    frac = params.get("trainable_fraction")
+    rel = f"\u00d7{mean(sps) / full_speed:.2f}" if sps and full_speed else "\u2014"
+    if all(_is_gpu(r.get("device")) for r in runs):
+        hours = [
+            float(r.get("runtime_s") or 0) / 3600 * int((r.get("schedule") or {}).get("num_processes") or 1)
+            for r in runs
+        ]
+        train_cost = f"${mean(hours) * price:.2f}"
+    else:
+        train_cost = "CPU run"
+    return [
+        mean_sd_text(runtime, fmt_duration),
+        mean_sd_text(sps),
+        mean_sd_text(tps, lambda v: f"{v:.0f}"),
+        rel,
+        (mean_sd_text(mem, lambda v: f"{v:.0f}") + (f" ({', '.join(kinds)})" if kinds else ""))
+        if mem
+        else "\u2014",
+        f"{fmt_count(trainable)}" + (f" ({100 * frac:.2f}%)" if isinstance(frac, (int, float)) else ""),
+        train_cost,
+    ]
+
+
+def _eval_columns(done: list[Cell], price: float) -> tuple[list[str], bool]:
+    """Table 3's evaluation columns (wall time, cost) of one model x method, and whether any of its
+    evaluations resumed (then the time is a lower bound)."""
+    evals = [_eval_wall(c) for c in done if c.benchmarks]
+    resumed = any(
+        (b.results.get("resumed_predictions") or 0) > 0 for c in done for b in c.benchmarks.values()
+    )
+    eval_gpu = all(_is_gpu(b.results.get("device")) for c in done for b in c.benchmarks.values())
+    eval_cost = "\u2014" if not evals else f"${mean(evals) / 3600 * price:.2f}" if eval_gpu else "CPU run"
+    wall = (
+        (mean_sd_text(evals, fmt_duration) + (" (\u2265, resumed)" if resumed else "")) if evals else "\u2014"
+    )
+    return [wall, eval_cost], resumed
+
+
+def _cost_notes(col: Collection, price: float, any_resumed: bool) -> list[str]:
+    """The notes under Table 3: how costs are counted, resumed evaluations, and the sweep's price."""
+    notes = [
         f"Train cost = runtime hours \u00d7 processes \u00d7 ${price:.2f} per GPU-hour (--price-per-gpu-hour); "
         "eval cost = eval wall hours \u00d7 the same price (one process). A run on CPU has no GPU cost and is "
-        "marked 'CPU run' instead of a made-up price."
-    )
-    notes.append(
+        "marked 'CPU run' instead of a made-up price.",
         "Train runtime is the whole run's wall time (run.json runtime_s, resumed sessions included); samples/s "
         "and tokens/s are training throughput (non-pad tokens); speed vs full FT is samples/s relative to full "
         "fine-tuning of the same model. Eval wall time is the summed results.json wall_s over the benchmarks of "
-        "one seed (generation and scoring, model loading excluded): for zero-/few-shot it is the whole cost."
-    )
+        "one seed (generation and scoring, model loading excluded): for zero-/few-shot it is the whole cost.",
+    ]
     if any_resumed:
         notes.append(
             "'\u2265, resumed': an evaluation that resumed from predictions already on disk (its process was "
@@ -612,7 +617,7 @@ def cost_table(col: Collection, price: float) -> tuple[list[str], Rows, list[str
             + ". A '-tuned' row counts the training of the chosen setting only (for the first seed, the "
             "chosen trial's own run)."
         )
-    return cols, rows, notes
+    return notes
 
 
 def _sweep_cost(col: Collection) -> list[str]:
@@ -1051,109 +1056,125 @@ def recommendations(
         for g in groups.values():
             if g.model == model and g.runs:
                 mg[g.method][g.benchmark] = g
-        if not mg:
-            out.append(
-                Recommendation(model, ["No finished evaluation for this model: nothing to recommend."])
-            )
-            continue
-        methods = sorted(mg, key=method_order)
-        benches = sorted(set.intersection(*(set(b) for b in mg.values())))
-        if not benches:
-            out.append(
-                Recommendation(
-                    model,
-                    [
-                        "The methods of this model share no benchmark, so they cannot be compared: "
-                        + "; ".join(f"{m}: {', '.join(sorted(mg[m]))}" for m in methods)
-                    ],
-                )
-            )
-            continue
-        pooled = _pooled(mg, methods, benches)
-        acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
-        ranked = sorted(methods, key=lambda m: (-acc[m], method_order(m)))
-        best = ranked[0]
-        n_total = round(pooled[best][1])
-        tied = [m for m in ranked[1:] if acc[m] == acc[best]]
-        lines = [
-            f"Best pooled exact match: {best} {pct(acc[best])}% over {', '.join(benches)} "
-            f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
-            + (f", tied with {', '.join(tied)}." if tied else ".")
-        ]
-        thin = (
+        out.append(_recommend(col, model, mg, comps))
+    return out
+
+
+def _recommend(col: Collection, model: str, mg: dict[str, dict[str, Group]], comps: dict) -> Recommendation:
+    """One model's recommendation from its finished groups ``mg`` (method -> benchmark -> group)."""
+    if not mg:
+        return Recommendation(model, ["No finished evaluation for this model: nothing to recommend."])
+    methods = sorted(mg, key=method_order)
+    benches = sorted(set.intersection(*(set(b) for b in mg.values())))
+    if not benches:
+        return Recommendation(
+            model,
+            [
+                "The methods of this model share no benchmark, so they cannot be compared: "
+                + "; ".join(f"{m}: {', '.join(sorted(mg[m]))}" for m in methods)
+            ],
+        )
+    pooled = _pooled(mg, methods, benches)
+    acc = {m: k / n if n else 0.0 for m, (k, n) in pooled.items()}
+    ranked = sorted(methods, key=lambda m: (-acc[m], method_order(m)))
+    best = ranked[0]
+    n_total = round(pooled[best][1])
+    tied = [m for m in ranked[1:] if acc[m] == acc[best]]
+    lines = [
+        f"Best pooled exact match: {best} {pct(acc[best])}% over {', '.join(benches)} "
+        f"({n_total} problems; correct/n summed over these benchmarks, seeds averaged)"
+        + (f", tied with {', '.join(tied)}." if tied else ".")
+    ]
+    thin = (
+        [
             f"Evidence is thin: {n_total} problems in all, so 95% intervals are about "
             f"\u00b1{100 * half_width(n_total):.0f} pp wide; treat the ranking as provisional."
-            if n_total < SMALL_N
-            else None
-        )
-        if len(ranked) == 1:
-            lines.append("Only one method was evaluated: there is nothing to compare it with.")
-            out.append(Recommendation(model, lines + ([thin] if thin else [])))
-            continue
+        ]
+        if n_total < SMALL_N
+        else []
+    )
+    if len(ranked) == 1:
+        lines.append("Only one method was evaluated: there is nothing to compare it with.")
+        return Recommendation(model, lines + thin)
+    lines += _against_best(col, model, mg, benches, ranked, acc)
+    lines += tuning_lines(model, mg, comps)
+    return Recommendation(model, lines + thin)
 
-        best_votes = _pooled_votes(mg[best], benches)
-        tied_with_best, untested = [], []
-        # best against each other method: one Holm family per model (the methods without shared problems
-        # have no test and are not counted in it)
-        pairs = {m: paired_counts(best_votes, _pooled_votes(mg[m], benches)) for m in ranked[1:]}
-        tested = [m for m in ranked[1:] if pairs[m][0]]
-        raw = {m: mcnemar_exact(pairs[m][1], pairs[m][2]) for m in tested}
-        adj = dict(zip(tested, holm_adjust([raw[m] for m in tested]), strict=True))
-        for m in ranked[1:]:
-            n, b_, c_ = pairs[m]  # b_: best right only, c_: m right only
-            p = adj.get(m, float("nan"))
-            if m == ranked[1]:
-                gap = 100 * (acc[best] - acc[m])
-                if not n:
-                    lines.append(
-                        f"Runner-up {m} ({pct(acc[m])}%, {gap:.1f} pp behind) has no predictions on the same "
-                        "problems, so the lead cannot be tested."
-                    )
-                else:
-                    sig = p < ALPHA and b_ > c_
-                    family = (
-                        f", Holm-adjusted over the {len(tested)} comparisons with {best}: {fmt_p(p)}"
-                        if len(tested) > 1
-                        else ""
-                    )
-                    lines.append(
-                        f"Runner-up: {m} {pct(acc[m])}%, {gap:.1f} pp behind; McNemar on {n} shared problems "
-                        f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(raw[m])}{family}, "
-                        + (
-                            "the lead is significant at 5%."
-                            if sig
-                            else "the lead is NOT significant at 5%: the data cannot separate these two."
-                        )
-                    )
+
+def _against_best(
+    col: Collection,
+    model: str,
+    mg: dict[str, dict[str, Group]],
+    benches: list[str],
+    ranked: list[str],
+    acc: dict[str, float],
+) -> list[str]:
+    """The best method (``ranked[0]``) tested against every other on the shared problems, one Holm family
+    per model: the runner-up's test, the methods it cannot be told from (and the cheapest of them), and
+    those with no shared problems to test on."""
+    best = ranked[0]
+    lines: list[str] = []
+    best_votes = _pooled_votes(mg[best], benches)
+    tied_with_best, untested = [], []
+    # best against each other method: one Holm family per model (the methods without shared problems
+    # have no test and are not counted in it)
+    pairs = {m: paired_counts(best_votes, _pooled_votes(mg[m], benches)) for m in ranked[1:]}
+    tested = [m for m in ranked[1:] if pairs[m][0]]
+    raw = {m: mcnemar_exact(pairs[m][1], pairs[m][2]) for m in tested}
+    adj = dict(zip(tested, holm_adjust([raw[m] for m in tested]), strict=True))
+    for m in ranked[1:]:
+        n, b_, c_ = pairs[m]  # b_: best right only, c_: m right only
+        p = adj.get(m, float("nan"))
+        if m == ranked[1]:
+            gap = 100 * (acc[best] - acc[m])
             if not n:
-                untested.append(m)
-            elif not (p < ALPHA and b_ > c_):
-                tied_with_best.append(m)
-        if tied_with_best:
-            options = [best, *tied_with_best]
-            costs = {m: (0.0 if not is_trained_method(m) else _train_runtime(col, model, m)) for m in options}
-            known = {m: v for m, v in costs.items() if v is not None}
-            if known:
-                cheapest = min(known, key=lambda m: (known[m], method_order(m)))
                 lines.append(
-                    f"Not significantly worse than {best} (Holm-adjusted p \u2265 {ALPHA}): {', '.join(tied_with_best)}. "
-                    "Cheapest of these to obtain: "
-                    f"{cheapest} ("
-                    + ("no training" if known[cheapest] == 0 else f"training {fmt_duration(known[cheapest])}")
-                    + ")."
+                    f"Runner-up {m} ({pct(acc[m])}%, {gap:.1f} pp behind) has no predictions on the same "
+                    "problems, so the lead cannot be tested."
                 )
-        elif not untested:
+            else:
+                sig = p < ALPHA and b_ > c_
+                family = (
+                    f", Holm-adjusted over the {len(tested)} comparisons with {best}: {fmt_p(p)}"
+                    if len(tested) > 1
+                    else ""
+                )
+                lines.append(
+                    f"Runner-up: {m} {pct(acc[m])}%, {gap:.1f} pp behind; McNemar on {n} shared problems "
+                    f"(best alone right {b_}, runner-up alone right {c_}): {fmt_p(raw[m])}{family}, "
+                    + (
+                        "the lead is significant at 5%."
+                        if sig
+                        else "the lead is NOT significant at 5%: the data cannot separate these two."
+                    )
+                )
+        if not n:
+            untested.append(m)
+        elif not (p < ALPHA and b_ > c_):
+            tied_with_best.append(m)
+    if tied_with_best:
+        options = [best, *tied_with_best]
+        costs = {m: (0.0 if not is_trained_method(m) else _train_runtime(col, model, m)) for m in options}
+        known = {m: v for m, v in costs.items() if v is not None}
+        if known:
+            cheapest = min(known, key=lambda m: (known[m], method_order(m)))
             lines.append(
-                f"Every other method is significantly worse than {best} on the shared problems "
-                f"(Holm-adjusted p < {ALPHA})."
+                f"Not significantly worse than {best} (Holm-adjusted p \u2265 {ALPHA}): {', '.join(tied_with_best)}. "
+                "Cheapest of these to obtain: "
+                f"{cheapest} ("
+                + ("no training" if known[cheapest] == 0 else f"training {fmt_duration(known[cheapest])}")
+                + ")."
             )
-        if untested:
-            lines.append(
-                f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}."
-            )
-        lines += tuning_lines(model, mg, comps)
-        out.append(Recommendation(model, lines + ([thin] if thin else [])))
-    return out
+    elif not untested:
+        lines.append(
+            f"Every other method is significantly worse than {best} on the shared problems "
+            f"(Holm-adjusted p < {ALPHA})."
+        )
+    if untested:
+        lines.append(
+            f"Not tested against {best} (no predictions on the same problems): {', '.join(untested)}."
+        )
+    return lines
 
 
 def _pooled(
