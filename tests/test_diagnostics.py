@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from helpers import tiny_train_config
 
 from tinyslm.cli import main
 from tinyslm.core.errors import UserError
@@ -423,7 +424,6 @@ def test_mmlu_subset_is_stratified_seeded_and_fixed(data_dir):
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
-    from tinyslm.train.config import TrainConfig
     from tinyslm.train.recipe import train
 
     d = tmp_path_factory.mktemp("diag")
@@ -437,23 +437,7 @@ def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "run"
-    run = train(
-        TrainConfig(
-            model=str(tiny_model_dir),
-            method="lora",
-            output=str(out),
-            dataset=str(data),
-            limit=8,
-            max_steps=2,
-            lr=1e-2,
-            warmup_ratio=0.0,
-            max_length=128,
-            batch_size=4,
-            micro_batch_size=2,
-            seed=0,
-            progress=False,
-        )
-    )
+    run = train(tiny_train_config(tiny_model_dir, data, out, limit=8, max_steps=2))
     assert run["status"] == "finished"
     preds = out / "eval" / "gsm8k" / "predictions.jsonl"
     preds.parent.mkdir(parents=True)

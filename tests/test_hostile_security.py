@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_train_config
 
 from tinyslm.cli import eval_main
 from tinyslm.core.errors import UserError
@@ -68,23 +69,7 @@ class _Payload:
 
 
 def _train_cfg(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        model=str(model),
-        method="lora",
-        output=str(out),
-        dataset=str(data),
-        limit=4,
-        max_steps=4,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        max_length=128,
-        batch_size=4,
-        micro_batch_size=2,
-        seed=0,
-        save_every=2,
-        progress=False,
-    )
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(model, data, out, **{"max_steps": 4, "save_every": 2, **kw})
 
 
 @pytest.fixture(scope="module")

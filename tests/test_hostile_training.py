@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_train_config
 
 from tinyslm.cli.train import main
 from tinyslm.core.errors import UserError
@@ -24,23 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(model: Path, data: Path, out: Path, method: str, **kw) -> TrainConfig:
-    base = dict(
-        model=str(model),
-        method=method,
-        output=str(out),
-        dataset=str(data),
-        limit=4,
-        max_steps=3,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        max_length=128,
-        batch_size=4,
-        micro_batch_size=2,
-        seed=0,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, out, **{"method": method, "max_steps": 3, **kw})
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -185,7 +185,8 @@ def test_a_file_that_is_not_an_object_is_refused(tmp_path: Path):
 
 def test_files_written_by_training_and_evaluation_round_trip(tiny_model_dir, data_dir, tmp_path: Path):
     """run.json and results.json as this version writes them: versioned, and to_json(from_json(x)) == x."""
-    from tinyslm.train.config import TrainConfig
+    from helpers import tiny_train_config
+
     from tinyslm.train.recipe import train
 
     rows = [
@@ -195,19 +196,8 @@ def test_files_written_by_training_and_evaluation_round_trip(tiny_model_dir, dat
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    cfg = TrainConfig(
-        model=str(tiny_model_dir),
-        method="lora",
-        output=str(out),
-        dataset=str(data),
-        epochs=1,
-        batch_size=4,
-        micro_batch_size=2,
-        max_length=96,
-        eval="gsm8k",
-        eval_limit=1,
-        data_dir=str(data_dir),
-        progress=False,
+    cfg = tiny_train_config(
+        tiny_model_dir, data, out, epochs=1, max_length=96, eval="gsm8k", eval_limit=1, data_dir=str(data_dir)
     )
     returned = train(cfg)
     for cls, f in ((RunRecord, out / "run.json"), (EvalResult, out / "eval" / "gsm8k" / "results.json")):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_train_config
 
 from tinyslm.cli.train import main
 from tinyslm.core.errors import UserError
@@ -50,23 +51,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(model: Path, data: Path, out: Path, method: str, **kw) -> TrainConfig:
-    base = dict(
-        model=str(model),
-        method=method,
-        output=str(out),
-        dataset=str(data),
-        limit=4,
-        epochs=8,
-        lr=1e-2,
-        warmup_ratio=0.0,
-        max_length=128,
-        batch_size=4,
-        micro_batch_size=2,
-        seed=0,
-        progress=False,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, out, **{"method": method, "epochs": 8, **kw})
 
 
 def _subprocess_env(**extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import tiny_train_config
 
 from tinyslm.core.errors import UserError
 from tinyslm.data.training import VAL_SEED, load_training_set
@@ -17,12 +18,7 @@ from tinyslm.train.validation import ratio_interval
 
 
 def _cfg(model: Path, data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        model=str(model), method="lora", output=str(out), dataset=str(data), limit=8, epochs=2, lr=1e-3,
-        warmup_ratio=0.0, max_length=128, batch_size=4, micro_batch_size=2, seed=0, progress=False,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, out, **{"limit": 8, "epochs": 2, "lr": 1e-3, **kw})
 
 
 def test_the_split_is_fixed_disjoint_and_drawn_before_the_limit(small_jsonl: Path) -> None:
