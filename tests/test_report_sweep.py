@@ -467,3 +467,15 @@ def test_a_trial_not_run_yet_is_counted_apart_in_the_price_of_tuning(changed, tm
     assert "tiny-a full 2 trial(s), 8.3 min of training" in sweep_note
     assert "tiny-a lora 1 trial(s), " in sweep_note and "(+1 not run to an end yet)" in sweep_note
     assert sweep_note.count("not run to an end yet") == 1
+
+
+def test_the_cost_to_obtain_a_tuned_method_is_its_whole_sweep(changed):
+    """'Cheapest to obtain' must not make tuning look free: a '-tuned' method costs every trial that ran
+    (the diverged one included: it was paid for) and the paper-protocol point, not only the chosen run."""
+    from tinyslm.report.tables import _obtain_runtime
+
+    col = collect([changed])
+    assert _obtain_runtime(col, MODEL, "full-tuned") == 250.0 + 250.0 + 600.0
+    assert _obtain_runtime(col, MODEL, "lora-tuned") == 250.0 + 250.0 + 300.0
+    assert _obtain_runtime(col, MODEL, "lora") == 300.0  # an untuned method: its own run
+    assert _obtain_runtime(col, MODEL, "zero-shot") is None
