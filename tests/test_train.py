@@ -492,10 +492,13 @@ def test_sigterm_saves_a_checkpoint_and_stops(tiny_model_dir, small_jsonl, tmp_p
 
 @pytest.mark.slow
 def test_two_processes_match_one(tiny_model_dir, small_jsonl, tmp_path):
+    """Training and validation (each rank measures half of the split, gathered) match one process."""
     one = tmp_path / "one"
-    train(_cfg(tiny_model_dir, small_jsonl, one, "full", limit=16, epochs=1))
+    val = {"val_size": 4, "val_generate": 2, "val_max_new_tokens": 8, "eval_every": 1}
+    train(_cfg(tiny_model_dir, small_jsonl, one, "full", limit=12, epochs=1, **val))
     two = tmp_path / "two"
-    argv = _train_argv(tiny_model_dir, small_jsonl, two, "full", "--limit", "16")
+    val_argv = ["--val-size", "4", "--val-generate", "2", "--val-max-new-tokens", "8", "--eval-every", "1"]
+    argv = _train_argv(tiny_model_dir, small_jsonl, two, "full", "--limit", "12", *val_argv)
     proc = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "tinyslm.cli.train", *argv],
         capture_output=True,
@@ -506,8 +509,13 @@ def test_two_processes_match_one(tiny_model_dir, small_jsonl, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _run_json(two)
     assert run["schedule"]["num_processes"] == 2 and run["schedule"]["gradient_accumulation_steps"] == 1
-    m1, m2 = _metrics(one), _metrics(two)
-    assert [r["step"] for r in m2] == [1, 2, 3, 4]
+    m1, m2 = ([r for r in _metrics(d) if "split" not in r] for d in (one, two))
+    assert [r["step"] for r in m2] == [1, 2, 3]
+    v1, v2 = ([r for r in _metrics(d) if r.get("split") == "val"] for d in (one, two))
+    assert [r["step"] for r in v2] == [r["step"] for r in v1] and len(v2) >= 3
+    for a, b in zip(v1, v2, strict=True):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4) and b["val_n"] == a["val_n"] == 2
+        assert b["val_correct"] == a["val_correct"]
     for a, b in zip(m1, m2, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["grad_norm"] == pytest.approx(
             a["grad_norm"], rel=1e-3

@@ -85,3 +85,40 @@ def test_no_split_means_no_validation(tiny_model_dir, small_jsonl, tmp_path) -> 
     run = train(_cfg(tiny_model_dir, small_jsonl, out, epochs=1))
     assert "validation" not in run
     assert all("split" not in json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_measures_its_share_and_the_gathered_line_is_one_process_line(
+    tiny_model_dir: Path, small_jsonl: Path, world: int
+) -> None:
+    """Validation split over ``world`` ranks (simulated in one process: ``gather`` adds the other ranks'
+    parts) gives the single process's line exactly, each rank having scored only its share."""
+    from tinyslm.models.load import load_model
+    from tinyslm.train.validation import Validator
+
+    model, tok = load_model(str(tiny_model_dir))
+    split = load_training_set(str(small_jsonl), val_size=7).validation
+    v = Validator(tok, split, "number", max_length=128, micro_batch_size=2, keep_logits=False, generate=5,
+                  max_new_tokens=6)  # fmt: skip
+    alone = v.measure(model, 3)
+    scored: list[int] = []
+    real_rows = v._loss_rows
+
+    def counting_rows(m, chunks):
+        scored.extend(i for c in chunks for i in c)
+        return real_rows(m, chunks)
+
+    v._loss_rows = counting_rows
+    others = {
+        "rows": [r for k in range(1, world) for r in real_rows(model, v.chunks[k::world])],
+        "correct": [v._correct(model, v.generated_ids[k::world]) for k in range(1, world)],
+    }
+
+    def gather(part: list) -> list:  # what accelerate's gather_object returns: every rank's part, joined
+        return part + (others["rows"] if part and isinstance(part[0], tuple) else others["correct"])
+
+    shared = v.measure(model, 3, rank=0, world=world, gather=gather)
+    assert {k: x for k, x in shared.items() if k != "time_s"} == {
+        k: x for k, x in alone.items() if k != "time_s"
+    }
+    assert sorted(scored) == sorted(i for c in v.chunks[::world] for i in c) and len(scored) < len(v.rows)

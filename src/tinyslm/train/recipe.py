@@ -849,8 +849,16 @@ class Recipe:
         return self.validator is not None and every > 0 and step % every == 0 and step < self.total_steps
 
     def validate(self, step: int) -> dict[str, Any]:
-        """Measure the validation split (every rank alike: it is deterministic) and log its line."""
-        line = self.validator.measure(self.accelerator.unwrap_model(self.model), step)
+        """Measure the validation split, each rank its share of it, and log the line (the same on every rank)."""
+        from accelerate.utils import gather_object
+
+        line = self.validator.measure(
+            self.accelerator.unwrap_model(self.model),
+            step,
+            rank=self.rank,
+            world=self.world,
+            gather=gather_object,
+        )
         if self.main:
             self.metrics.write(line)
             self.reporters.log(line)

@@ -61,7 +61,9 @@ class Validator:
         self.rows, _ = encode_examples(tokenizer, examples, answer_style, max_length)
         order = sorted(range(len(self.rows)), key=lambda i: len(self.rows[i].input_ids))  # little padding
         self.chunks = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+        self.place = {row: k for k, row in enumerate(order)}  # a row's place in the single-process order
         self.generated = examples[:generate]
+        self.generated_ids = list(range(len(self.generated)))
         self.prompts = [build_prompt(tokenizer, e, answer_style) for e in self.generated]
         self.max_new_tokens, self.batch_size = max_new_tokens, max(micro_batch_size, 1)
 
@@ -69,17 +71,29 @@ class Validator:
     def ids(self) -> list[str]:
         return [e.id for e in self.examples]
 
-    def measure(self, model: Any, step: int) -> dict[str, Any]:
+    def measure(
+        self, model: Any, step: int, *, rank: int = 0, world: int = 1, gather: Any = None
+    ) -> dict[str, Any]:
         """One validation line for ``metrics.jsonl``: the loss with its interval, and exact match when asked.
-        The model is put in eval mode (no dropout) for the measurement and restored after it."""
+        The model is put in eval mode (no dropout) for the measurement and restored after it.
+
+        With ``world`` > 1 processes each measures every ``world``-th micro-batch and generated problem from
+        ``rank`` on, and ``gather`` (every rank's list, concatenated, on every rank: accelerate's
+        ``gather_object``) brings the parts together: the line is the one a single process writes, for
+        ``1 / world`` of the work (each row is still scored in the same micro-batch, and rows are put back
+        in the single process's order before anything is summed)."""
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
-            loss, ci = self._loss(model)
-            correct = self._correct(model) if self.generated else None
+            rows = self._loss_rows(model, self.chunks[rank::world])
+            correct = self._correct(model, self.generated_ids[rank::world]) if self.generated else None
         finally:
             model.train(was_training)
+        if world > 1:
+            rows = sorted(gather(rows))
+            correct = None if correct is None else sum(gather([correct]))
+        loss, ci = ratio_interval([r[1] for r in rows], [r[2] for r in rows])
         n = len(self.generated)
         line: dict[str, Any] = {
             "step": step,
@@ -95,7 +109,8 @@ class Validator:
             line["val_em_ci95"] = list(wilson_interval(correct, n))
         return line
 
-    def _loss(self, model: Any) -> tuple[float, tuple[float, float]]:
+    def _loss_rows(self, model: Any, chunks: list[list[int]]) -> list[tuple[int, float, int]]:
+        """(place in the single-process order, summed target loss, target tokens) of every row in ``chunks``."""
         import torch
 
         from tinyslm.data.training import collate
@@ -107,23 +122,27 @@ class Validator:
             if self.tokenizer.pad_token_id is not None
             else self.tokenizer.eos_token_id
         )
-        sums: list[float] = []
-        counts: list[int] = []
+        out: list[tuple[int, float, int]] = []
         with torch.no_grad():
-            for chunk in self.chunks:
+            for chunk in chunks:
                 batch = {k: v.to(device) for k, v in collate([self.rows[i] for i in chunk], pad).items()}
                 s, c = target_loss_per_row(model, batch, self.keep_logits)
-                sums += s.tolist()
-                counts += [int(x) for x in c.tolist()]
-        return ratio_interval(sums, counts)
+                out += [
+                    (self.place[i], float(x), int(y))
+                    for i, x, y in zip(chunk, s.tolist(), c.tolist(), strict=True)
+                ]
+        return out
 
-    def _correct(self, model: Any) -> int:
+    def _correct(self, model: Any, which: list[int]) -> int:
+        """How many of the generated problems ``which`` (indices into ``self.generated``) are answered right."""
         import torch
 
         from tinyslm.data.prompts import is_chat_tokenizer
         from tinyslm.evaluate.generation import generate
         from tinyslm.scoring.equivalence import score_output
 
+        if not which:
+            return 0
         side = self.tokenizer.padding_side  # the decoder pads on the left; training's collate does its own
         try:
             with torch.no_grad():
@@ -131,7 +150,7 @@ class Validator:
                     generate(
                         model,
                         self.tokenizer,
-                        self.prompts,
+                        [self.prompts[j] for j in which],
                         max_new_tokens=self.max_new_tokens,
                         batch_size=self.batch_size,
                         add_special_tokens=not is_chat_tokenizer(self.tokenizer),  # as the evaluation does
@@ -140,6 +159,6 @@ class Validator:
         finally:
             self.tokenizer.padding_side = side
         return sum(
-            bool(score_output(outs[i].text, e.reference, self.answer_style)["correct"])
-            for i, e in enumerate(self.generated)
+            bool(score_output(outs[k].text, self.generated[j].reference, self.answer_style)["correct"])
+            for k, j in enumerate(which)
         )
