@@ -323,3 +323,29 @@ def test_release_memory_reports_a_threshold_the_user_set(monkeypatch):
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4194304")
     assert release_cpu_memory() == "MALLOC_MMAP_THRESHOLD_=4194304 (from the environment)"
+
+
+def test_a_base_missing_weights_is_refused_unless_allowed_and_then_recorded(
+    tiny_model_dir, small_jsonl, tmp_path
+):
+    """A config declaring more layers than the files hold: training refuses it in one line (nothing written);
+    with allow_missing_weights it trains, and run.json's load_notes lists the weights that started random."""
+    import shutil
+
+    deeper = tmp_path / "deeper"
+    shutil.copytree(tiny_model_dir, deeper)
+    cfg = json.loads((deeper / "config.json").read_text())
+    saved = cfg["num_hidden_layers"]
+    cfg["num_hidden_layers"] = saved + 1
+    (deeper / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"lack \d+ tensor\(s\).*--allow-missing-weights"):
+        train(_cfg(deeper, small_jsonl, out, "lora", max_steps=1))
+    assert not (out / "run.json").exists()
+    run = train(_cfg(deeper, small_jsonl, out, "lora", max_steps=1, allow_missing_weights=True))
+    assert run["status"] == "finished"
+    notes = json.loads((out / "run.json").read_text())["load_notes"]
+    assert notes["missing_weights"] and all(
+        k.startswith(f"model.layers.{saved}.") for k in notes["missing_weights"]
+    )
+    assert "randomly initialised" in notes["warnings"][0]

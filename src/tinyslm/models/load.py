@@ -268,7 +268,7 @@ def check_loading_info(
             raise UserError(
                 f"{where}: the weights lack {len(missing)} tensor(s) that config.json declares (e.g. {missing[0]}), "
                 "which would be randomly initialised; fix config.json (num_hidden_layers, ...), or pass "
-                "--allow-missing-weights (tiny-slm-eval) to evaluate it that way on purpose"
+                "--allow-missing-weights to evaluate or train it that way on purpose"
             )
         warn(
             f"{where}: {len(missing)} weight tensor(s) missing from the checkpoint are randomly initialised "

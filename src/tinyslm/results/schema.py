@@ -177,12 +177,13 @@ class RunRecord(Record):
     precision: Any = UNSET
     device: Any = UNSET
     peak_mem_kind: Any = UNSET
-    cpu_allocator: Any = UNSET  # CPU training: the glibc malloc setting (core.telemetry.keep_cpu_heap_flat)
+    cpu_allocator: Any = UNSET  # CPU training: the glibc malloc setting (core.telemetry.release_cpu_memory)
     step: Any = UNSET  # the last step logged in metrics.jsonl
     resumed_from_steps: Any = UNSET
     argv: Any = UNSET
     versions: Any = UNSET
     provenance: Any = UNSET
+    load_notes: Any = UNSET  # what loading the base warned of: missing_weights, unused_weights, warnings
     started_at: Any = UNSET
     wandb_run_id: Any = UNSET
     last_checkpoint: Any = UNSET

@@ -157,6 +157,12 @@ class TrainConfig:
     trust_remote_code: bool = setting(
         False, help="allow model code from the Hub (off by default)", resumable=True
     )
+    # a base whose files lack weights its config declares starts with those random: only on purpose
+    allow_missing_weights: bool = setting(
+        False,
+        help="train a checkpoint whose config declares weights its files lack (they start random, e.g. layers "
+        "added on purpose; refused by default; run.json's load_notes lists them)",
+    )
     progress: bool = setting(True, help="no progress bar", flag="--no-progress", negate=True, resumable=True)
     # same math, less activation memory (recomputed in the backward pass; dropout masks are replayed)
     gradient_checkpointing: bool = setting(

@@ -189,8 +189,9 @@ def adapter_base_ref(ref: str) -> str:
     return str(p.resolve()) if p.exists() else ref
 
 
-def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
-    """Base model (float32 master weights, train mode) and tokenizer; LoRA/DoRA adapters attached via peft."""
+def load_for_training(cfg: TrainConfig, notes: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Base model (float32 master weights, train mode) and tokenizer; LoRA/DoRA adapters attached via peft.
+    ``notes`` receives what loading warned of (weights missing from the checkpoint, unused ones)."""
     import torch
 
     from tinyslm.models.load import load_model, resolve_model
@@ -202,7 +203,12 @@ def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
             "merged/ directory written by --merge)"
         )
     model, tokenizer = load_model(
-        cfg.model, dtype=torch.float32, device="cpu", trust_remote_code=cfg.trust_remote_code
+        cfg.model,
+        dtype=torch.float32,
+        device="cpu",
+        trust_remote_code=cfg.trust_remote_code,
+        allow_missing_weights=cfg.allow_missing_weights,
+        notes=notes,
     )
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model, cfg.model)
@@ -534,7 +540,8 @@ class Recipe:
             limit=cfg.limit,
             val_size=cfg.val_size,
         )
-        self.model, self.tokenizer = load_for_training(cfg)
+        self.load_notes: dict[str, Any] = {}
+        self.model, self.tokenizer = load_for_training(cfg, self.load_notes)
         prev = read_run(out) if self.mode == "resume" else None
         device = str(self.accelerator.device)
         self.provenance = training_provenance(cfg.model, self.tset.source, self.tokenizer, device, prev, out)
@@ -989,6 +996,7 @@ def _run_record(r: Recipe, prev: dict | None) -> RunRecord:
         provenance=r.provenance,
         started_at=(prev or {}).get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"validation": _validation_section(r)} if r.validator is not None else {}),
+        **({"load_notes": r.load_notes} if r.load_notes else {}),
     )
 
 
