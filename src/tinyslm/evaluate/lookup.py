@@ -22,7 +22,7 @@ from collections.abc import Iterable
 # Guesses per row and step after a MAX_NGRAM-token match at full occupancy (``--draft-tokens``; 0 = off);
 # shorter matches and fuller batches guess less (``match_limits``).
 DRAFT_TOKENS = 3
-MAX_GUESSES = 16  # per row and step, however few rows decode (transformers' prompt lookup stops at 10-20 too)
+MAX_GUESSES = 16  # per row and step, however few rows decode
 
 # Longest and shortest n-gram matched against the row's history (the longest match is tried first).
 MAX_NGRAM = 3
