@@ -111,7 +111,7 @@ def test_each_rank_measures_its_share_and_the_gathered_line_is_one_process_line(
     v._loss_rows = counting_rows
     others = {
         "rows": [r for k in range(1, world) for r in real_rows(model, v.chunks[k::world])],
-        "correct": [v._correct(model, v.generated_ids[k::world]) for k in range(1, world)],
+        "correct": [v._correct(model, list(range(len(v.generated)))[k::world]) for k in range(1, world)],
     }
 
     def gather(part: list) -> list:  # what accelerate's gather_object returns: every rank's part, joined

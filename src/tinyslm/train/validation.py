@@ -63,7 +63,6 @@ class Validator:
         self.chunks = [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
         self.place = {row: k for k, row in enumerate(order)}  # a row's place in the single-process order
         self.generated = examples[:generate]
-        self.generated_ids = list(range(len(self.generated)))
         self.prompts = [build_prompt(tokenizer, e, answer_style) for e in self.generated]
         self.max_new_tokens, self.batch_size = max_new_tokens, max(micro_batch_size, 1)
 
@@ -87,7 +86,11 @@ class Validator:
         model.eval()
         try:
             rows = self._loss_rows(model, self.chunks[rank::world])
-            correct = self._correct(model, self.generated_ids[rank::world]) if self.generated else None
+            correct = (
+                self._correct(model, list(range(len(self.generated)))[rank::world])
+                if self.generated
+                else None
+            )
         finally:
             model.train(was_training)
         if world > 1:
