@@ -271,8 +271,27 @@ def llama_cpp_f32(
     return gen, wall, sum(len(g) for g in gen)
 
 
+def agreement(ours: list[list[int]], anchor: list[list[int]]) -> dict[str, Any]:
+    """How far two engines' greedy outputs agree, row by row: identical rows, and the mean share of each
+    anchor row that ours reproduces before the first differing token (on random bf16 weights the top two
+    logits are often within rounding of each other, so the first near-tie decides where rows part)."""
+    same_prefix = []
+    for a, b in zip(ours, anchor, strict=False):
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        same_prefix.append(n / max(len(b), 1))
+    return {
+        "rows": len(same_prefix),
+        "identical_rows": sum(a == b for a, b in zip(ours, anchor, strict=False)),
+        "mean_prefix_agreement": round(sum(same_prefix) / max(len(same_prefix), 1), 4),
+    }
+
+
 def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) -> dict[str, dict]:
-    """The evaluation table; returns per-case figures keyed by shape."""
+    """The evaluation table; returns per-case figures keyed by shape.
+
+    ``--anchor-n K`` decodes only the first K prompts with HF ``generate`` (same batch size): its tokens/s
+    is then measured on those, ours on all ``--n``, and agreement on the K rows both decoded.
+    """
     from transformers import AutoModelForCausalLM
 
     from tinyslm.models.load import load_model
@@ -280,13 +299,15 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
 
     tokenizer.padding_side = "left"
     rows = gsm8k_prompts(tokenizer, Path(args.data_dir), args.n, args.shots)
+    anchor_rows = rows[: args.anchor_n or len(rows)]
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     print(
-        f"\n== evaluation: device={args.device} prompts={len(rows)} shots={args.shots} batch={args.eval_batch_size} "
-        f"max_new_tokens={args.max_new_tokens}"
+        f"\n== evaluation: device={args.device} prompts={len(rows)} (HF generate: {len(anchor_rows)}) "
+        f"shots={args.shots} batch={args.eval_batch_size} max_new_tokens={args.max_new_tokens}"
     )
     print(
-        f"{'model':<36} {'engine':<11} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'speed-up':>8} {'same tokens':>11}"
+        f"{'model':<36} {'engine':<11} {'prompts':>7} {'wall s':>8} {'tokens':>8} {'tok/s':>8} "
+        f"{'speed-up':>8} {'same tokens':>11}"
     )
     summary: dict[str, dict] = {}
     for shape in args.shapes:
@@ -311,42 +332,49 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
                 stop,
                 args.device,
             )
-        for engine in ("hf", "fast"):
+        for engine, todo in (("hf", anchor_rows), ("fast", rows)):
             gen, wall = run_engine(
-                engine, model, tokenizer, rows, args.eval_batch_size, args.max_new_tokens, stop, args.device
+                engine, model, tokenizer, todo, args.eval_batch_size, args.max_new_tokens, stop, args.device
             )
             res[engine] = (gen, wall, sum(len(g) for g in gen))
         llama = llama_cpp_f32(model, tokenizer, rows, args, stop) if args.device == "cpu" else None
         if llama is not None:
             res["llama"] = llama
-        same = res["fast"][0] == res["hf"][0]
+        rate = {engine: n / wall for engine, (_, wall, n) in res.items()}
         names = (("hf", "HF generate"), ("fast", "ours"), ("llama", "llama.cpp"))
         for engine, name in names:
             if engine not in res:
                 continue
             gen, wall, n = res[engine]
-            rows_same = sum(a == b for a, b in zip(gen, res["hf"][0], strict=True))
-            same_col = "True" if gen == res["hf"][0] else f"{rows_same}/{len(gen)} rows"
-            print(
-                f"{label:<36} {name:<11} {wall:8.1f} {n:8d} {n / wall:8.1f} {res['hf'][1] / wall:7.2f}x "
-                f"{same_col:>11}"
+            agree = agreement(gen, res["hf"][0])
+            same_col = (
+                "True"
+                if gen[: len(anchor_rows)] == res["hf"][0]
+                else f"{agree['identical_rows']}/{agree['rows']} rows"
             )
+            print(
+                f"{label:<36} {name:<11} {len(gen):7d} {wall:8.1f} {n:8d} {rate[engine]:8.1f} "
+                f"{rate[engine] / rate['hf']:7.2f}x {same_col:>11}"
+            )
+        agree = agreement(res["fast"][0], res["hf"][0])
         summary[shape] = {
             "model": label,
-            "hf_generate_tokens_per_s": round(res["hf"][2] / res["hf"][1], 2),
-            "ours_eval_tokens_per_s": round(res["fast"][2] / res["fast"][1], 2),
-            "eval_speedup_vs_hf_generate": round(res["hf"][1] / res["fast"][1], 3),
-            "identical_tokens": same,
+            "n_prompts": len(rows),
+            "hf_generate_prompts": len(anchor_rows),
+            "hf_generate_tokens_per_s": round(rate["hf"], 2),
+            "ours_eval_tokens_per_s": round(rate["fast"], 2),
+            "ours_eval_wall_s": round(res["fast"][1], 2),
+            "eval_speedup_vs_hf_generate": round(rate["fast"] / rate["hf"], 3),
+            "identical_tokens": agree["identical_rows"] == agree["rows"],
+            "agreement_with_hf_generate": agree,
         }
         if llama is not None:
             summary[shape].update(
                 {
-                    "llama_cpp_f32_tokens_per_s": round(llama[2] / llama[1], 2),
-                    "ours_speedup_vs_llama_cpp_f32": round(llama[1] / res["fast"][1], 3),
+                    "llama_cpp_f32_tokens_per_s": round(rate["llama"], 2),
+                    "ours_speedup_vs_llama_cpp_f32": round(rate["fast"] / rate["llama"], 3),
                     "llama_cpp_f32_identical_tokens": llama[0] == res["hf"][0],
-                    "llama_cpp_f32_identical_rows": sum(
-                        a == b for a, b in zip(llama[0], res["hf"][0], strict=True)
-                    ),
+                    "llama_cpp_f32_identical_rows": agreement(llama[0], res["hf"][0])["identical_rows"],
                 }
             )
         del model
@@ -440,8 +468,8 @@ def anchor_worker(spec: dict) -> dict:
 
     targs = TrainingArguments(
         output_dir=str(Path(spec["out"]) / "hf"),
-        per_device_train_batch_size=spec["micro_batch_size"],
-        gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"],
+        per_device_train_batch_size=spec["anchor_micro_batch_size"],
+        gradient_accumulation_steps=spec["batch_size"] // spec["anchor_micro_batch_size"],
         max_steps=spec["steps"],
         learning_rate=PROTOCOL[method]["lr"],
         lr_scheduler_type="cosine",
@@ -500,6 +528,7 @@ def ours_worker(spec: dict) -> dict:
         save_every=10**9,
         overwrite=True,
         progress=False,
+        compile=spec.get("compile", False),
     )
     run = train(cfg)
     if run.get("status") != "finished":
@@ -516,8 +545,9 @@ def ours_worker(spec: dict) -> dict:
 WORKERS = {"anchor": anchor_worker, "ours": ours_worker}
 
 
-def run_worker(kind: str, spec: dict) -> dict:
-    """Run one side in a fresh interpreter; its output is shown only if it fails."""
+def run_worker(kind: str, spec: dict, timeout: float | None = None, keep_going: bool = False) -> dict | None:
+    """Run one side in a fresh interpreter; its output is shown only if it fails. With ``keep_going`` a
+    failure or a timeout is printed and returns None (a GPU run keeps the cases that worked)."""
     result = Path(spec["out"]) / f"{kind}.json"
     cmd = [
         sys.executable,
@@ -529,11 +559,20 @@ def run_worker(kind: str, spec: dict) -> dict:
         "--result",
         str(result),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        why = f"{kind} worker ({spec['method']}, {spec['targets']}) ran past {timeout:.0f} s"
+        if not keep_going:
+            sys.exit(why)
+        print(why, file=sys.stderr)
+        return None
     if proc.returncode != 0:
-        sys.exit(
-            f"{kind} worker failed ({spec['method']}, {spec['targets']}):\n{(proc.stdout + proc.stderr)[-4000:]}"
-        )
+        why = f"{kind} worker failed ({spec['method']}, {spec['targets']}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+        if not keep_going:
+            sys.exit(why)
+        print(why, file=sys.stderr)
+        return None
     return json.loads(result.read_text())
 
 
@@ -557,23 +596,31 @@ def throughput(res: dict, rows: list, spec: dict) -> dict:
 
 
 def bench_train(
-    args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs, work: Path
+    args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs, work: Path, save: Any = None
 ) -> dict[str, dict]:
-    """The training table; returns per-case figures keyed by ``shape/targets``."""
+    """The training table; returns per-case figures keyed by ``shape/targets``.
+
+    ``--ours compile,eager`` runs tiny-slm once per variant (``compile``: ``--compile``); the first variant
+    listed is the one the ratios name ``ours_*``, the others are kept as ``ours_<variant>_*``. With
+    ``--keep-going`` a variant that fails is reported and the next one listed stands in for it. ``save``
+    is called with the summary after every case, so a run cut short keeps what it measured.
+    """
     steps = args.warmup_steps + args.train_steps
     print(
         f"\n== training: device={args.device} batch={args.batch_size} micro={args.micro_batch_size} "
+        f"(anchor {args.anchor_micro_batch_size or args.micro_batch_size}) "
         f"max_length={args.max_length} steps={args.warmup_steps} warm-up + {args.train_steps} timed "
-        f"({'bf16 autocast' if args.device == 'cuda' else 'fp32'})"
+        f"({'bf16 autocast' if args.device == 'cuda' else 'fp32'}); ours: {', '.join(args.ours)}"
     )
     print(
-        f"{'shape':<14} {'targets':<10} {'method':<6} {'side':<11} {'samples/s':>9} {'real tok/s':>10} "
+        f"{'shape':<14} {'targets':<10} {'method':<6} {'side':<16} {'samples/s':>9} {'real tok/s':>10} "
         f"{'speed-up':>8} {'peak MiB':>9} {'loss@1':>8} {f'loss@{steps}':>8}"
     )
     summary: dict[str, dict] = {}
     for shape in args.shapes:
         for targets in args.targets:
             case: dict[str, Any] = {}
+            summary[f"{shape}/{targets}"] = case
             for method in args.methods:
                 spec = {
                     "model_dir": str(model_dirs[shape]),
@@ -586,6 +633,7 @@ def bench_train(
                     "lr_warmup_steps": math.ceil(0.03 * steps),
                     "batch_size": args.batch_size,
                     "micro_batch_size": args.micro_batch_size,
+                    "anchor_micro_batch_size": args.anchor_micro_batch_size or args.micro_batch_size,
                     "max_length": args.max_length,
                     "seed": args.seed,
                     "device": args.device,
@@ -593,29 +641,51 @@ def bench_train(
                 }
                 Path(spec["out"]).mkdir(parents=True, exist_ok=True)
                 rows = step_ordered_rows(tokenizer, spec)
-                anchor = throughput(run_worker("anchor", spec), rows, spec)
-                ours = throughput(run_worker("ours", spec), rows, spec)
-                ratio = ours["samples_per_s"] / anchor["samples_per_s"]
-                if abs(ours["loss_first"] - anchor["loss_first"]) > 1e-2 * abs(anchor["loss_first"]):
+                timeout, keep = args.worker_timeout, args.keep_going
+                got = run_worker("anchor", spec, timeout, keep)
+                if got is None:
+                    case[f"hf_trainer_{method}"] = {"failed": True}
+                    continue
+                anchor = throughput(got, rows, spec)
+                case[f"hf_trainer_{method}"] = anchor
+                lines = [("HF Trainer", anchor)]
+                for variant in [*args.ours, *args.fallback]:
+                    if variant in args.fallback and f"ours_{method}" in case:
+                        break  # a fallback runs only where every --ours variant failed
+                    got = run_worker("ours", {**spec, "compile": variant == "compile"}, timeout, keep)
+                    key = f"ours_{method}" if f"ours_{method}" not in case else f"ours_{variant}_{method}"
+                    if got is None:
+                        case[f"ours_{variant}_{method}_failed"] = True
+                        continue
+                    ours = {**throughput(got, rows, spec), "variant": variant}
+                    case[key] = ours
+                    lines.append((f"ours ({variant})", ours))
+                    if abs(ours["loss_first"] - anchor["loss_first"]) > 1e-2 * abs(anchor["loss_first"]):
+                        print(
+                            f"warning: first-step losses differ ({anchor['loss_first']} vs {ours['loss_first']}): "
+                            "the two sides did not train on the same rows",
+                            file=sys.stderr,
+                        )
+                for side, r in lines:
+                    x = r["samples_per_s"] / anchor["samples_per_s"]
                     print(
-                        f"warning: first-step losses differ ({anchor['loss_first']} vs {ours['loss_first']}): "
-                        "the two sides did not train on the same rows",
-                        file=sys.stderr,
-                    )
-                for side, r, x in (("HF Trainer", anchor, 1.0), ("ours", ours, ratio)):
-                    print(
-                        f"{shape:<14} {targets:<10} {method:<6} {side:<11} {r['samples_per_s']:9.3f} "
+                        f"{shape:<14} {targets:<10} {method:<6} {side:<16} {r['samples_per_s']:9.3f} "
                         f"{r['tokens_per_s']:10.1f} {x:7.2f}x {r['peak_mem_mib']:9.0f} {r['loss_first']:8.4f} {r['loss_last']:8.4f}"
                     )
-                case[f"hf_trainer_{method}"] = anchor
-                case[f"ours_{method}"] = ours
-                case[f"{method}_speedup_vs_hf_trainer_{method}"] = round(ratio, 3)
-            if "full" in args.methods:
-                for method in args.methods:
-                    case[f"{method}_speedup_vs_hf_trainer_full"] = round(
-                        case[f"ours_{method}"]["samples_per_s"] / case["hf_trainer_full"]["samples_per_s"], 3
+                if f"ours_{method}" in case:
+                    case[f"{method}_speedup_vs_hf_trainer_{method}"] = round(
+                        case[f"ours_{method}"]["samples_per_s"] / anchor["samples_per_s"], 3
                     )
-            summary[f"{shape}/{targets}"] = case
+                    full = case.get("hf_trainer_full", {})
+                    if "samples_per_s" in full:
+                        case[f"{method}_speedup_vs_hf_trainer_full"] = round(
+                            case[f"ours_{method}"]["samples_per_s"] / full["samples_per_s"], 3
+                        )
+                    case[f"{method}_peak_mem_vs_hf_trainer_{method}"] = round(
+                        case[f"ours_{method}"]["peak_mem_mib"] / anchor["peak_mem_mib"], 3
+                    )
+                if save is not None:
+                    save(summary)
     return summary
 
 
@@ -642,6 +712,8 @@ def flat_figures(eval_summary: dict, train_summary: dict) -> dict[str, Any]:
     if train_summary:
         for key, value in next(iter(train_summary.values())).items():
             if isinstance(value, dict):
+                if "samples_per_s" not in value:
+                    continue
                 flat[f"{key}_samples_per_s"] = value["samples_per_s"]
                 flat[f"{key}_tokens_per_s"] = value["tokens_per_s"]
             else:
@@ -669,6 +741,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-batch-size", type=int, default=16, help="decoding batch, both engines (default 16)"
     )
     g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument(
+        "--anchor-n",
+        type=int,
+        default=0,
+        help="HF generate decodes only the first K prompts (default: all --n); tokens/s compared",
+    )
     g.add_argument("--shots", type=int, default=0, help="few-shot exemplars in each prompt (default 0)")
     g.add_argument(
         "--random-eval", action="store_true", help="evaluate random weights even where real ones exist"
@@ -682,14 +760,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--batch-size", type=int, default=64, help="effective batch (default 64)")
     g.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward pass (default 8)")
+    g.add_argument(
+        "--anchor-micro-batch-size",
+        type=int,
+        help="the anchor's rows per forward pass, where its best differs (default: --micro-batch-size)",
+    )
     g.add_argument("--max-length", type=int, default=512, help="tokens per example (default 512)")
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed steps first (default 1)")
+    g.add_argument(
+        "--ours",
+        default="eager",
+        help="tiny-slm variants, comma-separated, each run: eager (default), compile (--compile); the first "
+        "that succeeds is the one the ratios use",
+    )
     g.add_argument("--train-steps", type=int, default=5, help="timed optimizer steps (default 5)")
     ap.add_argument(
         "--quick",
         action="store_true",
         help="a CPU run meant to take < 10 minutes: smollm2-135m, eval 24 prompts x 256 new tokens at "
         "batch 16; training batch 8 = 2 x 4, max length 256, 1 warm-up + 2 timed steps",
+    )
+    ap.add_argument(
+        "--fallback",
+        default="",
+        help="with --keep-going: a tiny-slm variant run only where every --ours variant failed (e.g. eager)",
+    )
+    ap.add_argument(
+        "--keep-going", action="store_true", help="a failed or timed-out worker is reported, not fatal"
+    )
+    ap.add_argument(
+        "--worker-timeout", type=float, help="seconds one training worker may take (default: no limit)"
+    )
+    ap.add_argument(
+        "--json-out", help="also write the final JSON here, and the training figures after every case"
     )
     ap.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -703,14 +806,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.ours = [v.strip() for v in args.ours.split(",") if v.strip()]
+    args.fallback = [v.strip() for v in args.fallback.split(",") if v.strip()]
     bad = [s for s in args.shapes if s not in SHAPES] + [m for m in args.methods if m not in METHODS]
+    bad += [v for v in args.ours + args.fallback if v not in ("eager", "compile")]
     bad += sorted(args.parts - {"eval", "train"})
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
-    if args.n < 1 or args.shots < 0 or args.eval_batch_size < 1 or args.max_new_tokens < 1:
+    if (
+        args.n < 1
+        or args.anchor_n < 0
+        or args.shots < 0
+        or args.eval_batch_size < 1
+        or args.max_new_tokens < 1
+    ):
         ap.error("--n, --eval-batch-size and --max-new-tokens must be >= 1, --shots >= 0")
-    if args.batch_size % args.micro_batch_size or args.warmup_steps < 1 or args.train_steps < 1:
-        ap.error("--batch-size must be a multiple of --micro-batch-size; warm-up and timed steps >= 1")
+    anchor_micro = args.anchor_micro_batch_size or args.micro_batch_size
+    if args.batch_size % args.micro_batch_size or args.batch_size % anchor_micro:
+        ap.error("--batch-size must be a multiple of both micro-batch sizes")
+    if args.warmup_steps < 1 or args.train_steps < 1:
+        ap.error("warm-up and timed steps must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU here")
     return args
@@ -726,40 +841,57 @@ def main(argv: list[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would interleave with the tables
     tokenizer = load_bench_tokenizer(args.tokenizer)
-    with tempfile.TemporaryDirectory(prefix="tinyslm-bench-") as tmp:
-        work = Path(tmp)
-        model_dirs = ModelDirs(tokenizer, work)
-        eval_summary = bench_eval(args, tokenizer, model_dirs) if "eval" in args.parts else {}
-        train_summary = bench_train(args, tokenizer, model_dirs, work) if "train" in args.parts else {}
     settings: dict[str, Any] = {
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    if eval_summary:
+    if args.device.startswith("cuda"):
+        settings["gpu"] = torch.cuda.get_device_name()
+        import transformers
+
+        settings["transformers"] = transformers.__version__
+    if "eval" in args.parts:
         settings["eval"] = {
             "n_prompts": args.n,
+            "hf_generate_prompts": args.anchor_n or args.n,
             "shots": args.shots,
             "batch_size": args.eval_batch_size,
             "max_new_tokens": args.max_new_tokens,
         }
-    if train_summary:
+    if "train" in args.parts:
         settings["train"] = {
             "batch_size": args.batch_size,
             "micro_batch_size": args.micro_batch_size,
+            "anchor_micro_batch_size": args.anchor_micro_batch_size or args.micro_batch_size,
             "max_length": args.max_length,
             "warmup_steps": args.warmup_steps,
             "timed_steps": args.train_steps,
+            "ours": args.ours,
         }
-    print(
-        json.dumps(
-            {
-                **flat_figures(eval_summary, train_summary),
-                "settings": settings,
-                "cases": {"eval": eval_summary, "train": train_summary},
-            }
-        )
-    )
+    figures: dict[str, Any] = {"eval": {}, "train": {}}
+
+    def report() -> dict[str, Any]:
+        out = {**flat_figures(figures["eval"], figures["train"]), "settings": settings, "cases": figures}
+        if args.json_out:
+            from tinyslm.core.files import atomic_write_text
+
+            atomic_write_text(Path(args.json_out), json.dumps(out, indent=1) + "\n")
+        return out
+
+    def save_train(summary: dict) -> None:
+        figures["train"] = summary
+        report()
+
+    with tempfile.TemporaryDirectory(prefix="tinyslm-bench-") as tmp:
+        work = Path(tmp)
+        model_dirs = ModelDirs(tokenizer, work)
+        if "eval" in args.parts:
+            figures["eval"] = bench_eval(args, tokenizer, model_dirs)
+            report()
+        if "train" in args.parts:
+            figures["train"] = bench_train(args, tokenizer, model_dirs, work, save_train)
+    print(json.dumps(report()))
 
 
 if __name__ == "__main__":

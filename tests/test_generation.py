@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from tinyslm.evaluate.generation import (
     MIN_SHARED_PREFIX,
+    StopCheck,
     _decode_batch_fast,
     _decode_batch_hf,
+    cut_at_stop,
     generate,
     greedy,
     shared_prefix_length,
@@ -177,3 +179,36 @@ def test_greedy_is_argmax_ties_included(rows, vocab, values, seed):
     wide[:, 7] = values + 1
     assert torch.equal(greedy(wide), wide.argmax(-1)) and greedy(wide).tolist() == [7] * rows
     assert torch.equal(greedy(logits.numpy()), logits.argmax(-1))  # llama.cpp's logits are numpy arrays
+
+
+# Pieces an answer is made of, stop points included: the check must fire on exactly the token where the
+# decoded text first reaches one, whichever way the tokenizer splits it.
+_PIECES = [
+    "####",
+    " 42",
+    "\n",
+    "\n\n",
+    "Question",
+    ":",
+    " Question:",
+    "\\boxed{",
+    "7",
+    "}",
+    " so",
+    ".",
+    "é",
+    "’",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=14))
+def test_the_stop_check_fires_where_decoding_the_whole_text_does(real_tokenizer, pieces):
+    ids = real_tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    check = StopCheck(real_tokenizer)
+    fired = next((n for n in range(1, len(ids) + 1) if check(ids[:n])), None)
+    full = next(
+        (n for n in range(1, len(ids) + 1) if cut_at_stop(real_tokenizer.decode(ids[:n]))[1]),
+        None,
+    )
+    assert fired == full

@@ -682,3 +682,18 @@ def test_an_adapter_is_evaluated_folded_in_unless_asked_not_to(
     monkeypatch.setattr(model_load, "default_dtype", lambda device: torch.bfloat16)
     res, _ = evaluate("bf16", limit=1, max_new_tokens=4)
     assert res["adapter_merged"] is False and res["dtype"] == "bfloat16" and decoded_by[-1] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "dora"])
+def test_compiled_training_follows_the_eager_loss_curve(tiny_model_dir, small_jsonl, tmp_path, method):
+    """--compile changes how the step runs, not what it computes: the same losses up to rounding (dropout
+    off: compiled code draws its random numbers differently), resumable on or off like any speed setting."""
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"{method}-{compiled}"
+        cfg = _cfg(tiny_model_dir, small_jsonl, out, method, epochs=3, lora_dropout=0.0, compile=compiled)
+        assert train(cfg)["status"] == "finished"
+        losses[compiled] = [m["loss"] for m in _metrics(out)]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

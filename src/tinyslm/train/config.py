@@ -171,6 +171,14 @@ class TrainConfig:
         "forward pass, same result (may be switched on or off on --resume)",
         resumable=True,
     )
+    # how fast, not what: the same loss curve up to rounding
+    compile: bool = setting(
+        False,
+        help="torch.compile the model (dynamic shapes: one graph for every micro-batch length): fewer, fused "
+        "kernels, for GPUs, where a small model's step is bound by kernel launches; the first steps pay the "
+        "compilation (about a minute)",
+        resumable=True,
+    )
     release_memory: bool = setting(
         False,
         help="CPU: give every freed block of 1 MiB or more back to the OS at once (glibc mmap threshold), so "

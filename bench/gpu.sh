@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Issue 17's GPU run: every figure of the README's GPU table, measured in one prepared run.
+#
+#   bench/gpu.sh                              # on the GPU machine (about 7 minutes on one H200)
+#   bench/gpu.sh --device cpu --shapes tiny   # dry run of the very same steps on a CPU (2-layer toy shapes)
+#
+# Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
+# neither the offline alias nor the data directory). Writes under $OUT (default runs/gpu-bench):
+#   machine.json  GPU, driver, torch/transformers/peft, and the measured bf16 matmul and copy ceilings
+#   eval.json     GSM8K zero-shot, all 1,319 prompts, 256 new tokens, SmolLM2-135M shape, random weights:
+#                 ours against HF generate at the same batch (generate on the first 256 prompts)
+#   train-*.json  SmolLM2-135M and Qwen2.5-0.5B shapes, bf16, batch 64 x up to 512 tokens: HF Trainer + PEFT
+#                 against tiny-slm (compiled layers; eager beside it for 135M, or where compiling fails)
+# and a .log beside each. Each stage has its own time limit, and the training figures are rewritten after
+# every case, so a stage cut short keeps what it measured and the next stage still runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICE=cuda
+SHAPES=smollm2-135m,qwen2.5-0.5b
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --shapes) SHAPES=$2; shift 2 ;;
+    *) echo "usage: bench/gpu.sh [--device cuda|cpu] [--shapes tiny|smollm2-135m,qwen2.5-0.5b]" >&2; exit 2 ;;
+    esac
+done
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/gpu-bench}
+ASSETS=${ASSETS:-runs/bench-assets}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+for need in "$ASSETS/tokenizer" "$ASSETS/data/gsm8k"; do
+    [ -e "$need" ] || { echo "bench/gpu.sh: $need is missing (see docs/speed.md)" >&2; exit 2; }
+done
+COMMON=(--device "$DEVICE" --tokenizer "$ASSETS/tokenizer" --data-dir "$ASSETS/data")
+
+if [ "$SHAPES" = tiny ]; then  # the dry run: same stages and flags, toy sizes
+    EVAL_SHAPE=tiny; TRAIN_SHAPES=(tiny tiny)
+    EVAL=(--n 40 --anchor-n 16 --eval-batch-size 16 --max-new-tokens 16)
+    TRAIN=(--batch-size 8 --micro-batch-size 4 --anchor-micro-batch-size 8 --max-length 256
+        --warmup-steps 1 --train-steps 2)
+    T_EVAL=600; T_TRAIN=(900 900); T_WORKER=600
+else
+    EVAL_SHAPE=smollm2-135m; TRAIN_SHAPES=(${SHAPES//,/ })
+    # Ours: 256 slots over all 1,319 prompts; generate: the same batch over the first 256 prompts.
+    EVAL=(--n 1319 --anchor-n 256 --eval-batch-size 256 --max-new-tokens 256)
+    # The protocol's batch of 64 rows. Ours sorts a step's rows by length into 2 micro-batches of 32; the
+    # anchor takes all 64 in one pass (its best: sorting does not apply within a step, and one pass
+    # launches the fewest kernels). 2 untimed steps absorb compilation.
+    TRAIN=(--batch-size 64 --micro-batch-size 32 --anchor-micro-batch-size 64 --max-length 512
+        --warmup-steps 2 --train-steps 5)
+    T_EVAL=120; T_TRAIN=(170 150); T_WORKER=75
+fi
+
+# 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).
+timeout 60 "$PY" - "$DEVICE" >"$OUT/machine.json" <<'EOF'
+import json, subprocess, sys, time
+import torch, transformers, peft, accelerate
+dev = sys.argv[1]
+info = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "accelerate": accelerate.__version__}
+if dev == "cuda":
+    info["gpu"] = torch.cuda.get_device_name()
+    info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip()
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    info["bf16_matmul_tflops"] = round(10 * 2 * n**3 / (time.perf_counter() - t) / 1e12, 1)
+    x = torch.randn(1 << 30, device="cuda", dtype=torch.float32)
+    y = torch.empty_like(x)
+    y.copy_(x); torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    info["copy_tb_per_s"] = round(5 * 2 * x.numel() * 4 / (time.perf_counter() - t) / 1e12, 2)
+print(json.dumps(info))
+EOF
+cat "$OUT/machine.json"
+
+# 1. Evaluation.
+timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval \
+    "${EVAL[@]}" --json-out "$OUT/eval.json" 2>&1 | tee "$OUT/eval.log" | grep -v '^{'
+
+# 2. Training: the first shape with both of our variants, the next compiled (eager only if that fails).
+for i in "${!TRAIN_SHAPES[@]}"; do
+    shape=${TRAIN_SHAPES[$i]}
+    if [ "$i" = 0 ]; then ours=(--ours compile,eager); else ours=(--ours compile --fallback eager); fi
+    timeout "${T_TRAIN[$i]}" "$PY" bench/speed.py "${COMMON[@]}" --parts train --shapes "$shape" "${TRAIN[@]}" \
+        "${ours[@]}" --keep-going --worker-timeout "$T_WORKER" --json-out "$OUT/train-$i-$shape.json" \
+        2>&1 | tee "$OUT/train-$i-$shape.log" | grep -v '^{'
+done
+ls -l "$OUT"
