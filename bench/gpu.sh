@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GPU run: every figure of the README's GPU table, measured in one prepared run.
 #
-#   bench/gpu.sh                              # on the GPU machine (about 7 minutes on one H200)
+#   bench/gpu.sh                              # on the GPU machine (8-9 minutes on one H200)
 #   bench/gpu.sh --device cpu --shapes tiny   # dry run of the very same steps on a CPU (2-layer toy shapes)
 #
 # Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
@@ -10,7 +10,7 @@
 #   eval.json     GSM8K zero-shot, all 1,319 prompts, 256 new tokens, SmolLM2-135M shape, random weights:
 #                 ours against HF generate at the same batch (generate on the first 256 prompts)
 #   train-*.json  SmolLM2-135M and Qwen2.5-0.5B shapes, bf16, batch 64 x up to 512 tokens: HF Trainer + PEFT
-#                 against tiny-slm (compiled layers; eager beside it for 135M, or where compiling fails)
+#                 against tiny-slm (compiled layers, eager where compiling fails; then 135M with ours eager)
 # and a .log beside each. Each stage has its own time limit, and the training figures are rewritten after
 # every case, so a stage cut short keeps what it measured and the next stage still runs.
 set -uo pipefail
@@ -40,7 +40,7 @@ if [ "$SHAPES" = tiny ]; then  # the dry run: same stages and flags, toy sizes
     EVAL=(--n 40 --anchor-n 16 --eval-batch-size 16 --max-new-tokens 16)
     TRAIN=(--batch-size 8 --micro-batch-size 4 --anchor-micro-batch-size 8 --max-length 256
         --warmup-steps 1 --train-steps 2)
-    T_EVAL=600; T_TRAIN=(900 900); T_WORKER=600
+    T_EVAL=600; T_TRAIN=(900 900); T_EAGER=900; T_WORKER=600
 else
     EVAL_SHAPE=smollm2-135m; TRAIN_SHAPES=(${SHAPES//,/ })
     # Ours: 256 slots over all 1,319 prompts; generate: the same batch over the first 256 prompts.
@@ -50,7 +50,7 @@ else
     # launches the fewest kernels). 2 untimed steps absorb compilation.
     TRAIN=(--batch-size 64 --micro-batch-size 32 --anchor-micro-batch-size 64 --max-length 512
         --warmup-steps 2 --train-steps 5)
-    T_EVAL=120; T_TRAIN=(170 150); T_WORKER=75
+    T_EVAL=150; T_TRAIN=(200 210); T_EAGER=100; T_WORKER=80
 fi
 
 # 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).
@@ -85,15 +85,20 @@ EOF
 cat "$OUT/machine.json"
 
 # 1. Evaluation.
-timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval \
+timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval --graph --keep-going \
     "${EVAL[@]}" --json-out "$OUT/eval.json" 2>&1 | tee "$OUT/eval.log" | grep -v '^{'
 
-# 2. Training: the first shape with both of our variants, the next compiled (eager only if that fails).
+# 2. Training: each shape with our compiled layers (eager stands in where compiling fails), then, as far as
+# time allows, the first shape again with ours eager (what compiling adds; the anchor's rerun shows the noise).
+train() {  # train NAME LIMIT SHAPE OURS...
+    local name=$1 limit=$2 shape=$3
+    shift 3
+    timeout "$limit" "$PY" bench/speed.py "${COMMON[@]}" --parts train --shapes "$shape" "${TRAIN[@]}" "$@" \
+        --keep-going --worker-timeout "$T_WORKER" --json-out "$OUT/train-$name.json" 2>&1 |
+        tee "$OUT/train-$name.log" | grep -v '^{'
+}
 for i in "${!TRAIN_SHAPES[@]}"; do
-    shape=${TRAIN_SHAPES[$i]}
-    if [ "$i" = 0 ]; then ours=(--ours compile,eager); else ours=(--ours compile --fallback eager); fi
-    timeout "${T_TRAIN[$i]}" "$PY" bench/speed.py "${COMMON[@]}" --parts train --shapes "$shape" "${TRAIN[@]}" \
-        "${ours[@]}" --keep-going --worker-timeout "$T_WORKER" --json-out "$OUT/train-$i-$shape.json" \
-        2>&1 | tee "$OUT/train-$i-$shape.log" | grep -v '^{'
+    train "$i-${TRAIN_SHAPES[$i]}" "${T_TRAIN[$i]}" "${TRAIN_SHAPES[$i]}" --ours compile --fallback eager
 done
+train "eager-${TRAIN_SHAPES[0]}" "$T_EAGER" "${TRAIN_SHAPES[0]}" --ours eager
 ls -l "$OUT"

@@ -161,6 +161,25 @@ def test_continuous_batching_gives_generates_tokens(kind, shared, draft, monkeyp
         assert max(len(r) for r in fed) > 1
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("shared", [0, 24, CASCADE_MIN_PREFIX + 10])
+def test_fixed_shape_steps_give_generates_tokens(kind, shared, monkeypatch):
+    """The steps a CUDA graph replays (every slot fed, idle ones too; each row's whole cache stretch read
+    under a mask), run eagerly here: the same tokens as generate, and every decoding step goes that way."""
+    model, tok = _model(kind), _Tok()
+    rows = _rows(11, shared=shared)
+    stops = _stops_at_various_steps(model, tok, rows, 48)
+    fed = _record_fed_runs(monkeypatch)
+    steps = []
+    fixed = SlotDecoder.fixed_step
+    monkeypatch.setattr(SlotDecoder, "fixed_step", lambda self, t: steps.append(len(t)) or fixed(self, t))
+    kw = dict(max_new_tokens=48, batch_size=4, stop_ids=stops)
+    graphed = dict(decode_rows(model, tok, rows, engine="fast", graph=True, **kw))
+    assert graphed == dict(decode_rows(model, tok, rows, engine="hf", **kw))
+    assert not [r for r in fed if len(r)], "extend only admits new rows; no step goes through it"
+    assert steps and min(steps) < 4 == max(steps), "steps with idle slots (the last rows) were taken too"
+
+
 def _record_fed_runs(monkeypatch) -> list[list[int]]:
     """The runs ``extend`` feeds to rows already decoding (not the prompts of new rows), call by call."""
     fed: list[list[int]] = []

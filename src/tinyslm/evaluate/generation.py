@@ -389,6 +389,7 @@ def decode_rows(
     batch_size: int = 16,
     stop_ids: list[int] | None = None,
     draft: int | None = None,
+    graph: bool = False,
 ) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode tokenized prompts; yields ``(row index, generated ids)`` in the order rows finish.
 
@@ -397,6 +398,8 @@ def decode_rows(
     dropped). ``engine="hf"``: fixed batches through ``model.generate``, the reference. Every path gives
     the same tokens; each row's ids end at (and include) its stop token. ``draft``: tokens guessed per
     row and step by prompt lookup on the slot decoder (default ``DRAFT_TOKENS``; 0 turns it off).
+    ``graph``: the slot decoder's steps have a fixed shape (:meth:`SlotDecoder.fixed_step`), replayed from
+    a CUDA graph on a GPU; guesses are then off (they would change the shape from step to step).
     """
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
@@ -422,7 +425,12 @@ def decode_rows(
     device = next(model.parameters()).device
     if engine == "fast" and unsupported_reason(model, max(len(r) for r in rows) + max_new_tokens) is None:
         dec = SlotDecoder(
-            model, slots=min(batch_size, len(rows)), capacity=capacity, device=device, prefix=rows[0][:shared]
+            model,
+            slots=min(batch_size, len(rows)),
+            capacity=capacity,
+            device=device,
+            prefix=rows[0][:shared],
+            graph=graph,
         )
         yield from _decode_continuous(
             dec,
@@ -431,7 +439,7 @@ def decode_rows(
             shared,
             max_new_tokens=max_new_tokens,
             stop_ids=stop_ids,
-            draft=DRAFT_TOKENS if draft is None else draft,
+            draft=0 if graph else DRAFT_TOKENS if draft is None else draft,
         )
     else:
         yield from _decode_batched(
@@ -457,6 +465,7 @@ def generate(
     add_special_tokens: bool = False,
     engine: str = "fast",
     draft: int | None = None,
+    graph: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, Generation]]:
     """Greedy-decode ``prompts``; yields ``(prompt index, Generation)`` as each one finishes.
@@ -474,6 +483,7 @@ def generate(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         draft=draft,
+        graph=graph,
     ):
         text, _ = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True))
         yield i, Generation(text=text, n_tokens=len(ids), prompt_tokens=len(enc[i]))
