@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GPU run: every figure of the README's GPU table, measured in one prepared run.
 #
-#   bench/gpu.sh                              # on the GPU machine (8-9 minutes on one H200)
+#   bench/gpu.sh                              # on the GPU machine (10-15 minutes on one H200)
 #   bench/gpu.sh --device cpu --shapes tiny   # dry run of the very same steps on a CPU (2-layer toy shapes)
 #
 # Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
@@ -45,12 +45,11 @@ else
     EVAL_SHAPE=smollm2-135m; TRAIN_SHAPES=(${SHAPES//,/ })
     # Ours: 256 slots over all 1,319 prompts; generate: the same batch over the first 256 prompts.
     EVAL=(--n 1319 --anchor-n 256 --eval-batch-size 256 --max-new-tokens 256)
-    # The protocol's batch of 64 rows. Ours sorts a step's rows by length into 2 micro-batches of 32; the
-    # anchor takes all 64 in one pass (its best: sorting does not apply within a step, and one pass
-    # launches the fewest kernels). 2 untimed steps absorb compilation.
-    TRAIN=(--batch-size 64 --micro-batch-size 32 --anchor-micro-batch-size 64 --max-length 512
-        --warmup-steps 2 --train-steps 5)
-    T_EVAL=150; T_TRAIN=(200 210); T_EAGER=100; T_WORKER=80
+    # The protocol's batch of 64 rows, all in one pass on both sides: on the H200 measured 2026-12-04 a step
+    # was bound by kernel launches, and ours at 2 x 32 rows made 90 samples/s against 249 at 1 x 64.
+    # 2 untimed steps absorb compilation; a worker that compiles LoRA/DoRA layers needs minutes there.
+    TRAIN=(--batch-size 64 --micro-batch-size 64 --max-length 512 --warmup-steps 2 --train-steps 5)
+    T_EVAL=150; T_TRAIN=(330 330); T_EAGER=150; T_WORKER=150
 fi
 
 # 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).

@@ -296,11 +296,46 @@ def compile_layers(model: Any) -> int:
     """
     from tinyslm.models.load import base_model
 
-    names = set(getattr(base_model(model), "_no_split_modules", None) or ())
+    base = base_model(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
+    if layers and not base.get_input_embeddings().weight.requires_grad:
+        # with a frozen base the first layer's input needs no gradient and every later one's does, and each
+        # case is a graph of its own (compiled twice, a minute or more for LoRA on a GPU); asking for the
+        # embeddings' output gradient (what transformers does for PEFT with checkpointing) makes one graph
+        base.enable_input_require_grads()
+    if any(type(m).__name__ == "DoraLinearLayer" for m in model.modules()):
+        trace_dora_weights()
     for layer in layers or [model]:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def trace_dora_weights() -> None:
+    """Let Dynamo trace peft's DoRA layers whole.
+
+    A DoRA layer fetches its base weight through peft's ``dequantize_module_weight``, whose test for torchao
+    weights (``type(w).__module__.startswith(...)``) Dynamo cannot trace: each DoRA projection then cuts the
+    compiled layer into pieces (20 graphs for 6 Llama layers instead of one, each compiled separately). For
+    a plain ``nn.Parameter`` weight that function returns the weight itself; this wraps it so that plain
+    weights take that answer directly, and anything else (quantized weights) still goes through peft's own.
+    Set once per process, in peft's DoRA module only.
+    """
+    import torch
+    from peft.tuners.lora import dora
+
+    original = dora.dequantize_module_weight
+    if getattr(original, "tinyslm_plain_first", False):
+        return
+
+    def plain_first(module: Any) -> Any:
+        weight = getattr(module, "weight", None)
+        if type(weight) is torch.nn.Parameter and not hasattr(module, "W_q"):
+            return weight
+        return original(module)
+
+    plain_first.tinyslm_plain_first = True  # type: ignore[attr-defined]
+    dora.dequantize_module_weight = plain_first
 
 
 def count_parameters(model: Any) -> dict[str, Any]:
