@@ -48,9 +48,9 @@ class StopCheck:
 
     Both stop points end in a character of ``"\\n:"`` (the answer line's newline, run-on ``Question:``'s
     colon), so a match first appears on the token that adds that character; any other token leaves the
-    answer as it was. Decoding a row's whole text after every token costs O(length) each time: at 256 slots
-    on a GPU that host work, not the model, was what bounded a decode step. Which tokens can end a stop
-    point is looked up once per token id.
+    answer as it was. Decoding a row's whole text after every token costs O(length) each time, for every
+    row of every step: host work that grows with the slot count (256 on a GPU) while a replayed GPU step
+    hardly does. Which tokens can end a stop point is looked up once per token id.
     """
 
     ENDS = "\n:"

@@ -269,7 +269,8 @@ def make_optimizer(model: Any, cfg: TrainConfig, device_type: str = "cpu") -> An
 
     On CUDA the fused kernel (one launch for all parameters instead of several per tensor: what HF Trainer's
     default ``adamw_torch_fused`` uses too); on CPU the default implementation, which the committed CPU
-    studies used. The parameters must already be on ``device``'s kind for that choice to hold.
+    studies used. ``device_type`` is where the loop runs: the parameters may still be on the CPU here
+    (accelerate moves them in place later), so it is passed rather than read off them.
     """
     import torch
 
