@@ -66,6 +66,12 @@ def test_eval_writes_predictions_and_results(tiny_model_dir, tmp_path, data_dir)
         ):
             assert key in r
         assert r["dtype"] == "float32" and r["versions"]["torch"]
+        assert r["cuda_graph"] is False and r["draft_tokens"] == 3  # the defaults, recorded
+
+
+def test_cuda_graph_is_ignored_on_a_cpu_and_recorded_so(tiny_model_dir, tmp_path, data_dir):
+    r = run_eval(_cfg(tiny_model_dir, tmp_path / "out", data_dir, cuda_graph=True))["gsm8k"]
+    assert r["cuda_graph"] is False and r["draft_tokens"] == 3  # the CPU decoded as it always does
 
 
 def test_rerun_resumes_after_a_kill(tiny_model_dir, tmp_path, data_dir):

@@ -95,6 +95,7 @@ EVAL_SECTION_FIELDS = (
     "max_new_tokens",
     "engine",
     "draft_tokens",
+    "cuda_graph",
 )  # from EvalConfig, as for train:
 
 EvalSection = create_model(
@@ -460,6 +461,7 @@ def eval_config(cfg: StudyConfig, cell: Cell, out: Path, progress: bool = True) 
         device=cfg.hardware.device,
         engine=cfg.eval.engine,
         draft_tokens=cfg.eval.draft_tokens,
+        cuda_graph=cfg.eval.cuda_graph,
         progress=progress,
     )
     if not cell.trained:
