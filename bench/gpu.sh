@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Issue 17's GPU run: every figure of the README's GPU table, measured in one prepared run.
 #
-#   bench/gpu.sh                              # on the GPU machine (10-15 minutes on one H200)
-#   bench/gpu.sh --device cpu --shapes tiny   # dry run of the very same steps on a CPU (2-layer toy shapes)
+#   bench/gpu.sh --stages machine,eval,train0   # on the GPU machine: first call (about 6 minutes on one H200)
+#   bench/gpu.sh --stages train1                # second call (about 5 minutes): a run call lasts 10 at most
+#   bench/gpu.sh --device cpu --shapes tiny     # dry run of every stage on a CPU (2-layer toy shapes)
+#
+# Stages (default: all): machine, eval, train0 (first shape), train1 (second shape), eager (the first shape
+# again with ours eager: what compiling adds). Estimates from the 2026-12-04 H200 run: an anchor worker about
+# 20 s, a compiling one 60-90 s, the evaluation stage about 100 s.
 #
 # Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
 # neither the offline alias nor the data directory). Writes under $OUT (default runs/gpu-bench):
@@ -18,13 +23,22 @@ cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 SHAPES=smollm2-135m,qwen2.5-0.5b
+STAGES=machine,eval,train0,train1,eager
 while [ $# -gt 0 ]; do
     case "$1" in
     --device) DEVICE=$2; shift 2 ;;
     --shapes) SHAPES=$2; shift 2 ;;
-    *) echo "usage: bench/gpu.sh [--device cuda|cpu] [--shapes tiny|smollm2-135m,qwen2.5-0.5b]" >&2; exit 2 ;;
+    --stages) STAGES=$2; shift 2 ;;
+    *) echo "usage: bench/gpu.sh [--device cuda|cpu] [--shapes tiny|smollm2-135m,qwen2.5-0.5b]" \
+        "[--stages machine,eval,train0,train1,eager]" >&2; exit 2 ;;
     esac
 done
+for stage in ${STAGES//,/ }; do
+    case "$stage" in machine | eval | train0 | train1 | eager) ;; *)
+        echo "bench/gpu.sh: unknown stage $stage (machine, eval, train0, train1, eager)" >&2; exit 2 ;;
+    esac
+done
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu-bench}
 ASSETS=${ASSETS:-runs/bench-assets}
@@ -53,7 +67,7 @@ else
 fi
 
 # 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).
-timeout 60 "$PY" - "$DEVICE" >"$OUT/machine.json" <<'EOF'
+want machine && timeout 60 "$PY" - "$DEVICE" >"$OUT/machine.json" <<'EOF'
 import json, subprocess, sys, time
 import torch, transformers, peft, accelerate
 dev = sys.argv[1]
@@ -81,10 +95,10 @@ if dev == "cuda":
     info["copy_tb_per_s"] = round(5 * 2 * x.numel() * 4 / (time.perf_counter() - t) / 1e12, 2)
 print(json.dumps(info))
 EOF
-cat "$OUT/machine.json"
+want machine && cat "$OUT/machine.json"
 
 # 1. Evaluation.
-timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval --graph --keep-going \
+want eval && timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval --graph --keep-going \
     "${EVAL[@]}" --json-out "$OUT/eval.json" 2>&1 | tee "$OUT/eval.log" | grep -v '^{'
 
 # 2. Training: each shape with our compiled layers (eager stands in where compiling fails), then, as far as
@@ -97,7 +111,8 @@ train() {  # train NAME LIMIT SHAPE OURS...
         tee "$OUT/train-$name.log" | grep -v '^{'
 }
 for i in "${!TRAIN_SHAPES[@]}"; do
-    train "$i-${TRAIN_SHAPES[$i]}" "${T_TRAIN[$i]}" "${TRAIN_SHAPES[$i]}" --ours compile --fallback eager
+    want "train$i" && train "$i-${TRAIN_SHAPES[$i]}" "${T_TRAIN[$i]}" "${TRAIN_SHAPES[$i]}" --ours compile --fallback eager
 done
-train "eager-${TRAIN_SHAPES[0]}" "$T_EAGER" "${TRAIN_SHAPES[0]}" --ours eager
+want eager && train "eager-${TRAIN_SHAPES[0]}" "$T_EAGER" "${TRAIN_SHAPES[0]}" --ours eager
 ls -l "$OUT"
+exit 0  # each stage's figures are in its files; a stage cut short says so in its log
