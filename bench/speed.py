@@ -357,16 +357,17 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
         if llama is not None:
             res["llama"] = llama
         rate = {engine: n / wall for engine, (_, wall, n) in res.items()}
+        agree = {engine: agreement(gen, res["hf"][0]) for engine, (gen, _, _) in res.items()}
         names = (("hf", "HF generate"), ("fast", "ours"), ("graph", "ours graph"), ("llama", "llama.cpp"))
         for engine, name in names:
             if engine not in res:
                 continue
             gen, wall, n = res[engine]
-            agree = agreement(gen, res["hf"][0])
+            same = agree[engine]
             same_col = (
                 "True"
-                if gen[: len(anchor_rows)] == res["hf"][0]
-                else f"{agree['identical_rows']}/{agree['rows']} rows"
+                if same["identical_rows"] == same["rows"]
+                else f"{same['identical_rows']}/{same['rows']} rows"
             )
             print(
                 f"{label:<36} {name:<11} {len(gen):7d} {wall:8.1f} {n:8d} {rate[engine]:8.1f} "
@@ -378,14 +379,13 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             if engine not in res:
                 summary[shape][f"{key}_failed"] = True
                 continue
-            agree = agreement(res[engine][0], res["hf"][0])
             summary[shape].update(
                 {
                     f"{key}_eval_tokens_per_s": round(rate[engine], 2),
                     f"{key}_eval_wall_s": round(res[engine][1], 2),
                     f"{key}_eval_speedup_vs_hf_generate": round(rate[engine] / rate["hf"], 3),
-                    f"{key}_identical_tokens": agree["identical_rows"] == agree["rows"],
-                    f"{key}_agreement_with_hf_generate": agree,
+                    f"{key}_identical_tokens": agree[engine]["identical_rows"] == agree[engine]["rows"],
+                    f"{key}_agreement_with_hf_generate": agree[engine],
                 }
             )
         if "fast" in res:  # the names the CPU table and the README have always used
@@ -397,7 +397,7 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
                     "llama_cpp_f32_tokens_per_s": round(rate["llama"], 2),
                     "ours_speedup_vs_llama_cpp_f32": round(rate["fast"] / rate["llama"], 3),
                     "llama_cpp_f32_identical_tokens": llama[0] == res["hf"][0],
-                    "llama_cpp_f32_identical_rows": agreement(llama[0], res["hf"][0])["identical_rows"],
+                    "llama_cpp_f32_identical_rows": agree["llama"]["identical_rows"],
                 }
             )
         del model
