@@ -42,11 +42,11 @@ want() { [[ ",$STAGES," == *",$1,"* ]]; }
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu-bench}
 ASSETS=${ASSETS:-runs/bench-assets}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 for need in "$ASSETS/tokenizer" "$ASSETS/data/gsm8k"; do
     [ -e "$need" ] || { echo "bench/gpu.sh: $need is missing (see docs/speed.md)" >&2; exit 2; }
 done
+mkdir -p "$OUT"  # only once the input is known good: a refused run leaves nothing behind
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 COMMON=(--device "$DEVICE" --tokenizer "$ASSETS/tokenizer" --data-dir "$ASSETS/data")
 
 if [ "$SHAPES" = tiny ]; then  # the dry run: same stages and flags, toy sizes
