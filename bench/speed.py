@@ -376,6 +376,8 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
         summary[shape] = {"model": label, "n_prompts": len(rows), "hf_generate_prompts": len(anchor_rows)}
         summary[shape]["hf_generate_tokens_per_s"] = round(rate["hf"], 2)
         for engine, key in (("fast", "ours"), ("graph", "ours_graph")):
+            if engine not in {e for e, _ in engines}:  # not asked for
+                continue
             if engine not in res:
                 summary[shape][f"{key}_failed"] = True
                 continue
@@ -395,7 +397,11 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             summary[shape].update(
                 {
                     "llama_cpp_f32_tokens_per_s": round(rate["llama"], 2),
-                    "ours_speedup_vs_llama_cpp_f32": round(rate["fast"] / rate["llama"], 3),
+                    **(
+                        {"ours_speedup_vs_llama_cpp_f32": round(rate["fast"] / rate["llama"], 3)}
+                        if "fast" in rate
+                        else {}
+                    ),
                     "llama_cpp_f32_identical_tokens": llama[0] == res["hf"][0],
                     "llama_cpp_f32_identical_rows": agree["llama"]["identical_rows"],
                 }

@@ -63,3 +63,17 @@ def test_the_gpu_script_refuses_an_unknown_stage_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "bench/gpu.sh: unknown stage warp (machine, eval, train0, train1, eager)"
     ]
+
+
+def test_the_evaluation_figures_name_only_the_engines_that_ran(tmp_path, data_dir, real_tokenizer):
+    """Without ``--graph`` the JSON has no ``ours_graph`` keys at all (it once said the row had failed)."""
+    real_tokenizer.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "bench/speed.py", "--parts", "eval", "--shapes", "tiny", "--n", "3"]
+    cmd += ["--eval-batch-size", "2", "--max-new-tokens", "4", "--tokenizer", str(tmp_path / "tok")]
+    cmd += ["--data-dir", str(data_dir), "--json-out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tiny = json.loads(out.read_text())["cases"]["eval"]["tiny"]
+    assert tiny["ours_eval_tokens_per_s"] > 0 and tiny["ours_identical_tokens"] is True
+    assert not [key for key in tiny if key.startswith("ours_graph")]
