@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_study_config
 
 from tinyslm.cli import main
 from tinyslm.core.errors import UserError
@@ -33,37 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _write(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def _tiny_study(model: Path, data_dir: Path, **over) -> dict:
-    cfg = {
-        "name": "tiny",
-        "data_dir": str(data_dir),
-        "models": [str(model)],
-        "methods": ["zero-shot", "few-shot", "full", "lora", "dora"],
-        "seeds": [7],
-        "train": {
-            "dataset": "gsm8k-train",
-            "limit": 4,
-            "batch_size": 4,
-            "micro_batch_size": 2,
-            "max_length": 256,
-            "max_steps": 1,
-            "merge": True,
-        },
-        "eval": {
-            "benchmarks": ["gsm8k", "svamp"],
-            "limit": 2,
-            "shots": 1,
-            "batch_size": 2,
-            "max_new_tokens": 4,
-        },
-        "hardware": {"device": "cpu"},
-        "report": {"enabled": False},
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-    return cfg
 
 
 def _cell(root: Path, cid: str) -> dict:
@@ -173,7 +143,7 @@ def test_train_argv_round_trips_through_the_cli(tmp_path):
 
 
 def test_dry_run_and_print_commands(tmp_path, capsys, tiny_model_dir, data_dir):
-    cfg = _write(tmp_path / "s.yaml", _tiny_study(tiny_model_dir, data_dir))
+    cfg = _write(tmp_path / "s.yaml", tiny_study_config(tiny_model_dir, data_dir))
     assert main(["run", str(cfg), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "5 cells" in out and out.count("pending") == 5
@@ -188,7 +158,7 @@ def test_dry_run_and_print_commands(tmp_path, capsys, tiny_model_dir, data_dir):
 
 
 def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir):
-    cfg = _write(tmp_path / "s.yaml", _tiny_study(tiny_model_dir, data_dir))
+    cfg = _write(tmp_path / "s.yaml", tiny_study_config(tiny_model_dir, data_dir))
     root = tmp_path / "out"
     res = study_runner.run_study(cfg, str(root), progress=False, report=False)
     name = tiny_model_dir.name
@@ -217,7 +187,9 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
         for p in root.rglob("*")
         if p.is_file() and p.name not in ("study.json", LOCK_FILE)
     }
-    with_report = _write(tmp_path / "r.yaml", _tiny_study(tiny_model_dir, data_dir, report={"enabled": True}))
+    with_report = _write(
+        tmp_path / "r.yaml", tiny_study_config(tiny_model_dir, data_dir, report={"enabled": True})
+    )
     res2 = study_runner.run_study(with_report, str(root), progress=False)
     assert all(r["skipped"] for r in res2["cells"].values())
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
@@ -229,7 +201,7 @@ def test_grid_runs_every_cell_then_skips_them(tmp_path, tiny_model_dir, data_dir
 
     # A changed setting is refused for the cells it touches, never mixed with the old results.
     changed = _write(
-        tmp_path / "s2.yaml", _tiny_study(tiny_model_dir, data_dir, train={"limit": 8, "max_steps": 2})
+        tmp_path / "s2.yaml", tiny_study_config(tiny_model_dir, data_dir, train={"limit": 8, "max_steps": 2})
     )
     res3 = study_runner.run_study(changed, str(root), progress=False, report=False)
     lora_rec = res3["cells"][f"{name}/lora/seed7"]
@@ -248,7 +220,7 @@ def test_failing_cells_are_recorded_and_the_grid_goes_on(
     cfg = _write(
         tmp_path / "s.yaml",
         {
-            **_tiny_study(tiny_model_dir, data_dir),
+            **tiny_study_config(tiny_model_dir, data_dir),
             "models": [str(missing), str(tiny_model_dir)],
             "methods": ["zero-shot", "lora"],
         },
@@ -277,7 +249,9 @@ def test_killed_cell_resumes_where_it_stopped(tmp_path, tiny_model_dir, data_dir
     """A SIGKILL after the first of two steps (checkpointed): the rerun continues from that checkpoint."""
     cfg = _write(
         tmp_path / "s.yaml",
-        _tiny_study(tiny_model_dir, data_dir, methods=["lora"], train={"max_steps": 2, "save_every": 1}),
+        tiny_study_config(
+            tiny_model_dir, data_dir, methods=["lora"], train={"max_steps": 2, "save_every": 1}
+        ),
     )
     root = tmp_path / "out"
     cmd = [str(BIN / "tiny-slm"), "run", str(cfg), "--output", str(root), "--no-progress"]
@@ -296,7 +270,7 @@ def test_killed_cell_resumes_where_it_stopped(tmp_path, tiny_model_dir, data_dir
 
 
 def test_single_cell_and_unknown_cell(tmp_path, tiny_model_dir, data_dir, capsys):
-    cfg = _write(tmp_path / "s.yaml", _tiny_study(tiny_model_dir, data_dir))
+    cfg = _write(tmp_path / "s.yaml", tiny_study_config(tiny_model_dir, data_dir))
     root = tmp_path / "out"
     cid = f"{tiny_model_dir.name}/zero-shot/seed7"
     assert main(["run", str(cfg), "--output", str(root), "--cell", cid, "--no-progress"]) == 0
@@ -307,7 +281,9 @@ def test_single_cell_and_unknown_cell(tmp_path, tiny_model_dir, data_dir, capsys
 
 
 def test_bad_benchmark_fails_before_any_cell(tmp_path, tiny_model_dir, data_dir, capsys):
-    cfg = _write(tmp_path / "s.yaml", _tiny_study(tiny_model_dir, data_dir, eval={"benchmarks": ["gsm9k"]}))
+    cfg = _write(
+        tmp_path / "s.yaml", tiny_study_config(tiny_model_dir, data_dir, eval={"benchmarks": ["gsm9k"]})
+    )
     assert main(["run", str(cfg), "--output", str(tmp_path / "out")]) == 2
     assert "gsm9k" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -316,7 +292,7 @@ def test_bad_benchmark_fails_before_any_cell(tmp_path, tiny_model_dir, data_dir,
 def test_diagnostics_run_on_trained_cells_when_asked(tmp_path, tiny_model_dir, data_dir):
     cfg = _write(
         tmp_path / "s.yaml",
-        _tiny_study(
+        tiny_study_config(
             tiny_model_dir,
             data_dir,
             methods=["zero-shot", "lora"],

@@ -12,4 +12,8 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
     for b in BENCHMARKS.values():
         hub = b.hub.path if b.hub else "-"
         print(f"{b.name:<10} {b.answer_style:<7} {b.local_file or '-':<20} {hub:<40} {b.description}")
+    print(
+        "\nor a test set of your own: --benchmark PATH.jsonl (one JSON object per line with question and "
+        "answer;\nPATH.jsonl:math or :number chooses the answer style, else LaTeX answers mean math)"
+    )
     return 0

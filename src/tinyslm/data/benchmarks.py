@@ -8,6 +8,8 @@ same for all of them. An entry names
 * its answer style (``number`` or ``math``), which picks the prompt wording and the scorer,
 * where its few-shot exemplars come from (a training pool, never the evaluated set).
 
+A user's own test set is a benchmark too: ``--benchmark path/to/test.jsonl`` (see :func:`file_benchmark`).
+
 Data directory: ``--data-dir`` else ``$TINYSLM_DATA_DIR``; with neither, rows load from the Hub by id.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.core.errors import UserError
+from tinyslm.scoring.extract import last_boxed
 from tinyslm.scoring.gold import gold_from_gsm8k_answer, gold_from_math_solution
 
 DATA_DIR_ENV = "TINYSLM_DATA_DIR"
@@ -62,6 +65,8 @@ class Benchmark:
     parse_hub: Callable[[list[dict]], list[Example]] | None
     fewshot_pool: str  # a key of FEWSHOT_POOLS, or "self" (exemplars taken from the set, then excluded)
     n_expected: dict[str, int] = field(default_factory=dict)  # documented sizes, by source
+    # a user's file (file_benchmark): what --benchmark must say to name it again (absolute path, style)
+    spec: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,6 +267,115 @@ def _hub_orcamath(rows: list[dict]) -> list[Example]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# A user's own test set: --benchmark path/to/test.jsonl
+
+
+FILE_STYLES = ("number", "math")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _file_gold(answer: str) -> tuple[str, str | None]:
+    """(gold, worked solution) from a file record's ``answer``: a worked solution ending in ``#### N``
+    (GSM8K's form) or holding a ``\\boxed{}`` (MATH's) gives its marked answer and is kept as the solution;
+    anything else is the gold answer itself."""
+    if "####" in answer:
+        return gold_from_gsm8k_answer(answer), clean_gsm8k_solution(answer)
+    if "\\boxed" in answer or "\\fbox" in answer:
+        return last_boxed(answer) or "", answer.strip()
+    return answer.strip(), None
+
+
+def parse_user_file(path: Path) -> list[Example]:
+    """The problems of a user's JSONL test set. Each line: ``question`` and ``answer`` (a number, the answer
+    as text, or a worked solution with ``#### N`` or ``\\boxed{}``); optional ``id`` (default: the record's
+    number from 0) and ``solution`` (a worked solution, for few-shot exemplars). Ids must be unique: the
+    predictions of a resumed run are matched to problems by id."""
+    out: list[Example] = []
+    first: dict[str, int] = {}
+    for lineno, r in read_jsonl_records(path, ("question", "answer")):
+        where = f"{path}:{lineno}"
+        question = record_text(r, "question", where).strip()
+        gold, solution = _file_gold(record_answer(r, "answer", where))
+        if not gold:
+            raise UserError(f"{where}: field 'answer' has an empty \\boxed{{}}")
+        if r.get("solution") is not None:
+            solution = record_text(r, "solution", where).strip()
+        rid = r.get("id", len(out))
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
+            raise UserError(f"{where}: field 'id' must be a non-empty string or an integer, got {_kind(rid)}")
+        if str(rid) in first:
+            raise UserError(f"{where}: duplicate id {rid!r} (first on line {first[str(rid)]})")
+        first[str(rid)] = lineno
+        out.append(Example(id=str(rid), question=question, reference=gold, solution=solution))
+    return out
+
+
+def file_style(examples: list[Example]) -> str:
+    """``math`` when any gold answer is LaTeX (it holds a backslash: ``\\frac{1}{2}``, ``\\sqrt{2}``), else
+    ``number``. The style picks the prompt (``#### <number>`` or ``\\boxed{}``) and the scorer; number style
+    still compares a gold that is not a number (``Yes``, ``3:30 p.m.``) as text."""
+    return "math" if any("\\" in e.reference for e in examples) else "number"
+
+
+def _split_style(spec: str) -> tuple[str, str | None]:
+    """``PATH.jsonl:math`` -> (``PATH.jsonl``, ``math``); anything else -> (spec, None)."""
+    head, sep, tail = spec.rpartition(":")
+    return (head, tail) if sep and head.endswith(".jsonl") else (spec, None)
+
+
+def benchmark_name(spec: str) -> str:
+    """The name (and output directory) a ``--benchmark`` value's results are filed under, without reading
+    anything: a registered benchmark's own name, a JSONL file's stem. The report uses it to match what a
+    study declared with what it finds on disk."""
+    path_part = _split_style(spec)[0]
+    return Path(path_part).name[: -len(".jsonl")] if path_part.endswith(".jsonl") else spec
+
+
+def file_benchmark(spec: str) -> Benchmark | None:
+    """The benchmark a ``--benchmark`` value names when it is a JSONL file (``PATH.jsonl``, or
+    ``PATH.jsonl:math`` / ``:number`` to choose the answer style instead of :func:`file_style`); ``None``
+    when it names none. Its name, the output directory's, is the file's stem. Number-style sets draw
+    few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the file also holds);
+    math-style ones from the file's own records that have a worked solution, which are then not scored."""
+    path_part, style = _split_style(spec)
+    if style is not None and style not in FILE_STYLES:
+        raise UserError(
+            f"{spec}: unknown answer style '{style}' (after the file: {' or '.join(FILE_STYLES)})"
+        )
+    if not path_part.endswith(".jsonl"):
+        return None
+    path = Path(path_part).expanduser()
+    if not path.is_file():
+        raise UserError(f"benchmark file not found: {path_part}")
+    path = path.resolve()
+    name = benchmark_name(path_part)
+    if not _FILE_NAME.fullmatch(name):
+        raise UserError(
+            f"{path_part}: a benchmark file's name (here {name!r}) names its output directory: use letters, "
+            "digits, '.', '_' or '-'"
+        )
+    if name in BENCHMARKS:
+        raise UserError(
+            f"{path_part}: '{name}' is a registered benchmark (its offline copy is read from --data-dir); "
+            "rename your file so their results cannot be mixed up"
+        )
+    examples = parse_user_file(path)
+    style = style or file_style(examples)
+    return Benchmark(
+        name,
+        f"your file {path}",
+        style,
+        str(path),
+        None,
+        lambda _path: examples,
+        None,
+        "gsm8k-train" if style == "number" else "self",
+        {"offline": len(examples)},
+        spec=f"{path}:{style}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
 # The registry.
 
 MATH_SUBJECTS = (
@@ -371,10 +485,15 @@ FEWSHOT_POOLS: dict[
 
 
 def get_benchmark(name: str) -> Benchmark:
-    try:
+    """A registered benchmark by name, or a user's JSONL file (:func:`file_benchmark`)."""
+    if name in BENCHMARKS:
         return BENCHMARKS[name]
-    except KeyError:
-        raise UserError(f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)})") from None
+    bench = file_benchmark(name)
+    if bench is None:
+        raise UserError(
+            f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)}; or a .jsonl file of your own)"
+        )
+    return bench
 
 
 def parse_benchmark_list(spec: str) -> list[Benchmark]:
@@ -426,7 +545,9 @@ class LoadedBenchmark:
 
 
 def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
-    """All rows of a benchmark, from the data dir when given, else from the Hub."""
+    """All rows of a benchmark, from the data dir when given, else from the Hub; a user's file from itself."""
+    if bench.spec is not None and bench.local_file is not None and bench.parse_local is not None:
+        return LoadedBenchmark(bench, bench.parse_local(Path(bench.local_file)), bench.local_file)
     if data_dir is not None:
         if bench.local_file is None or bench.parse_local is None:
             raise UserError(
@@ -476,7 +597,10 @@ def plan_fewshot(loaded: LoadedBenchmark, shots: int, seed: int, data_dir: Path 
     if bench.fewshot_pool == "self":
         candidates = [e for e in examples if e.solution]
         if len(candidates) <= shots:
-            raise UserError(f"{bench.name}: too few problems to draw {shots} exemplars from")
+            raise UserError(
+                f"{bench.name}: {len(candidates)} problem(s) with a worked solution to draw exemplars from; "
+                f"--shots {shots} needs more"
+            )
         chosen = rng.sample(candidates, shots)
         ids = {e.id for e in chosen}
         return FewShotPlan(

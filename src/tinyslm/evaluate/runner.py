@@ -67,7 +67,8 @@ class EvalConfig:
         cli_default=DEFAULT_MODEL,
     )
     benchmarks: str = setting(
-        help="comma-separated benchmarks (see `tiny-slm benchmarks`; default: %(default)s)",
+        help="comma-separated benchmarks (see `tiny-slm benchmarks`), or a .jsonl test set of your own "
+        "(question, answer per line; PATH.jsonl:math for LaTeX answers; default: %(default)s)",
         flag=("--benchmark", "--benchmarks"),
         cli_default="gsm8k",
     )
@@ -398,6 +399,8 @@ def evaluate_benchmark(plan: BenchmarkPlan, model, tokenizer, cfg: EvalConfig, m
             "seed": cfg.seed,
             "limit": cfg.limit,
             "source": plan.loaded.source,
+            "answer_style": bench.answer_style,
+            **({"benchmark_spec": bench.spec} if bench.spec else {}),
             "fewshot_source": plan.fewshot.source,
             "exemplar_ids": [e.id for e in plan.fewshot.exemplars],
             "excluded_from_scoring": plan.fewshot.excluded_ids,

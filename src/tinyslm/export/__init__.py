@@ -197,7 +197,8 @@ def float_eval_settings(run_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"{run_dir}/eval: benchmarks were evaluated with different settings; score the files with tiny-slm-eval"
         )
-    return {**first, "benchmarks": ",".join(str(r["benchmark"]) for r in res)}
+    # a user's own test set is named again by its file (benchmark_spec), a registered one by its name
+    return {**first, "benchmarks": ",".join(str(r.get("benchmark_spec") or r["benchmark"]) for r in res)}
 
 
 def score_files(

@@ -32,6 +32,7 @@ from typing import Any
 from tinyslm.config.methods import TRAINED_METHODS
 from tinyslm.core.errors import UserError
 from tinyslm.core.files import predictions_file, read_json_object, read_jsonl
+from tinyslm.data.benchmarks import benchmark_name
 from tinyslm.results.schema import CellRecord, EvalResult, RunRecord, Status
 
 ZERO_SHOT = "zero-shot"
@@ -321,7 +322,7 @@ def read_study_cell(d: Path, warnings: list[str]) -> Cell:
         status=str(meta.get("status") or Status.UNKNOWN),
         reason=meta.get("reason"),
         model_ref=meta.get("model_ref"),
-        declared_benchmarks=[str(b) for b in meta.get("benchmarks") or []],
+        declared_benchmarks=[benchmark_name(str(b)) for b in meta.get("benchmarks") or []],
         wall_s=meta.get("wall_s"),
         cell_id=_str_or_none(meta.get("id")),
         kind=_str_or_none(meta.get("kind")),
@@ -359,7 +360,7 @@ def read_train_dir(d: Path, warnings: list[str]) -> Cell:
         status=str(run.get("status") or Status.UNKNOWN),
         reason=run.get("reason"),
         model_ref=run.get("model_ref"),
-        declared_benchmarks=[b for b in str(cfg.get("eval") or "").split(",") if b],
+        declared_benchmarks=[benchmark_name(b) for b in str(cfg.get("eval") or "").split(",") if b],
         wall_s=run.get("runtime_s"),
     )
     _fill_trained(cell, warnings)

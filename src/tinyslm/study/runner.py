@@ -219,7 +219,10 @@ def _copy_eval(src: Path, out: Path, benchmarks: list[str]) -> bool:
     rec = read_cell(src)
     if rec is None or rec.get("status") != Status.FINISHED:
         return False
-    names = [b for b in benchmarks if (src / "eval" / b / "results.json").is_file()]
+    from tinyslm.data.benchmarks import benchmark_name
+
+    names = [benchmark_name(b) for b in benchmarks]  # a user's file: its output directory's name
+    names = [b for b in names if (src / "eval" / b / "results.json").is_file()]
     if len(names) != len(benchmarks):
         return False
     for b in names:

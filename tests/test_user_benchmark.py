@@ -1,0 +1,201 @@
+"""A test set of the user's own (``--benchmark path/to/test.jsonl``) is evaluated, resumed, reported,
+rescored and exported like a registered benchmark, and every bad file is one line naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tiny_study_config
+
+from tinyslm.cli import eval_main
+from tinyslm.core.errors import UserError
+from tinyslm.data.benchmarks import (
+    benchmark_name,
+    get_benchmark,
+    load_examples,
+    parse_benchmark_list,
+    plan_fewshot,
+)
+from tinyslm.evaluate.runner import EvalConfig, rescore_file, run_eval
+from tinyslm.export import float_eval_settings
+
+NUMBER_ROWS = [
+    {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": 7},
+    {
+        "id": "eggs",
+        "question": "A box holds 12 eggs. How many in 3 boxes?",
+        "answer": "3*12=<<3*12=36>>36\n#### 36",
+    },
+    {"question": "Is 7 odd?", "answer": "Yes"},
+]
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_a_number_file_reads_as_gsm8k_does(tmp_path):
+    f = _write(tmp_path / "my-set.jsonl", NUMBER_ROWS)
+    bench = get_benchmark(str(f))
+    assert (bench.name, bench.answer_style, bench.fewshot_pool) == ("my-set", "number", "gsm8k-train")
+    assert bench.spec == f"{f.resolve()}:number"
+    loaded = load_examples(bench, None)  # a user's file needs no data directory
+    assert loaded.source == str(f.resolve())
+    ex = loaded.examples
+    assert [e.id for e in ex] == ["0", "eggs", "2"]  # a missing id is the record's number
+    assert [e.reference for e in ex] == ["7", "36", "Yes"]
+    assert ex[1].solution == "3*12=36\n#### 36"  # a worked answer: calculator annotations removed, kept
+    assert ex[0].solution is None
+    assert get_benchmark(bench.spec).spec == bench.spec  # what results.json records names it again
+    # the name results are filed under, known without reading the file (the report matches on it)
+    assert benchmark_name(str(f)) == benchmark_name(bench.spec) == "my-set"
+    assert benchmark_name("gsm8k") == "gsm8k"
+
+
+def test_latex_answers_make_a_math_file_and_the_style_can_be_chosen(tmp_path):
+    rows = [
+        {"question": "Simplify 2/4.", "answer": "\\frac{1}{2}"},
+        {"question": "Solve x+1=3.", "answer": "So $x = \\boxed{2}$."},
+        {"question": "What is 5+5?", "answer": 10, "solution": "5+5 = \\boxed{10}"},
+    ]
+    f = _write(tmp_path / "alg.jsonl", rows)
+    bench = get_benchmark(str(f))
+    assert (bench.answer_style, bench.fewshot_pool) == ("math", "self")
+    ex = load_examples(bench, None).examples
+    assert [e.reference for e in ex] == ["\\frac{1}{2}", "2", "10"]
+    assert [e.solution for e in ex] == [None, "So $x = \\boxed{2}$.", "5+5 = \\boxed{10}"]
+    plan = plan_fewshot(load_examples(bench, None), 1, 1234, None)
+    assert len(plan.exemplars) == 1 and plan.excluded_ids == [plan.exemplars[0].id]  # not scored
+    assert get_benchmark(f"{f}:number").answer_style == "number"
+    assert get_benchmark(f"{_write(tmp_path / 'n.jsonl', NUMBER_ROWS)}:math").answer_style == "math"
+
+
+@pytest.mark.parametrize(
+    "name, lines, message",
+    [
+        (
+            "dup.jsonl",
+            ['{"question": "a", "answer": 1, "id": 1}', '{"question": "b", "answer": 2, "id": "1"}'],
+            "dup.jsonl:2: duplicate id '1' (first on line 1)",
+        ),
+        ("bad.jsonl", ['{"question": "a", "answer": 1}', "{not json"], "bad.jsonl:2: malformed JSON record"),
+        ("noans.jsonl", ['{"question": "a"}'], "noans.jsonl:1: record lacks field(s) answer"),
+        ("nullq.jsonl", ['{"question": null, "answer": 1}'], "field 'question' must be a non-empty string"),
+        (
+            "box.jsonl",
+            ['{"question": "a", "answer": "so \\\\boxed{}"}'],
+            "box.jsonl:1: field 'answer' has an empty",
+        ),
+        (
+            "boolid.jsonl",
+            ['{"question": "a", "answer": 1, "id": true}'],
+            "field 'id' must be a non-empty string",
+        ),
+        ("empty.jsonl", [""], "empty.jsonl: no records"),
+        ("gsm8k.jsonl", ['{"question": "a", "answer": 1}'], "'gsm8k' is a registered benchmark"),
+        ("my set.jsonl", ['{"question": "a", "answer": 1}'], "use letters, digits"),
+    ],
+)
+def test_a_bad_file_is_one_error_naming_it(tmp_path, name, lines, message):
+    f = tmp_path / name
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        parse_benchmark_list(f"gsm8k,{f}")
+    assert message in str(e.value)
+
+
+def test_a_missing_file_or_style_is_named(tmp_path):
+    with pytest.raises(UserError, match="benchmark file not found: .*nope.jsonl"):
+        get_benchmark(str(tmp_path / "nope.jsonl"))
+    f = _write(tmp_path / "ok.jsonl", NUMBER_ROWS)
+    with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the file: number or math\\)"):
+        get_benchmark(f"{f}:latex")
+    with pytest.raises(UserError, match="too|needs more"):
+        plan_fewshot(load_examples(get_benchmark(f"{f}:math"), None), 1, 1, None)  # no worked solutions
+
+
+def test_the_command_line_refuses_a_bad_file_in_one_line(tmp_path, capsys):
+    f = tmp_path / "dup.jsonl"
+    f.write_text('{"question": "a", "answer": 1, "id": 1}\n{"question": "b", "answer": 2, "id": 1}\n')
+    assert eval_main(["--benchmark", str(f), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tiny-slm-eval: error: {f}:2: duplicate id 1 (first on line 1)"]
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_file_benchmark_is_evaluated_resumed_rescored_and_exported(tiny_model_dir, tmp_path, data_dir):
+    f = _write(tmp_path / "my-set.jsonl", NUMBER_ROWS)
+    out = tmp_path / "out"
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        benchmarks=f"gsm8k,{f}",
+        output=str(out),
+        limit=3,
+        shots=1,  # number style: the exemplar comes from GSM8K train, as for GSM8K
+        batch_size=2,
+        max_new_tokens=4,
+        data_dir=str(data_dir),
+        progress=False,
+    )
+    res = run_eval(cfg)
+    r = json.loads((out / "my-set" / "results.json").read_text())
+    assert r == res["my-set"] and r["n"] == 3
+    assert r["answer_style"] == "number" and r["benchmark_spec"] == f"{f.resolve()}:number"
+    assert r["source"] == str(f.resolve()) and r["fewshot_source"] == "gsm8k-train"
+    assert r["provenance"]["data"]["benchmark"]["path"] == str(f.resolve())
+    preds = [json.loads(x) for x in (out / "my-set" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in preds) == ["0", "2", "eggs"]
+    assert {p["id"]: p["reference"] for p in preds} == {"0": "7", "eggs": "36", "2": "Yes"}
+    assert "gsm8k" in res and "benchmark_spec" not in res["gsm8k"]  # a registered one is named by name
+
+    # rerun: finished, kept as it is
+    before = (out / "my-set" / "predictions.jsonl").read_bytes()
+    assert run_eval(cfg)["my-set"] == r
+    assert (out / "my-set" / "predictions.jsonl").read_bytes() == before
+
+    # an edited file is other data: refused, never mixed with the predictions made on the old one
+    edited = [dict(NUMBER_ROWS[0], answer=8), *NUMBER_ROWS[1:]]
+    _write(f, edited)
+    with pytest.raises(UserError, match="my-set"):
+        run_eval(cfg)
+    assert (out / "my-set" / "predictions.jsonl").read_bytes() == before
+    _write(f, NUMBER_ROWS)
+
+    # rescored by `tiny-slm score --benchmark FILE`: the same verdicts
+    summary = rescore_file(str(f), str(out / "my-set" / "predictions.jsonl"), str(tmp_path / "scored.jsonl"))
+    assert summary["correct"] == r["correct"]
+
+    # `tiny-slm export --score` evaluates GGUFs on the file again, not on a benchmark named "my-set"
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (out / "gsm8k").rename(run / "eval" / "gsm8k")
+    (out / "my-set").rename(run / "eval" / "my-set")
+    assert float_eval_settings(run)["benchmarks"] == f"gsm8k,{f.resolve()}:number"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_study_evaluates_every_cell_on_the_file(tiny_model_dir, tmp_path, data_dir):
+    import yaml
+
+    from tinyslm.study.runner import run_study
+
+    f = _write(tmp_path / "my-set.jsonl", NUMBER_ROWS)
+    cfg = tiny_study_config(
+        tiny_model_dir,
+        data_dir,
+        methods=["zero-shot", "lora"],
+        eval={"benchmarks": [str(f)], "limit": 3},
+        report={"enabled": True},
+    )
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    root = tmp_path / "out"
+    res = run_study(tmp_path / "s.yaml", str(root), progress=False)
+    for method in ("zero-shot", "lora"):
+        cell = root / tiny_model_dir.name / method / "seed7"
+        assert res["cells"][f"{tiny_model_dir.name}/{method}/seed7"]["status"] == "finished"
+        assert json.loads((cell / "eval" / "my-set" / "results.json").read_text())["n"] == 3
+    rows = (root / "report" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",my-set," in r for r in rows[1:])
