@@ -113,6 +113,8 @@ def test_a_missing_file_or_style_is_named(tmp_path):
     f = _write(tmp_path / "ok.jsonl", NUMBER_ROWS)
     with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the file: number or math\\)"):
         get_benchmark(f"{f}:latex")
+    with pytest.raises(UserError, match="a JSON Lines file ending in .jsonl"):
+        get_benchmark(str(tmp_path / "set.json"))
     with pytest.raises(UserError, match="too|needs more"):
         plan_fewshot(load_examples(get_benchmark(f"{f}:math"), None), 1, 1, None)  # no worked solutions
 

@@ -489,6 +489,11 @@ def get_benchmark(name: str) -> Benchmark:
     if name in BENCHMARKS:
         return BENCHMARKS[name]
     bench = file_benchmark(name)
+    if bench is None and Path(name).suffix.lower() in (".json", ".csv", ".tsv", ".parquet", ".txt"):
+        raise UserError(
+            f"{name}: a test set of your own is a JSON Lines file ending in .jsonl, one object per line "
+            "with question and answer"
+        )
     if bench is None:
         raise UserError(
             f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)}; or a .jsonl file of your own)"
