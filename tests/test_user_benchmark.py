@@ -113,6 +113,11 @@ def test_a_missing_file_or_style_is_named(tmp_path):
     f = _write(tmp_path / "ok.jsonl", NUMBER_ROWS)
     with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the file: number or math\\)"):
         get_benchmark(f"{f}:latex")
+    (tmp_path / "b").mkdir()
+    twin = _write(tmp_path / "b" / "ok.jsonl", NUMBER_ROWS)
+    with pytest.raises(UserError, match="would both be filed as 'ok': rename one of them"):
+        parse_benchmark_list(f"{f},{twin}")
+    assert len(parse_benchmark_list(f"{f},{f},gsm8k")) == 2  # the same file twice is one benchmark
     with pytest.raises(UserError, match="a JSON Lines file ending in .jsonl"):
         get_benchmark(str(tmp_path / "set.json"))
     with pytest.raises(UserError, match="too|needs more"):

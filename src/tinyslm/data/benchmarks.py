@@ -505,7 +505,15 @@ def parse_benchmark_list(spec: str) -> list[Benchmark]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise UserError("no benchmark given (e.g. --benchmark gsm8k,svamp)")
-    return [get_benchmark(n) for n in dict.fromkeys(names)]
+    benches = [get_benchmark(n) for n in dict.fromkeys(names)]
+    seen: dict[str, str] = {}
+    for spec, b in zip(dict.fromkeys(names), benches, strict=True):
+        if b.name in seen:  # two files with one stem would write into one output directory
+            raise UserError(
+                f"{seen[b.name]} and {spec} would both be filed as '{b.name}': rename one of them"
+            )
+        seen[b.name] = spec
+    return benches
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
