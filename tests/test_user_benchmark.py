@@ -4,6 +4,7 @@ rescored and exported like a registered benchmark, and every bad file is one lin
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_latex_answers_make_a_math_file_and_the_style_can_be_chosen(tmp_path):
         (
             "dup.jsonl",
             ['{"question": "a", "answer": 1, "id": 1}', '{"question": "b", "answer": 2, "id": "1"}'],
-            "dup.jsonl:2: duplicate id '1' (first on line 1)",
+            "dup.jsonl:2: duplicate id '1' (first at ",
         ),
         ("bad.jsonl", ['{"question": "a", "answer": 1}', "{not json"], "bad.jsonl:2: malformed JSON record"),
         ("noans.jsonl", ['{"question": "a"}'], "noans.jsonl:1: record lacks field(s) answer"),
@@ -111,7 +112,7 @@ def test_a_missing_file_or_style_is_named(tmp_path):
     with pytest.raises(UserError, match="benchmark file not found: .*nope.jsonl"):
         get_benchmark(str(tmp_path / "nope.jsonl"))
     f = _write(tmp_path / "ok.jsonl", NUMBER_ROWS)
-    with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the file: number or math\\)"):
+    with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the data: number or math\\)"):
         get_benchmark(f"{f}:latex")
     (tmp_path / "b").mkdir()
     twin = _write(tmp_path / "b" / "ok.jsonl", NUMBER_ROWS)
@@ -129,7 +130,7 @@ def test_the_command_line_refuses_a_bad_file_in_one_line(tmp_path, capsys):
     f.write_text('{"question": "a", "answer": 1, "id": 1}\n{"question": "b", "answer": 2, "id": 1}\n')
     assert eval_main(["--benchmark", str(f), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"tiny-slm-eval: error: {f}:2: duplicate id 1 (first on line 1)"]
+    assert err == [f"tiny-slm-eval: error: {f}:2: duplicate id 1 (first at {f}:1)"]
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
@@ -206,3 +207,79 @@ def test_a_study_evaluates_every_cell_on_the_file(tiny_model_dir, tmp_path, data
         assert json.loads((cell / "eval" / "my-set" / "results.json").read_text())["n"] == 3
     rows = (root / "report" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",my-set," in r for r in rows[1:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# A Hugging Face dataset id: the Hub is unreachable here, so `datasets` is a stand-in that serves rows.
+
+PLATINUM = [
+    {"question": "Janet has 3 ducks and buys 2. How many ducks?", "answer": "3 + 2 = 5\n#### 5"},
+    {"question": "A pen costs $2. What do 4 pens cost?", "answer": "4 * 2 = 8\n#### 8"},
+]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """``datasets.load_dataset`` serving ``rows[id]`` (test split only); the calls are recorded."""
+    import types
+
+    rows: dict[str, list[dict]] = {"madrylab/gsm8k-platinum": PLATINUM}
+    calls: list[tuple] = []
+
+    def load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        if path not in rows or split != "test":
+            raise FileNotFoundError(f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed.")
+        return rows[path]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return rows, calls
+
+
+def test_a_hub_dataset_is_a_benchmark_filed_as_owner_name(fake_hub, tiny_model_dir, tmp_path, data_dir):
+    rows, calls = fake_hub
+    bench = get_benchmark("madrylab/gsm8k-platinum")
+    assert calls == [("madrylab/gsm8k-platinum", None, "test")]
+    assert (bench.name, bench.answer_style, bench.spec) == (
+        "madrylab--gsm8k-platinum",
+        "number",
+        "madrylab/gsm8k-platinum:number",
+    )
+    assert benchmark_name("madrylab/gsm8k-platinum:math") == "madrylab--gsm8k-platinum"
+    out = tmp_path / "out"
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        benchmarks="madrylab/gsm8k-platinum",
+        output=str(out),
+        batch_size=2,
+        max_new_tokens=4,
+        data_dir=str(
+            data_dir
+        ),  # the registered benchmarks' files; a Hub id is read from the Hub all the same
+        progress=False,
+    )
+    r = run_eval(cfg)["madrylab--gsm8k-platinum"]
+    assert r["n"] == 2 and r["source"] == "hub:madrylab/gsm8k-platinum"
+    assert r["benchmark_spec"] == "madrylab/gsm8k-platinum:number"
+    assert r["provenance"]["data"]["benchmark"]["sha256"] is None  # no file of ours to hash: said so
+    preds = [
+        json.loads(x)
+        for x in (out / "madrylab--gsm8k-platinum" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert sorted(p["reference"] for p in preds) == ["5", "8"]
+
+
+def test_bad_hub_datasets_are_one_line(fake_hub, monkeypatch):
+    rows, _ = fake_hub
+    with pytest.raises(UserError, match="openai/gsm8k is where the registered benchmark 'gsm8k' comes from"):
+        get_benchmark("openai/gsm8k")
+    with pytest.raises(UserError, match="could not load 'nobody/nothing' from the Hugging Face Hub"):
+        get_benchmark("nobody/nothing")
+    rows["me/broken"] = [PLATINUM[0], {"question": "no answer here"}]
+    with pytest.raises(UserError, match="hub:me/broken row 1: a record needs the fields question and answer"):
+        get_benchmark("me/broken")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(UserError) as e:
+        get_benchmark("madrylab/gsm8k-platinum")
+    # no offline copy exists, so none is suggested
+    assert str(e.value).endswith("needs the 'datasets' package (pip install 'tiny-slm[hub]')")

@@ -13,7 +13,8 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
         hub = b.hub.path if b.hub else "-"
         print(f"{b.name:<10} {b.answer_style:<7} {b.local_file or '-':<20} {hub:<40} {b.description}")
     print(
-        "\nor a test set of your own: --benchmark PATH.jsonl (one JSON object per line with question and "
-        "answer;\nPATH.jsonl:math or :number chooses the answer style, else LaTeX answers mean math)"
+        "\nor a test set of your own: --benchmark PATH.jsonl, or a Hugging Face dataset id owner/name (its test\n"
+        "split): records with question and answer; add :math or :number to choose the answer style (else\n"
+        "LaTeX answers mean math). See the README's Benchmarks section."
     )
     return 0

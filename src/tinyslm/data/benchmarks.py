@@ -8,7 +8,8 @@ same for all of them. An entry names
 * its answer style (``number`` or ``math``), which picks the prompt wording and the scorer,
 * where its few-shot exemplars come from (a training pool, never the evaluated set).
 
-A user's own test set is a benchmark too: ``--benchmark path/to/test.jsonl`` (see :func:`file_benchmark`).
+A user's own test set is a benchmark too: ``--benchmark path/to/test.jsonl`` or a Hub dataset id (see
+:func:`user_benchmark`).
 
 Data directory: ``--data-dir`` else ``$TINYSLM_DATA_DIR``; with neither, rows load from the Hub by id.
 """
@@ -65,7 +66,7 @@ class Benchmark:
     parse_hub: Callable[[list[dict]], list[Example]] | None
     fewshot_pool: str  # a key of FEWSHOT_POOLS, or "self" (exemplars taken from the set, then excluded)
     n_expected: dict[str, int] = field(default_factory=dict)  # documented sizes, by source
-    # a user's file (file_benchmark): what --benchmark must say to name it again (absolute path, style)
+    # a user's test set (user_benchmark): what --benchmark must say to name it again (absolute path, style)
     spec: str | None = None
 
 
@@ -267,15 +268,16 @@ def _hub_orcamath(rows: list[dict]) -> list[Example]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# A user's own test set: --benchmark path/to/test.jsonl
+# A user's own test set: --benchmark path/to/test.jsonl, or a Hub dataset id owner/name
 
 
 FILE_STYLES = ("number", "math")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # a Hugging Face dataset id, owner/name
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _file_gold(answer: str) -> tuple[str, str | None]:
-    """(gold, worked solution) from a file record's ``answer``: a worked solution ending in ``#### N``
+def _user_gold(answer: str) -> tuple[str, str | None]:
+    """(gold, worked solution) from a user record's ``answer``: a worked solution ending in ``#### N``
     (GSM8K's form) or holding a ``\\boxed{}`` (MATH's) gives its marked answer and is kept as the solution;
     anything else is the gold answer itself."""
     if "####" in answer:
@@ -285,32 +287,40 @@ def _file_gold(answer: str) -> tuple[str, str | None]:
     return answer.strip(), None
 
 
-def parse_user_file(path: Path) -> list[Example]:
-    """The problems of a user's JSONL test set. Each line: ``question`` and ``answer`` (a number, the answer
-    as text, or a worked solution with ``#### N`` or ``\\boxed{}``); optional ``id`` (default: the record's
-    number from 0) and ``solution`` (a worked solution, for few-shot exemplars). Ids must be unique: the
-    predictions of a resumed run are matched to problems by id."""
+def user_examples(records: list[tuple[int, dict]], where: Callable[[int], str]) -> list[Example]:
+    """The problems of a user's test set, from ``(place, record)`` pairs (a file's line numbers, a Hub
+    dataset's row numbers; ``where(place)`` names one in errors). Each record: ``question`` and ``answer``
+    (a number, the answer as text, or a worked solution with ``#### N`` or ``\\boxed{}``); optional ``id``
+    (default: the record's number from 0) and ``solution`` (a worked solution, for few-shot exemplars). Ids
+    must be unique: the predictions of a resumed run are matched to problems by id."""
     out: list[Example] = []
-    first: dict[str, int] = {}
-    for lineno, r in read_jsonl_records(path, ("question", "answer")):
-        where = f"{path}:{lineno}"
-        question = record_text(r, "question", where).strip()
-        gold, solution = _file_gold(record_answer(r, "answer", where))
+    first: dict[str, str] = {}
+    for place, r in records:
+        at = where(place)
+        if not isinstance(r, dict) or "question" not in r or "answer" not in r:
+            raise UserError(f"{at}: a record needs the fields question and answer")
+        question = record_text(r, "question", at).strip()
+        gold, solution = _user_gold(record_answer(r, "answer", at))
         if not gold:
-            raise UserError(f"{where}: field 'answer' has an empty \\boxed{{}}")
+            raise UserError(f"{at}: field 'answer' has an empty \\boxed{{}}")
         if r.get("solution") is not None:
-            solution = record_text(r, "solution", where).strip()
+            solution = record_text(r, "solution", at).strip()
         rid = r.get("id", len(out))
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip():
-            raise UserError(f"{where}: field 'id' must be a non-empty string or an integer, got {_kind(rid)}")
+            raise UserError(f"{at}: field 'id' must be a non-empty string or an integer, got {_kind(rid)}")
         if str(rid) in first:
-            raise UserError(f"{where}: duplicate id {rid!r} (first on line {first[str(rid)]})")
-        first[str(rid)] = lineno
+            raise UserError(f"{at}: duplicate id {rid!r} (first at {first[str(rid)]})")
+        first[str(rid)] = at
         out.append(Example(id=str(rid), question=question, reference=gold, solution=solution))
     return out
 
 
-def file_style(examples: list[Example]) -> str:
+def parse_user_file(path: Path) -> list[Example]:
+    """A user's JSONL test set (see :func:`user_examples`); every bad record is a UserError naming file:line."""
+    return user_examples(read_jsonl_records(path, ("question", "answer")), lambda n: f"{path}:{n}")
+
+
+def user_style(examples: list[Example]) -> str:
     """``math`` when any gold answer is LaTeX (it holds a backslash: ``\\frac{1}{2}``, ``\\sqrt{2}``), else
     ``number``. The style picks the prompt (``#### <number>`` or ``\\boxed{}``) and the scorer; number style
     still compares a gold that is not a number (``Yes``, ``3:30 p.m.``) as text."""
@@ -318,60 +328,78 @@ def file_style(examples: list[Example]) -> str:
 
 
 def _split_style(spec: str) -> tuple[str, str | None]:
-    """``PATH.jsonl:math`` -> (``PATH.jsonl``, ``math``); anything else -> (spec, None)."""
+    """``PATH.jsonl:math`` or ``owner/name:number`` -> (what names the data, the style); else (spec, None)."""
     head, sep, tail = spec.rpartition(":")
-    return (head, tail) if sep and head.endswith(".jsonl") else (spec, None)
+    return (head, tail) if sep and (head.endswith(".jsonl") or HUB_ID.fullmatch(head)) else (spec, None)
 
 
 def benchmark_name(spec: str) -> str:
     """The name (and output directory) a ``--benchmark`` value's results are filed under, without reading
-    anything: a registered benchmark's own name, a JSONL file's stem. The report uses it to match what a
-    study declared with what it finds on disk."""
-    path_part = _split_style(spec)[0]
-    return Path(path_part).name[: -len(".jsonl")] if path_part.endswith(".jsonl") else spec
+    anything: a registered benchmark's own name, a JSONL file's stem, a Hub dataset's ``owner--name``. The
+    report uses it to match what a study declared with what it finds on disk."""
+    data = _split_style(spec)[0]
+    if data.endswith(".jsonl"):
+        return Path(data).name[: -len(".jsonl")]
+    return data.replace("/", "--") if HUB_ID.fullmatch(data) else spec
 
 
-def file_benchmark(spec: str) -> Benchmark | None:
-    """The benchmark a ``--benchmark`` value names when it is a JSONL file (``PATH.jsonl``, or
-    ``PATH.jsonl:math`` / ``:number`` to choose the answer style instead of :func:`file_style`); ``None``
-    when it names none. Its name, the output directory's, is the file's stem. Number-style sets draw
-    few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the file also holds);
-    math-style ones from the file's own records that have a worked solution, which are then not scored."""
-    path_part, style = _split_style(spec)
+def _user_benchmark(data: str, style: str | None, examples: list[Example], **where) -> Benchmark:
+    """The registry entry of a user's test set, its rows already read (``where``: ``local_file`` or ``hub``)."""
+    style = style or user_style(examples)
+    return Benchmark(
+        benchmark_name(data),
+        f"your test set {where.get('local_file') or data}",
+        style,
+        where.get("local_file"),
+        where.get("hub"),
+        (lambda _path: examples) if "local_file" in where else None,
+        (lambda _rows: examples) if "hub" in where else None,
+        "gsm8k-train" if style == "number" else "self",
+        {"offline" if "local_file" in where else "hub": len(examples)},
+        spec=f"{where.get('local_file') or data}:{style}",
+    )
+
+
+def user_benchmark(spec: str) -> Benchmark | None:
+    """The benchmark a ``--benchmark`` value names when it is a test set of the user's own; ``None`` when it
+    names none. A JSONL file (``PATH.jsonl``), named by its stem, or a Hugging Face dataset id
+    (``owner/name``, its ``test`` split, through ``datasets``), named ``owner--name``; either may end in
+    ``:math`` or ``:number`` to choose the answer style instead of :func:`user_style`. Number-style sets
+    draw few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the set also holds);
+    math-style ones from their own records that have a worked solution, which are then not scored."""
+    data, style = _split_style(spec)
     if style is not None and style not in FILE_STYLES:
         raise UserError(
-            f"{spec}: unknown answer style '{style}' (after the file: {' or '.join(FILE_STYLES)})"
+            f"{spec}: unknown answer style '{style}' (after the data: {' or '.join(FILE_STYLES)})"
         )
-    if not path_part.endswith(".jsonl"):
+    if data.endswith(".jsonl"):
+        path = Path(data).expanduser()
+        if not path.is_file():
+            raise UserError(f"benchmark file not found: {data}")
+        name = benchmark_name(data)
+        if not _FILE_NAME.fullmatch(name):
+            raise UserError(
+                f"{data}: a benchmark file's name (here {name!r}) names its output directory: use letters, "
+                "digits, '.', '_' or '-'"
+            )
+        if name in BENCHMARKS:
+            raise UserError(
+                f"{data}: '{name}' is a registered benchmark (its offline copy is read from --data-dir); "
+                "rename your file so their results cannot be mixed up"
+            )
+        path = path.resolve()
+        return _user_benchmark(data, style, parse_user_file(path), local_file=str(path))
+    if not HUB_ID.fullmatch(data) or data.startswith((".", "~")):
         return None
-    path = Path(path_part).expanduser()
-    if not path.is_file():
-        raise UserError(f"benchmark file not found: {path_part}")
-    path = path.resolve()
-    name = benchmark_name(path_part)
-    if not _FILE_NAME.fullmatch(name):
-        raise UserError(
-            f"{path_part}: a benchmark file's name (here {name!r}) names its output directory: use letters, "
-            "digits, '.', '_' or '-'"
-        )
-    if name in BENCHMARKS:
-        raise UserError(
-            f"{path_part}: '{name}' is a registered benchmark (its offline copy is read from --data-dir); "
-            "rename your file so their results cannot be mixed up"
-        )
-    examples = parse_user_file(path)
-    style = style or file_style(examples)
-    return Benchmark(
-        name,
-        f"your file {path}",
-        style,
-        str(path),
-        None,
-        lambda _path: examples,
-        None,
-        "gsm8k-train" if style == "number" else "self",
-        {"offline": len(examples)},
-        spec=f"{path}:{style}",
+    for b in BENCHMARKS.values():
+        if b.hub is not None and b.hub.path == data:
+            raise UserError(
+                f"{data} is where the registered benchmark '{b.name}' comes from: use --benchmark {b.name}"
+            )
+    src = HubSource(data, "test")
+    rows = load_hub_rows(src, offline_copy=False)
+    return _user_benchmark(
+        data, style, user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}"), hub=src
     )
 
 
@@ -485,10 +513,10 @@ FEWSHOT_POOLS: dict[
 
 
 def get_benchmark(name: str) -> Benchmark:
-    """A registered benchmark by name, or a user's JSONL file (:func:`file_benchmark`)."""
+    """A registered benchmark by name, or a user's JSONL file or Hub dataset (:func:`user_benchmark`)."""
     if name in BENCHMARKS:
         return BENCHMARKS[name]
-    bench = file_benchmark(name)
+    bench = user_benchmark(name)
     if bench is None and Path(name).suffix.lower() in (".json", ".csv", ".tsv", ".parquet", ".txt"):
         raise UserError(
             f"{name}: a test set of your own is a JSON Lines file ending in .jsonl, one object per line "
@@ -496,7 +524,8 @@ def get_benchmark(name: str) -> Benchmark:
         )
     if bench is None:
         raise UserError(
-            f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)}; or a .jsonl file of your own)"
+            f"unknown benchmark '{name}' (choose from: {', '.join(BENCHMARKS)}; or a .jsonl file or Hugging Face "
+            "dataset id of your own)"
         )
     return bench
 
@@ -528,13 +557,16 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     return p
 
 
-def load_hub_rows(src: HubSource) -> list[dict]:
+def load_hub_rows(src: HubSource, *, offline_copy: bool = True) -> list[dict]:
+    """Every row of ``src`` through ``datasets``; ``offline_copy``: the data directory holds the same rows
+    (a registered benchmark), which the error for a missing ``datasets`` then points to."""
     try:
         import datasets  # optional: only users who load from the Hub need it
     except ImportError:
         raise UserError(
             f"loading '{src.path}' from the Hugging Face Hub needs the 'datasets' package "
-            "(pip install 'tiny-slm[hub]'), or pass --data-dir with the offline files"
+            "(pip install 'tiny-slm[hub]')"
+            + (", or pass --data-dir with the offline files" if offline_copy else "")
         ) from None
     rows: list[dict] = []
     for cfg in src.configs:
@@ -559,8 +591,11 @@ class LoadedBenchmark:
 
 def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
     """All rows of a benchmark, from the data dir when given, else from the Hub; a user's file from itself."""
-    if bench.spec is not None and bench.local_file is not None and bench.parse_local is not None:
-        return LoadedBenchmark(bench, bench.parse_local(Path(bench.local_file)), bench.local_file)
+    if bench.spec is not None:  # a user's test set, read when it was named (user_benchmark)
+        if bench.local_file is not None and bench.parse_local is not None:
+            return LoadedBenchmark(bench, bench.parse_local(Path(bench.local_file)), bench.local_file)
+        if bench.hub is not None and bench.parse_hub is not None:
+            return LoadedBenchmark(bench, bench.parse_hub([]), f"hub:{bench.hub.path}")
     if data_dir is not None:
         if bench.local_file is None or bench.parse_local is None:
             raise UserError(

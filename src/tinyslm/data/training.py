@@ -23,7 +23,6 @@ padding are ``IGNORE_INDEX``.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 from tinyslm.core.errors import UserError
 from tinyslm.data.benchmarks import (
     FEWSHOT_POOLS,
+    HUB_ID,
     Example,
     HubSource,
     clean_gsm8k_solution,
@@ -55,7 +55,6 @@ ORCAMATH_TRAIN_SIZE = 10_000
 # holds out the very same rows and their validation metrics compare like with like.
 VAL_SEED = 20251203
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
 
 NAMED_DATASETS = {
     "gsm8k-train": "GSM8K train split, 7,473 problems (offline file or Hub)",
@@ -104,7 +103,7 @@ def load_training_set(
         ts = _jsonl_file(path, question_field, answer_field)
     elif spec.endswith((".jsonl", ".json")) or spec.startswith((".", "~", "/")) or spec.count("/") > 1:
         raise UserError(f"dataset file not found: {spec}")
-    elif _HUB_ID.fullmatch(spec):
+    elif HUB_ID.fullmatch(spec):
         ts = _hub_dataset(spec, question_field, answer_field)
     else:
         raise UserError(
@@ -224,7 +223,7 @@ def _jsonl_file(path: Path, q_field: str, a_field: str) -> TrainingSet:
 
 
 def _hub_dataset(hub_id: str, q_field: str, a_field: str) -> TrainingSet:
-    rows = load_hub_rows(HubSource(hub_id, "train"))
+    rows = load_hub_rows(HubSource(hub_id, "train"), offline_copy=False)
     examples = []
     for i, r in enumerate(rows):
         missing = [k for k in (q_field, a_field) if k not in r]

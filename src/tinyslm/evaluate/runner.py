@@ -67,8 +67,8 @@ class EvalConfig:
         cli_default=DEFAULT_MODEL,
     )
     benchmarks: str = setting(
-        help="comma-separated benchmarks (see `tiny-slm benchmarks`), or a .jsonl test set of your own "
-        "(question, answer per line; PATH.jsonl:math for LaTeX answers; default: %(default)s)",
+        help="comma-separated benchmarks (see `tiny-slm benchmarks`), or a test set of your own: a .jsonl file "
+        "or a Hugging Face dataset id (question and answer per record; default: %(default)s)",
         flag=("--benchmark", "--benchmarks"),
         cli_default="gsm8k",
     )
