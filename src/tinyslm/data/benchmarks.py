@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyslm.core.errors import UserError
-from tinyslm.scoring.extract import last_boxed
+from tinyslm.scoring.extract import ANSWER_STYLES, last_boxed
 from tinyslm.scoring.gold import gold_from_gsm8k_answer, gold_from_math_solution
 
 DATA_DIR_ENV = "TINYSLM_DATA_DIR"
@@ -271,7 +271,6 @@ def _hub_orcamath(rows: list[dict]) -> list[Example]:
 # A user's own test set: --benchmark path/to/test.jsonl, or a Hub dataset id owner/name
 
 
-FILE_STYLES = ("number", "math")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # a Hugging Face dataset id, owner/name
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -368,9 +367,9 @@ def user_benchmark(spec: str) -> Benchmark | None:
     draw few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the set also holds);
     math-style ones from their own records that have a worked solution, which are then not scored."""
     data, style = _split_style(spec)
-    if style is not None and style not in FILE_STYLES:
+    if style is not None and style not in ANSWER_STYLES:
         raise UserError(
-            f"{spec}: unknown answer style '{style}' (after the data: {' or '.join(FILE_STYLES)})"
+            f"{spec}: unknown answer style '{style}' (after the data: {' or '.join(ANSWER_STYLES)})"
         )
     if data.endswith(".jsonl"):
         path = Path(data).expanduser()
