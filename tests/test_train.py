@@ -210,7 +210,8 @@ def test_orcamath_and_hub_datasets_from_a_stubbed_hub(monkeypatch):
     orca[3]["answer"] = "no number at all"
     calls = []
 
-    def fake_hub(src):
+    def fake_hub(src, *, offline_copy=True):
+        assert not offline_copy  # neither has an offline copy: a missing `datasets` must not suggest one
         calls.append((src.path, src.split))
         return orca if src.path == ds.ORCAMATH_HUB.path else [{"q": "What is 6 * 7?", "a": "6 * 7 = 42"}]
 
@@ -230,8 +231,9 @@ def test_orcamath_and_hub_datasets_from_a_stubbed_hub(monkeypatch):
 
 def test_hub_datasets_need_the_datasets_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(UserError, match="needs the 'datasets' package"):
+    with pytest.raises(UserError) as e:
         load_training_set("orcamath")
+    assert str(e.value).endswith("needs the 'datasets' package (pip install 'tiny-slm[hub]')")
 
 
 # ---------------------------------------------------------------------------------------------------

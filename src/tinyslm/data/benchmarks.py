@@ -607,7 +607,8 @@ def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
         raise UserError(
             f"benchmark '{bench.name}' is only available offline: pass --data-dir (or set ${DATA_DIR_ENV})"
         )
-    return LoadedBenchmark(bench, bench.parse_hub(load_hub_rows(bench.hub)), f"hub:{bench.hub.path}")
+    rows = load_hub_rows(bench.hub, offline_copy=bench.local_file is not None)
+    return LoadedBenchmark(bench, bench.parse_hub(rows), f"hub:{bench.hub.path}")
 
 
 def load_fewshot_pool(pool: str, data_dir: Path | None) -> list[Example]:

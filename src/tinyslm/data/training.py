@@ -165,7 +165,7 @@ def orcamath_train_indices(
 
 
 def _orcamath_train() -> TrainingSet:
-    rows = load_hub_rows(ORCAMATH_HUB)
+    rows = load_hub_rows(ORCAMATH_HUB, offline_copy=False)  # Hub only
     answers = [str(r.get("answer") or "") for r in rows]
     golds = [orcamath_answer(a) for a in answers]
     keep = orcamath_train_indices([len(a) for a in answers], [bool(g) for g in golds])
