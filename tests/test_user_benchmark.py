@@ -223,14 +223,15 @@ def fake_hub(monkeypatch):
     """``datasets.load_dataset`` serving ``rows[id]`` (test split only); the calls are recorded."""
     import types
 
-    rows: dict[str, list[dict]] = {"madrylab/gsm8k-platinum": PLATINUM}
+    rows: dict[str, list[dict]] = {"madrylab/gsm8k-platinum": PLATINUM, "me/only-train@train": PLATINUM[:1]}
     calls: list[tuple] = []
 
     def load_dataset(path, name=None, split=None):
         calls.append((path, name, split))
-        if path not in rows or split != "test":
-            raise FileNotFoundError(f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed.")
-        return rows[path]
+        key = path if split == "test" else f"{path}@{split}"
+        if key not in rows:
+            raise FileNotFoundError(f"Dataset '{path}' has no split {split} or cannot be accessed.")
+        return rows[key]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     return rows, calls
@@ -267,6 +268,19 @@ def test_a_hub_dataset_is_a_benchmark_filed_as_owner_name(fake_hub, tiny_model_d
         for x in (out / "madrylab--gsm8k-platinum" / "predictions.jsonl").read_text().splitlines()
     ]
     assert sorted(p["reference"] for p in preds) == ["5", "8"]
+
+
+def test_a_hub_dataset_without_a_test_split_is_named_with_its_split(fake_hub):
+    rows, calls = fake_hub
+    with pytest.raises(UserError, match="could not load 'me/only-train' from the Hugging Face Hub"):
+        get_benchmark("me/only-train")  # the test split by default
+    bench = get_benchmark("me/only-train@train")
+    assert calls[-1] == ("me/only-train", None, "train")
+    assert (bench.name, bench.spec) == ("me--only-train--train", "me/only-train@train:number")
+    assert benchmark_name("me/only-train@train:math") == bench.name
+    loaded = load_examples(bench, None)
+    assert loaded.source == "hub:me/only-train@train" and [e.reference for e in loaded.examples] == ["5"]
+    assert get_benchmark(bench.spec).name == bench.name  # what results.json records names it again
 
 
 def test_bad_hub_datasets_are_one_line(fake_hub, monkeypatch):

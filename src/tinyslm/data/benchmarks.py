@@ -272,6 +272,10 @@ def _hub_orcamath(rows: list[dict]) -> list[Example]:
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # a Hugging Face dataset id, owner/name
+# what --benchmark names on the Hub: owner/name, optionally @split (default test)
+_HUB_TEST_SET = re.compile(
+    r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+)(?:@(?P<split>[A-Za-z0-9_.-]+))?"
+)
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -329,17 +333,24 @@ def user_style(examples: list[Example]) -> str:
 def _split_style(spec: str) -> tuple[str, str | None]:
     """``PATH.jsonl:math`` or ``owner/name:number`` -> (what names the data, the style); else (spec, None)."""
     head, sep, tail = spec.rpartition(":")
-    return (head, tail) if sep and (head.endswith(".jsonl") or HUB_ID.fullmatch(head)) else (spec, None)
+    return (
+        (head, tail) if sep and (head.endswith(".jsonl") or _HUB_TEST_SET.fullmatch(head)) else (spec, None)
+    )
 
 
 def benchmark_name(spec: str) -> str:
     """The name (and output directory) a ``--benchmark`` value's results are filed under, without reading
-    anything: a registered benchmark's own name, a JSONL file's stem, a Hub dataset's ``owner--name``. The
+    anything: a registered benchmark's own name, a JSONL file's stem, a Hub dataset's ``owner--name`` (plus
+    ``--<split>`` for a split other than ``test``). The
     report uses it to match what a study declared with what it finds on disk."""
     data = _split_style(spec)[0]
     if data.endswith(".jsonl"):
         return Path(data).name[: -len(".jsonl")]
-    return data.replace("/", "--") if HUB_ID.fullmatch(data) else spec
+    hub = _HUB_TEST_SET.fullmatch(data)
+    if hub is None:
+        return spec
+    split = hub["split"] or "test"
+    return hub["id"].replace("/", "--") + ("" if split == "test" else f"--{split}")
 
 
 def _user_benchmark(data: str, style: str | None, examples: list[Example], **where) -> Benchmark:
@@ -362,7 +373,8 @@ def _user_benchmark(data: str, style: str | None, examples: list[Example], **whe
 def user_benchmark(spec: str) -> Benchmark | None:
     """The benchmark a ``--benchmark`` value names when it is a test set of the user's own; ``None`` when it
     names none. A JSONL file (``PATH.jsonl``), named by its stem, or a Hugging Face dataset id
-    (``owner/name``, its ``test`` split, through ``datasets``), named ``owner--name``; either may end in
+    (``owner/name``, its ``test`` split, or ``owner/name@split``, through ``datasets``), named ``owner--name``
+    (``owner--name--split``); either may end in
     ``:math`` or ``:number`` to choose the answer style instead of :func:`user_style`. Number-style sets
     draw few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the set also holds);
     math-style ones from their own records that have a worked solution, which are then not scored."""
@@ -388,14 +400,16 @@ def user_benchmark(spec: str) -> Benchmark | None:
             )
         path = path.resolve()
         return _user_benchmark(data, style, parse_user_file(path), local_file=str(path))
-    if not HUB_ID.fullmatch(data) or data.startswith((".", "~")):
+    hub = _HUB_TEST_SET.fullmatch(data)
+    if hub is None or data.startswith((".", "~")):
         return None
+    hub_id, split = hub["id"], hub["split"] or "test"
     for b in BENCHMARKS.values():
-        if b.hub is not None and b.hub.path == data:
+        if b.hub is not None and b.hub.path == hub_id:
             raise UserError(
                 f"{data} is where the registered benchmark '{b.name}' comes from: use --benchmark {b.name}"
             )
-    src = HubSource(data, "test")
+    src = HubSource(hub_id, split)
     rows = load_hub_rows(src, offline_copy=False)
     return _user_benchmark(
         data, style, user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}"), hub=src
@@ -594,7 +608,8 @@ def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
         if bench.local_file is not None and bench.parse_local is not None:
             return LoadedBenchmark(bench, bench.parse_local(Path(bench.local_file)), bench.local_file)
         if bench.hub is not None and bench.parse_hub is not None:
-            return LoadedBenchmark(bench, bench.parse_hub([]), f"hub:{bench.hub.path}")
+            split = "" if bench.hub.split == "test" else f"@{bench.hub.split}"
+            return LoadedBenchmark(bench, bench.parse_hub([]), f"hub:{bench.hub.path}{split}")
     if data_dir is not None:
         if bench.local_file is None or bench.parse_local is None:
             raise UserError(
