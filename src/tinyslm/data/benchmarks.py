@@ -273,9 +273,7 @@ def _hub_orcamath(rows: list[dict]) -> list[Example]:
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # a Hugging Face dataset id, owner/name
 # what --benchmark names on the Hub: owner/name, optionally @split (default test)
-_HUB_TEST_SET = re.compile(
-    r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+)(?:@(?P<split>[A-Za-z0-9_.-]+))?"
-)
+_HUB_TEST_SET = re.compile(rf"(?P<id>{HUB_ID.pattern})(?:@(?P<split>[A-Za-z0-9_.-]+))?")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -341,8 +339,8 @@ def _split_style(spec: str) -> tuple[str, str | None]:
 def benchmark_name(spec: str) -> str:
     """The name (and output directory) a ``--benchmark`` value's results are filed under, without reading
     anything: a registered benchmark's own name, a JSONL file's stem, a Hub dataset's ``owner--name`` (plus
-    ``--<split>`` for a split other than ``test``). The
-    report uses it to match what a study declared with what it finds on disk."""
+    ``--<split>`` for a split other than ``test``). The report uses it to match what a study declared with
+    what it finds on disk."""
     data = _split_style(spec)[0]
     if data.endswith(".jsonl"):
         return Path(data).name[: -len(".jsonl")]
@@ -374,10 +372,10 @@ def user_benchmark(spec: str) -> Benchmark | None:
     """The benchmark a ``--benchmark`` value names when it is a test set of the user's own; ``None`` when it
     names none. A JSONL file (``PATH.jsonl``), named by its stem, or a Hugging Face dataset id
     (``owner/name``, its ``test`` split, or ``owner/name@split``, through ``datasets``), named ``owner--name``
-    (``owner--name--split``); either may end in
-    ``:math`` or ``:number`` to choose the answer style instead of :func:`user_style`. Number-style sets
-    draw few-shot exemplars from GSM8K train (as GSM8K does, skipping any question the set also holds);
-    math-style ones from their own records that have a worked solution, which are then not scored."""
+    (``owner--name--split``); either may end in ``:math`` or ``:number`` to choose the answer style instead
+    of :func:`user_style`. Number-style sets draw few-shot exemplars from GSM8K train (as GSM8K does,
+    skipping any question the set also holds); math-style ones from their own records that have a worked
+    solution, which are then not scored."""
     data, style = _split_style(spec)
     if style is not None and style not in ANSWER_STYLES:
         raise UserError(
