@@ -13,6 +13,7 @@ from helpers import tiny_study_config
 from tinyslm.cli import eval_main
 from tinyslm.core.errors import UserError
 from tinyslm.data.benchmarks import (
+    answer_style_of,
     benchmark_name,
     get_benchmark,
     load_examples,
@@ -281,6 +282,14 @@ def test_a_hub_dataset_without_a_test_split_is_named_with_its_split(fake_hub):
     loaded = load_examples(bench, None)
     assert loaded.source == "hub:me/only-train@train" and [e.reference for e in loaded.examples] == ["5"]
     assert get_benchmark(bench.spec).name == bench.name  # what results.json records names it again
+
+
+def test_rescoring_a_hub_evaluation_needs_no_hub_when_the_style_is_stated(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # nothing can be loaded from the Hub
+    preds = _write(tmp_path / "p.jsonl", [{"id": "a", "output": "So 2 + 3 = 5.\n#### 5", "reference": "5"}])
+    summary = rescore_file("madrylab/gsm8k-platinum@test:number", str(preds), str(tmp_path / "s.jsonl"))
+    assert summary["correct"] == 1
+    assert answer_style_of("math500") == "math" and answer_style_of("x/y:math") == "math"
 
 
 def test_bad_hub_datasets_are_one_line(fake_hub, monkeypatch):

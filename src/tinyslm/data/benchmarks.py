@@ -351,6 +351,16 @@ def benchmark_name(spec: str) -> str:
     return hub["id"].replace("/", "--") + ("" if split == "test" else f"--{split}")
 
 
+def answer_style_of(spec: str) -> str:
+    """The answer style a ``--benchmark`` value scores with. A registered name or a value that states its
+    style (``owner/name:number``, as results.json's ``benchmark_spec`` does) needs no data read, so
+    rescoring works offline; otherwise the set is read to infer it (:func:`user_style`)."""
+    if spec in BENCHMARKS:
+        return BENCHMARKS[spec].answer_style
+    style = _split_style(spec)[1]
+    return style if style in ANSWER_STYLES else get_benchmark(spec).answer_style
+
+
 def _user_benchmark(data: str, style: str | None, examples: list[Example], **where) -> Benchmark:
     """The registry entry of a user's test set, its rows already read (``where``: ``local_file`` or ``hub``)."""
     style = style or user_style(examples)

@@ -643,9 +643,9 @@ def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any
     naming ``file:line``: a duplicate id (it would be counted twice in n), a null or empty reference (it
     would be scored against the text "None"), a field of the wrong type.
     """
-    from tinyslm.data.benchmarks import get_benchmark
+    from tinyslm.data.benchmarks import answer_style_of
 
-    bench = get_benchmark(benchmark)
+    style = answer_style_of(benchmark)
     src = Path(predictions)
     if not src.is_file():
         raise UserError(f"predictions file not found: {src}")
@@ -653,9 +653,7 @@ def rescore_file(benchmark: str, predictions: str, output: str) -> dict[str, Any
     if not rows:
         raise UserError(f"{src}: no predictions")
     for r in rows:
-        s = score_output(
-            "" if r["output"] is None else str(r["output"]), str(r["reference"]), bench.answer_style
-        )
+        s = score_output("" if r["output"] is None else str(r["output"]), str(r["reference"]), style)
         r.update(extracted=s["extracted"], correct=s["correct"], strict_correct=s["strict_correct"])
     atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return summarize(benchmark, rows, {"predictions": str(src), "output": str(output)})
