@@ -66,8 +66,11 @@ class Benchmark:
     parse_hub: Callable[[list[dict]], list[Example]] | None
     fewshot_pool: str  # a key of FEWSHOT_POOLS, or "self" (exemplars taken from the set, then excluded)
     n_expected: dict[str, int] = field(default_factory=dict)  # documented sizes, by source
-    # a user's test set (user_benchmark): what --benchmark must say to name it again (absolute path, style)
+    # A user's test set (user_benchmark), read when it was named: what --benchmark must say to name it
+    # again (absolute path or dataset id, and style), where its rows came from, and the rows.
     spec: str | None = None
+    source: str | None = None
+    rows: tuple[Example, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,20 +364,22 @@ def answer_style_of(spec: str) -> str:
     return style if style in ANSWER_STYLES else get_benchmark(spec).answer_style
 
 
-def _user_benchmark(data: str, style: str | None, examples: list[Example], **where) -> Benchmark:
-    """The registry entry of a user's test set, its rows already read (``where``: ``local_file`` or ``hub``)."""
+def _user_benchmark(data: str, style: str | None, examples: list[Example], source: str) -> Benchmark:
+    """The registry entry of a user's test set whose rows are read (``source``: the file, or ``hub:...``)."""
     style = style or user_style(examples)
+    where = source.removeprefix("hub:")
     return Benchmark(
-        benchmark_name(data),
-        f"your test set {where.get('local_file') or data}",
-        style,
-        where.get("local_file"),
-        where.get("hub"),
-        (lambda _path: examples) if "local_file" in where else None,
-        (lambda _rows: examples) if "hub" in where else None,
-        "gsm8k-train" if style == "number" else "self",
-        {"offline" if "local_file" in where else "hub": len(examples)},
-        spec=f"{where.get('local_file') or data}:{style}",
+        name=benchmark_name(data),
+        description=f"your test set {where}",
+        answer_style=style,
+        local_file=None,  # neither read from the data directory
+        hub=None,  # nor loaded again: the rows are below
+        parse_local=None,
+        parse_hub=None,
+        fewshot_pool="gsm8k-train" if style == "number" else "self",
+        spec=f"{where}:{style}",
+        source=source,
+        rows=tuple(examples),
     )
 
 
@@ -407,7 +412,7 @@ def user_benchmark(spec: str) -> Benchmark | None:
                 "rename your file so their results cannot be mixed up"
             )
         path = path.resolve()
-        return _user_benchmark(data, style, parse_user_file(path), local_file=str(path))
+        return _user_benchmark(data, style, parse_user_file(path), str(path))
     hub = _HUB_TEST_SET.fullmatch(data)
     if hub is None or data.startswith((".", "~")):
         return None
@@ -420,7 +425,7 @@ def user_benchmark(spec: str) -> Benchmark | None:
     src = HubSource(hub_id, split)
     rows = load_hub_rows(src, offline_copy=False)
     return _user_benchmark(
-        data, style, user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}"), hub=src
+        data, style, user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}"), f"hub:{data}"
     )
 
 
@@ -612,12 +617,8 @@ class LoadedBenchmark:
 
 def load_examples(bench: Benchmark, data_dir: Path | None) -> LoadedBenchmark:
     """All rows of a benchmark, from the data dir when given, else from the Hub; a user's file from itself."""
-    if bench.spec is not None:  # a user's test set, read when it was named (user_benchmark)
-        if bench.local_file is not None and bench.parse_local is not None:
-            return LoadedBenchmark(bench, bench.parse_local(Path(bench.local_file)), bench.local_file)
-        if bench.hub is not None and bench.parse_hub is not None:
-            split = "" if bench.hub.split == "test" else f"@{bench.hub.split}"
-            return LoadedBenchmark(bench, bench.parse_hub([]), f"hub:{bench.hub.path}{split}")
+    if bench.rows is not None and bench.source is not None:  # a user's test set, read when it was named
+        return LoadedBenchmark(bench, list(bench.rows), bench.source)
     if data_dir is not None:
         if bench.local_file is None or bench.parse_local is None:
             raise UserError(
