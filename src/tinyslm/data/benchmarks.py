@@ -557,17 +557,17 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def parse_benchmark_list(spec: str) -> list[Benchmark]:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
     if not names:
         raise UserError("no benchmark given (e.g. --benchmark gsm8k,svamp)")
-    benches = [get_benchmark(n) for n in dict.fromkeys(names)]
+    benches = [get_benchmark(n) for n in names]
     seen: dict[str, str] = {}
-    for spec, b in zip(dict.fromkeys(names), benches, strict=True):
+    for given, b in zip(names, benches, strict=True):
         if b.name in seen:  # two files with one stem would write into one output directory
             raise UserError(
-                f"{seen[b.name]} and {spec} would both be filed as '{b.name}': rename one of them"
+                f"{seen[b.name]} and {given} would both be filed as '{b.name}': rename one of them"
             )
-        seen[b.name] = spec
+        seen[b.name] = given
     return benches
 
 
