@@ -63,7 +63,9 @@ else
     # was bound by kernel launches, and ours at 2 x 32 rows made 90 samples/s against 249 at 1 x 64.
     # 2 untimed steps absorb compilation; a worker that compiles LoRA/DoRA layers needs minutes there.
     TRAIN=(--batch-size 64 --micro-batch-size 64 --max-length 512 --warmup-steps 2 --train-steps 5)
-    T_EVAL=150; T_TRAIN=(330 330); T_EAGER=150; T_WORKER=150
+    # Stage limits (override with T_TRAIN0, T_TRAIN1): a stage runs 3 methods x 2 sides; an anchor worker
+    # took 20-40 s there, a compiling one 60-90 s (one compiled graph per layer stack since the fixes below).
+    T_EVAL=150; T_TRAIN=("${T_TRAIN0:-400}" "${T_TRAIN1:-450}"); T_EAGER=150; T_WORKER=150
 fi
 
 # 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).

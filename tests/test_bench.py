@@ -77,3 +77,66 @@ def test_the_evaluation_figures_name_only_the_engines_that_ran(tmp_path, data_di
     tiny = json.loads(out.read_text())["cases"]["eval"]["tiny"]
     assert tiny["ours_eval_tokens_per_s"] > 0 and tiny["ours_identical_tokens"] is True
     assert not [key for key in tiny if key.startswith("ours_graph")]
+
+
+def _speed_module():
+    """bench/speed.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_ratios_skip_a_failed_anchor_and_do_not_depend_on_the_methods_order():
+    """The GPU run of 2026-12-04 had HF Trainer's DoRA run out of the card's memory on Qwen2.5-0.5B: ours
+    still ran, and its only ratio is against the anchor's full fine-tuning."""
+    case_ratios = _speed_module().case_ratios
+    run = {"samples_per_s": 100.0, "peak_mem_mib": 50.0}
+    case = {
+        "hf_trainer_dora": {"failed": True},
+        "ours_dora": {"samples_per_s": 99.0, "peak_mem_mib": 107.0},
+        "hf_trainer_lora": {"samples_per_s": 103.5, "peak_mem_mib": 111.5},
+        "ours_lora": {"samples_per_s": 177.4, "peak_mem_mib": 71.4},
+        "hf_trainer_full": run,  # measured last: the ratios against it are there all the same
+        "ours_full": {"samples_per_s": 200.0, "peak_mem_mib": 25.0},
+    }
+    assert case_ratios(case) == {
+        "full_speedup_vs_hf_trainer_full": 2.0,
+        "full_peak_mem_vs_hf_trainer_full": 0.5,
+        "lora_speedup_vs_hf_trainer_lora": 1.714,
+        "lora_speedup_vs_hf_trainer_full": 1.774,
+        "lora_peak_mem_vs_hf_trainer_lora": 0.64,
+        "dora_speedup_vs_hf_trainer_full": 0.99,
+    }
+    assert case_ratios({"hf_trainer_full": run, "ours_full_failed": True}) == {}
+
+
+def test_ours_still_runs_where_the_anchor_failed(tmp_path, monkeypatch):
+    """A worker that fails on the anchor's side (out of memory) no longer skips ours for that method."""
+    from types import SimpleNamespace
+
+    speed = _speed_module()
+    calls = []
+
+    def fake_worker(kind, spec, timeout=None, keep_going=False):
+        calls.append((kind, spec["method"]))
+        if kind == "anchor" and spec["method"] == "dora":
+            return None  # what run_worker returns for a failed worker under --keep-going
+        return {"step_ends": [1.0, 2.0, 3.0], "losses": [2.0, 1.9, 1.8], "peak_mem_mib": 10.0}
+
+    monkeypatch.setattr(speed, "run_worker", fake_worker)
+    monkeypatch.setattr(
+        speed, "step_ordered_rows", lambda tok, spec: [SimpleNamespace(input_ids=[1] * 8)] * 6
+    )
+    args = speed.parse_args(
+        ["--parts", "train", "--shapes", "tiny", "--batch-size", "2", "--micro-batch-size", "2"]
+    )
+    args.warmup_steps, args.train_steps = 1, 2
+    case = speed.bench_train(args, None, {"tiny": tmp_path}, tmp_path)["tiny/all-linear"]
+    assert ("ours", "dora") in calls
+    assert case["hf_trainer_dora"] == {"failed": True}
+    assert case["ours_dora"]["samples_per_s"] == 2.0  # 2 timed steps x 2 rows in 2 s
+    assert case["dora_speedup_vs_hf_trainer_full"] == 1.0
+    assert "dora_speedup_vs_hf_trainer_dora" not in case
