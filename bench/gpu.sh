@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue 17's GPU run: every figure of the README's GPU table, measured in one prepared run.
 #
-#   bench/gpu.sh --stages machine,eval,train0   # on the GPU machine: first call (about 6 minutes on one H200)
-#   bench/gpu.sh --stages train1                # second call (about 5 minutes): a run call lasts 10 at most
+#   bench/gpu.sh --stages machine,train0   # on the GPU machine: first call (409 s on one H200, 2026-12-04)
+#   bench/gpu.sh --stages train1           # second call (278 s); a run call lasts 10 minutes at most
+#   bench/gpu.sh --stages eval             # third call (131 s); all three fit a task's 15 minutes, start included
 #   bench/gpu.sh --device cpu --shapes tiny     # dry run of every stage on a CPU (2-layer toy shapes)
 #
 # Stages (default: all): machine, eval, train0 (first shape), train1 (second shape), eager (the first shape
-# again with ours eager: what compiling adds). Estimates from the 2026-12-04 H200 run: an anchor worker about
-# 20 s, a compiling one 60-90 s, the evaluation stage about 100 s.
+# again with ours eager: what compiling adds). The README's GPU table says what each call measured.
 #
 # Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
 # neither the offline alias nor the data directory). Writes under $OUT (default runs/gpu-bench):

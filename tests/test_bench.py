@@ -140,3 +140,31 @@ def test_ours_still_runs_where_the_anchor_failed(tmp_path, monkeypatch):
     assert case["ours_dora"]["samples_per_s"] == 2.0  # 2 timed steps x 2 rows in 2 s
     assert case["dora_speedup_vs_hf_trainer_full"] == 1.0
     assert "dora_speedup_vs_hf_trainer_dora" not in case
+
+
+def test_the_graph_step_breakdown_counts_ops_per_layer_and_times_the_host_loop(data_dir, real_tokenizer):
+    """bench/graph_step.py: every layer of a fixed pass runs the same ops, and the host loop with the
+    model's arithmetic taken out still decodes every row to its token budget or a stop."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import graph_step
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    from tinyslm.evaluate.decoder import SlotDecoder
+
+    before = (SlotDecoder.fixed_pass, SlotDecoder.step, graph_step.generation.greedy)
+    ops = graph_step.count_ops(real_tokenizer, slots=4, shape="tiny")
+    layers = graph_step.random_model("tiny", real_tokenizer).config.num_hidden_layers
+    assert (
+        ops["ops"] == sum(ops["by_name"].values())
+        and ops["by_name"]["scaled_dot_product_attention"] == layers
+    )
+    assert not set(ops["by_name"]) & graph_step.VIEWS
+    rows = graph_step.speed.gsm8k_prompts(real_tokenizer, data_dir, 6)
+    host = graph_step.host_work(real_tokenizer, rows, slots=4, new_tokens=8)
+    assert host["prompts"] == 6 and 6 <= host["tokens"] <= 48 and host["host_ms_per_step"] > 0
+    assert (
+        SlotDecoder.fixed_pass,
+        SlotDecoder.step,
+        graph_step.generation.greedy,
+    ) == before  # patches undone

@@ -323,24 +323,24 @@ class SlotDecoder:
         f["ids"][a:].zero_()
         f["lens"].copy_(torch.tensor(self.lens))
         if self.device.type != "cuda":
-            f["logits"] = self._fixed_pass()
+            f["logits"] = self.fixed_pass()
         elif self._cuda_graph is None:
             # warm up on a side stream (what capture requires), then capture; both passes write the same
             # keys and values to the same places as the replay that follows, so running them is harmless
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self._fixed_pass()
+                self.fixed_pass()
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._cuda_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._cuda_graph):
-                f["logits"] = self._fixed_pass()
+                f["logits"] = self.fixed_pass()
         if self._cuda_graph is not None:
             self._cuda_graph.replay()
         self.keep([1] * a)
         return f["logits"][:a]
 
-    def _fixed_pass(self) -> torch.Tensor:
+    def fixed_pass(self) -> torch.Tensor:
         """The body of :meth:`fixed_step`: reads ``ids`` and ``lens``, writes the caches, returns [slots, V]."""
         f, n = self._fixed, self.slots
         ids, lens = f["ids"], f["lens"]
