@@ -84,7 +84,12 @@ def test_latex_answers_make_a_math_file_and_the_style_can_be_chosen(tmp_path):
             "dup.jsonl:2: duplicate id '1' (first at ",
         ),
         ("bad.jsonl", ['{"question": "a", "answer": 1}', "{not json"], "bad.jsonl:2: malformed JSON record"),
-        ("noans.jsonl", ['{"question": "a"}'], "noans.jsonl:1: record lacks field(s) answer"),
+        (
+            "noans.jsonl",
+            ['{"question": "a", "solution": "b"}'],
+            "noans.jsonl:1: a record needs the fields question and answer (it has question, solution); name "
+            "others after the data: ...:question=FIELD:answer=FIELD",
+        ),
         ("nullq.jsonl", ['{"question": null, "answer": 1}'], "field 'question' must be a non-empty string"),
         (
             "box.jsonl",
@@ -113,7 +118,9 @@ def test_a_missing_file_or_style_is_named(tmp_path):
     with pytest.raises(UserError, match="benchmark file not found: .*nope.jsonl"):
         get_benchmark(str(tmp_path / "nope.jsonl"))
     f = _write(tmp_path / "ok.jsonl", NUMBER_ROWS)
-    with pytest.raises(UserError, match="unknown answer style 'latex' \\(after the data: number or math\\)"):
+    with pytest.raises(
+        UserError, match="unknown option 'latex' after the data \\(an answer style: number or math"
+    ):
         get_benchmark(f"{f}:latex")
     (tmp_path / "b").mkdir()
     twin = _write(tmp_path / "b" / "ok.jsonl", NUMBER_ROWS)
@@ -306,3 +313,80 @@ def test_bad_hub_datasets_are_one_line(fake_hub, monkeypatch):
         get_benchmark("madrylab/gsm8k-platinum")
     # no offline copy exists, so none is suggested
     assert str(e.value).endswith("needs the 'datasets' package (pip install 'tiny-slm[hub]')")
+
+
+MATH500_LIKE = [  # HuggingFaceH4/MATH-500's fields: problem, solution, answer, subject, level, unique_id
+    {"problem": "What is $1+1$?", "solution": "$1+1=\\boxed{2}$", "answer": "2", "unique_id": "a/1.json"},
+    {
+        "problem": "Simplify $\\frac{2}{4}$.",
+        "solution": "It is $\\boxed{\\frac12}$.",
+        "answer": "\\frac{1}{2}",
+    },
+]
+
+
+def test_a_set_whose_question_is_named_otherwise_is_read_through_the_options(tmp_path, fake_hub):
+    f = _write(tmp_path / "m500.jsonl", MATH500_LIKE)
+    with pytest.raises(
+        UserError, match="needs the fields question and answer \\(it has problem, solution, answer"
+    ):
+        get_benchmark(str(f))
+    bench = get_benchmark(f"{f}:question=problem")
+    assert (bench.name, bench.answer_style, bench.fields) == ("m500", "math", ("problem", "answer"))
+    assert bench.spec == f"{f.resolve()}:math:question=problem"  # what results.json records names it again
+    assert get_benchmark(bench.spec).rows == bench.rows
+    assert [e.question for e in bench.rows] == ["What is $1+1$?", "Simplify $\\frac{2}{4}$."]
+    assert [e.reference for e in bench.rows] == ["2", "\\frac{1}{2}"]
+    # options in any order, the style too; the answer taken from another field
+    other = get_benchmark(f"{f}:answer=solution:number:question=problem")
+    assert (
+        other.spec == f"{f.resolve()}:number:question=problem:answer=solution"
+        and other.rows[0].reference == "2"
+    )
+    assert benchmark_name(other.spec) == "m500" and answer_style_of(other.spec) == "number"
+    # a Hub dataset the same way
+    fake_hub[0]["me/math-like"] = MATH500_LIKE
+    hub = get_benchmark("me/math-like:question=problem")
+    assert (hub.name, hub.spec) == ("me--math-like", "me/math-like:math:question=problem")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [
+        (":question=", "unknown option 'question='"),
+        (":prompt=problem", "unknown option 'prompt=problem' after the data"),
+        (":question=problem:question=q", "question is given twice"),
+        (":math:number:question=problem", "style is given twice"),
+        (":question=title", "needs the fields title and answer"),
+    ],
+)
+def test_bad_options_are_one_error(tmp_path, suffix, message):
+    f = _write(tmp_path / "m500.jsonl", MATH500_LIKE)
+    with pytest.raises(UserError, match=message):
+        parse_benchmark_list(f"gsm8k,{f}{suffix}")
+
+
+def test_renamed_fields_are_evaluated_resumed_apart_and_exported(tiny_model_dir, tmp_path, data_dir):
+    f = _write(tmp_path / "m500.jsonl", MATH500_LIKE)
+    out = tmp_path / "out"
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        benchmarks=f"{f}:question=problem",
+        output=str(out / "eval"),
+        batch_size=2,
+        max_new_tokens=4,
+        data_dir=str(data_dir),
+        progress=False,
+    )
+    r = run_eval(cfg)["m500"]
+    assert r["n"] == 2 and r["benchmark_spec"] == f"{f.resolve()}:math:question=problem"
+    assert json.loads((out / "eval" / "m500" / "run_config.json").read_text())["fields"] == [
+        "problem",
+        "answer",
+    ]
+    # other fields of the same file are other questions: refused, never mixed into these predictions
+    with pytest.raises(UserError, match="different settings \\(fields\\)"):
+        run_eval(EvalConfig(**{**cfg.__dict__, "benchmarks": f"{f}:question=solution"}))
+    assert float_eval_settings(out)["benchmarks"] == r["benchmark_spec"]  # export --score reads the same rows
+    preds = out / "eval" / "m500" / "predictions.jsonl"
+    assert rescore_file(r["benchmark_spec"], str(preds), str(tmp_path / "s.jsonl"))["n"] == 2

@@ -15,6 +15,7 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
     print(
         "\nor a test set of your own: --benchmark PATH.jsonl, or a Hugging Face dataset id owner/name (its test\n"
         "split): records with question and answer; add :math or :number to choose the answer style (else\n"
-        "LaTeX answers mean math). See the README's Benchmarks section."
+        "LaTeX answers mean math), :question=FIELD or :answer=FIELD where the fields are named otherwise\n"
+        "(PATH.jsonl:question=problem). See the README's Benchmarks section."
     )
     return 0

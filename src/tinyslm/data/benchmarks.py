@@ -71,6 +71,8 @@ class Benchmark:
     spec: str | None = None
     source: str | None = None
     rows: tuple[Example, ...] | None = None
+    # the records' question and answer fields where they are not named so (``:question=problem``)
+    fields: tuple[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,6 +280,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # a Hugging 
 # what --benchmark names on the Hub: owner/name, optionally @split (default test)
 _HUB_TEST_SET = re.compile(rf"(?P<id>{HUB_ID.pattern})(?:@(?P<split>[A-Za-z0-9_.-]+))?")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+DEFAULT_FIELDS = ("question", "answer")  # a user's record's question and answer, unless the spec renames them
 
 
 def _user_gold(answer: str) -> tuple[str, str | None]:
@@ -291,22 +294,32 @@ def _user_gold(answer: str) -> tuple[str, str | None]:
     return answer.strip(), None
 
 
-def user_examples(records: list[tuple[int, dict]], where: Callable[[int], str]) -> list[Example]:
+def user_examples(
+    records: list[tuple[int, dict]],
+    where: Callable[[int], str],
+    fields: tuple[str, str] = DEFAULT_FIELDS,
+) -> list[Example]:
     """The problems of a user's test set, from ``(place, record)`` pairs (a file's line numbers, a Hub
-    dataset's row numbers; ``where(place)`` names one in errors). Each record: ``question`` and ``answer``
-    (a number, the answer as text, or a worked solution with ``#### N`` or ``\\boxed{}``); optional ``id``
-    (default: the record's number from 0) and ``solution`` (a worked solution, for few-shot exemplars). Ids
-    must be unique: the predictions of a resumed run are matched to problems by id."""
+    dataset's row numbers; ``where(place)`` names one in errors). Each record: a question and an answer (a
+    number, the answer as text, or a worked solution with ``#### N`` or ``\\boxed{}``), in the fields named by
+    ``fields`` (``question`` and ``answer`` unless the spec says otherwise); optional ``id`` (default: the
+    record's number from 0) and ``solution`` (a worked solution, for few-shot exemplars). Ids must be
+    unique: the predictions of a resumed run are matched to problems by id."""
+    q_field, a_field = fields
     out: list[Example] = []
     first: dict[str, str] = {}
     for place, r in records:
         at = where(place)
-        if not isinstance(r, dict) or "question" not in r or "answer" not in r:
-            raise UserError(f"{at}: a record needs the fields question and answer")
-        question = record_text(r, "question", at).strip()
-        gold, solution = _user_gold(record_answer(r, "answer", at))
+        if not isinstance(r, dict) or q_field not in r or a_field not in r:
+            keys = f" (it has {', '.join(map(str, list(r)[:8]))})" if isinstance(r, dict) and r else ""
+            raise UserError(
+                f"{at}: a record needs the fields {q_field} and {a_field}{keys}; name others after the data: "
+                "...:question=FIELD:answer=FIELD"
+            )
+        question = record_text(r, q_field, at).strip()
+        gold, solution = _user_gold(record_answer(r, a_field, at))
         if not gold:
-            raise UserError(f"{at}: field 'answer' has an empty \\boxed{{}}")
+            raise UserError(f"{at}: field '{a_field}' has an empty \\boxed{{}}")
         if r.get("solution") is not None:
             solution = record_text(r, "solution", at).strip()
         rid = r.get("id", len(out))
@@ -319,9 +332,9 @@ def user_examples(records: list[tuple[int, dict]], where: Callable[[int], str]) 
     return out
 
 
-def parse_user_file(path: Path) -> list[Example]:
+def parse_user_file(path: Path, fields: tuple[str, str] = DEFAULT_FIELDS) -> list[Example]:
     """A user's JSONL test set (see :func:`user_examples`); every bad record is a UserError naming file:line."""
-    return user_examples(read_jsonl_records(path, ("question", "answer")), lambda n: f"{path}:{n}")
+    return user_examples(read_jsonl_records(path, ()), lambda n: f"{path}:{n}", fields)
 
 
 def user_style(examples: list[Example]) -> str:
@@ -331,12 +344,37 @@ def user_style(examples: list[Example]) -> str:
     return "math" if any("\\" in e.reference for e in examples) else "number"
 
 
-def _split_style(spec: str) -> tuple[str, str | None]:
-    """``PATH.jsonl:math`` or ``owner/name:number`` -> (what names the data, the style); else (spec, None)."""
-    head, sep, tail = spec.rpartition(":")
-    return (
-        (head, tail) if sep and (head.endswith(".jsonl") or _HUB_TEST_SET.fullmatch(head)) else (spec, None)
-    )
+def _split_options(spec: str) -> tuple[str, list[str]]:
+    """``PATH.jsonl:math:question=problem`` or ``owner/name@split:number`` -> (what names the data, the
+    options after it); a spec that names no user data with options -> (spec, [])."""
+    parts = spec.split(":")
+    for k in range(1, len(parts)):
+        data = ":".join(parts[:k])
+        if data.endswith(".jsonl") or _HUB_TEST_SET.fullmatch(data):
+            return data, parts[k:]
+    return spec, []
+
+
+def _read_options(spec: str, options: list[str]) -> tuple[str | None, tuple[str, str]]:
+    """The answer style (None: inferred) and the (question, answer) field names a spec's options give."""
+    style, fields, seen = None, dict(zip(("question", "answer"), DEFAULT_FIELDS, strict=True)), set()
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        if opt in ANSWER_STYLES:
+            key, value = "style", opt
+        elif not (eq and key in fields and value.strip()):
+            raise UserError(
+                f"{spec}: unknown option '{opt}' after the data (an answer style: {' or '.join(ANSWER_STYLES)}; "
+                "or question=FIELD, answer=FIELD)"
+            )
+        if key in seen:
+            raise UserError(f"{spec}: {key} is given twice")
+        seen.add(key)
+        if key == "style":
+            style = value
+        else:
+            fields[key] = value.strip()
+    return style, (fields["question"], fields["answer"])
 
 
 def benchmark_name(spec: str) -> str:
@@ -344,7 +382,7 @@ def benchmark_name(spec: str) -> str:
     anything: a registered benchmark's own name, a JSONL file's stem, a Hub dataset's ``owner--name`` (plus
     ``--<split>`` for a split other than ``test``). The report uses it to match what a study declared with
     what it finds on disk."""
-    data = _split_style(spec)[0]
+    data = _split_options(spec)[0]
     if data.endswith(".jsonl"):
         return Path(data).name[: -len(".jsonl")]
     hub = _HUB_TEST_SET.fullmatch(data)
@@ -360,14 +398,20 @@ def answer_style_of(spec: str) -> str:
     rescoring works offline; otherwise the set is read to infer it (:func:`user_style`)."""
     if spec in BENCHMARKS:
         return BENCHMARKS[spec].answer_style
-    style = _split_style(spec)[1]
-    return style if style in ANSWER_STYLES else get_benchmark(spec).answer_style
+    style = next((o for o in _split_options(spec)[1] if o in ANSWER_STYLES), None)
+    return style or get_benchmark(spec).answer_style
 
 
-def _user_benchmark(data: str, style: str | None, examples: list[Example], source: str) -> Benchmark:
+def _user_benchmark(
+    data: str, style: str | None, fields: tuple[str, str], examples: list[Example], source: str
+) -> Benchmark:
     """The registry entry of a user's test set whose rows are read (``source``: the file, or ``hub:...``)."""
     style = style or user_style(examples)
     where = source.removeprefix("hub:")
+    # each field named otherwise than the default (which is the option's own name), as an option again
+    renamed = "".join(
+        f":{key}={name}" for key, name in zip(DEFAULT_FIELDS, fields, strict=True) if name != key
+    )
     return Benchmark(
         name=benchmark_name(data),
         description=f"your test set {where}",
@@ -377,9 +421,10 @@ def _user_benchmark(data: str, style: str | None, examples: list[Example], sourc
         parse_local=None,
         parse_hub=None,
         fewshot_pool="gsm8k-train" if style == "number" else "self",
-        spec=f"{where}:{style}",
+        spec=f"{where}:{style}{renamed}",
         source=source,
         rows=tuple(examples),
+        fields=fields if renamed else None,
     )
 
 
@@ -391,11 +436,8 @@ def user_benchmark(spec: str) -> Benchmark | None:
     of :func:`user_style`. Number-style sets draw few-shot exemplars from GSM8K train (as GSM8K does,
     skipping any question the set also holds); math-style ones from their own records that have a worked
     solution, which are then not scored."""
-    data, style = _split_style(spec)
-    if style is not None and style not in ANSWER_STYLES:
-        raise UserError(
-            f"{spec}: unknown answer style '{style}' (after the data: {' or '.join(ANSWER_STYLES)})"
-        )
+    data, options = _split_options(spec)
+    style, fields = _read_options(spec, options)
     if data.endswith(".jsonl"):
         path = Path(data).expanduser()
         if not path.is_file():
@@ -412,7 +454,7 @@ def user_benchmark(spec: str) -> Benchmark | None:
                 "rename your file so their results cannot be mixed up"
             )
         path = path.resolve()
-        return _user_benchmark(data, style, parse_user_file(path), str(path))
+        return _user_benchmark(data, style, fields, parse_user_file(path, fields), str(path))
     hub = _HUB_TEST_SET.fullmatch(data)
     if hub is None or data.startswith((".", "~")):
         return None
@@ -424,9 +466,8 @@ def user_benchmark(spec: str) -> Benchmark | None:
             )
     src = HubSource(hub_id, split)
     rows = load_hub_rows(src, offline_copy=False)
-    return _user_benchmark(
-        data, style, user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}"), f"hub:{data}"
-    )
+    examples = user_examples(list(enumerate(rows)), lambda i: f"hub:{data} row {i}", fields)
+    return _user_benchmark(data, style, fields, examples, f"hub:{data}")
 
 
 # ---------------------------------------------------------------------------------------------------

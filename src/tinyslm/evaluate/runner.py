@@ -68,7 +68,8 @@ class EvalConfig:
     )
     benchmarks: str = setting(
         help="comma-separated benchmarks (see `tiny-slm benchmarks`), or a test set of your own: a .jsonl file "
-        "or a Hugging Face dataset id (question and answer per record; default: %(default)s)",
+        "or a Hugging Face dataset id (question and answer per record, else name them: PATH.jsonl:question=problem; "
+        "default: %(default)s)",
         flag=("--benchmark", "--benchmarks"),
         cli_default="gsm8k",
     )
@@ -212,6 +213,8 @@ def plan_benchmarks(cfg: EvalConfig) -> list[BenchmarkPlan]:
             "max_new_tokens": cfg.max_new_tokens,
             "prompt_version": PROMPT_VERSION,
         }
+        if bench.fields:  # a user's set read from renamed fields: other questions than the default ones
+            fingerprint["fields"] = list(bench.fields)
         if cfg.backend != "torch":  # absent for torch, so run_config.json files from before it still resume
             fingerprint["backend"] = cfg.backend
         data = {"benchmark": data_record(loaded.source, cache)}
