@@ -39,6 +39,20 @@ def _write(path: Path, rows: list) -> Path:
     return path
 
 
+def _tiny_eval(model_dir: Path, benchmarks: str, out: Path, data_dir: Path, **more) -> EvalConfig:
+    """A quick evaluation of the tiny model: 2 slots, 4 new tokens."""
+    return EvalConfig(
+        model=str(model_dir),
+        benchmarks=benchmarks,
+        output=str(out),
+        batch_size=2,
+        max_new_tokens=4,
+        data_dir=str(data_dir),
+        progress=False,
+        **more,
+    )
+
+
 def test_a_number_file_reads_as_gsm8k_does(tmp_path):
     f = _write(tmp_path / "my-set.jsonl", NUMBER_ROWS)
     bench = get_benchmark(str(f))
@@ -145,17 +159,8 @@ def test_the_command_line_refuses_a_bad_file_in_one_line(tmp_path, capsys):
 def test_a_file_benchmark_is_evaluated_resumed_rescored_and_exported(tiny_model_dir, tmp_path, data_dir):
     f = _write(tmp_path / "my-set.jsonl", NUMBER_ROWS)
     out = tmp_path / "out"
-    cfg = EvalConfig(
-        model=str(tiny_model_dir),
-        benchmarks=f"gsm8k,{f}",
-        output=str(out),
-        limit=3,
-        shots=1,  # number style: the exemplar comes from GSM8K train, as for GSM8K
-        batch_size=2,
-        max_new_tokens=4,
-        data_dir=str(data_dir),
-        progress=False,
-    )
+    # number style: the exemplar comes from GSM8K train, as for GSM8K
+    cfg = _tiny_eval(tiny_model_dir, f"gsm8k,{f}", out, data_dir, limit=3, shots=1)
     res = run_eval(cfg)
     r = json.loads((out / "my-set" / "results.json").read_text())
     assert r == res["my-set"] and r["n"] == 3
@@ -256,17 +261,8 @@ def test_a_hub_dataset_is_a_benchmark_filed_as_owner_name(fake_hub, tiny_model_d
     )
     assert benchmark_name("madrylab/gsm8k-platinum:math") == "madrylab--gsm8k-platinum"
     out = tmp_path / "out"
-    cfg = EvalConfig(
-        model=str(tiny_model_dir),
-        benchmarks="madrylab/gsm8k-platinum",
-        output=str(out),
-        batch_size=2,
-        max_new_tokens=4,
-        data_dir=str(
-            data_dir
-        ),  # the registered benchmarks' files; a Hub id is read from the Hub all the same
-        progress=False,
-    )
+    # data_dir: the registered benchmarks' files; a Hub id is read from the Hub all the same
+    cfg = _tiny_eval(tiny_model_dir, "madrylab/gsm8k-platinum", out, data_dir)
     r = run_eval(cfg)["madrylab--gsm8k-platinum"]
     assert r["n"] == 2 and r["source"] == "hub:madrylab/gsm8k-platinum"
     assert r["benchmark_spec"] == "madrylab/gsm8k-platinum:number"
@@ -369,15 +365,7 @@ def test_bad_options_are_one_error(tmp_path, suffix, message):
 def test_renamed_fields_are_evaluated_resumed_apart_and_exported(tiny_model_dir, tmp_path, data_dir):
     f = _write(tmp_path / "m500.jsonl", MATH500_LIKE)
     out = tmp_path / "out"
-    cfg = EvalConfig(
-        model=str(tiny_model_dir),
-        benchmarks=f"{f}:question=problem",
-        output=str(out / "eval"),
-        batch_size=2,
-        max_new_tokens=4,
-        data_dir=str(data_dir),
-        progress=False,
-    )
+    cfg = _tiny_eval(tiny_model_dir, f"{f}:question=problem", out / "eval", data_dir)
     r = run_eval(cfg)["m500"]
     assert r["n"] == 2 and r["benchmark_spec"] == f"{f.resolve()}:math:question=problem"
     assert json.loads((out / "eval" / "m500" / "run_config.json").read_text())["fields"] == [
