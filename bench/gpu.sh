@@ -4,9 +4,11 @@
 #   bench/gpu.sh --stages machine,train0   # on the GPU machine: first call (409 s on one H200, 2026-12-04)
 #   bench/gpu.sh --stages train1           # second call (278 s); a run call lasts 10 minutes at most
 #   bench/gpu.sh --stages eval             # third call (131 s); all three fit a task's 15 minutes, start included
+#   bench/gpu.sh --stages evalc            # the compiled decode step against generate (not yet run on a GPU)
 #   bench/gpu.sh --device cpu --shapes tiny     # dry run of every stage on a CPU (2-layer toy shapes)
 #
-# Stages (default: all): machine, eval, train0 (first shape), train1 (second shape), eager (the first shape
+# Stages (default: all): machine, eval, evalc (the --cuda-graph step compiled before capture, against
+# --cuda-graph as it is, own file), train0 (first shape), train1 (second shape), eager (the first shape
 # again with ours eager: what compiling adds). The README's GPU table says what each call measured.
 #
 # Needs runs/bench-assets/{tokenizer,data/gsm8k} (docs/speed.md says how to make them; a GPU machine has
@@ -14,6 +16,8 @@
 #   machine.json  GPU, driver, torch/transformers/peft, and the measured bf16 matmul and copy ceilings
 #   eval.json     GSM8K zero-shot, all 1,319 prompts, 256 new tokens, SmolLM2-135M shape, random weights:
 #                 ours against HF generate at the same batch (generate on the first 256 prompts)
+#   eval-compile.json  the same with --cuda-graph and the compiled step (in a stage of its own, so that a
+#                 long compilation cannot cost eval.json)
 #   train-*.json  SmolLM2-135M and Qwen2.5-0.5B shapes, bf16, batch 64 x up to 512 tokens: HF Trainer + PEFT
 #                 against tiny-slm (compiled layers, eager where compiling fails; then 135M with ours eager)
 # and a .log beside each. Each stage has its own time limit, and the training figures are rewritten after
@@ -23,19 +27,19 @@ cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 SHAPES=smollm2-135m,qwen2.5-0.5b
-STAGES=machine,eval,train0,train1,eager
+STAGES=machine,eval,evalc,train0,train1,eager
 while [ $# -gt 0 ]; do
     case "$1" in
     --device) DEVICE=$2; shift 2 ;;
     --shapes) SHAPES=$2; shift 2 ;;
     --stages) STAGES=$2; shift 2 ;;
     *) echo "usage: bench/gpu.sh [--device cuda|cpu] [--shapes tiny|smollm2-135m,qwen2.5-0.5b]" \
-        "[--stages machine,eval,train0,train1,eager]" >&2; exit 2 ;;
+        "[--stages machine,eval,evalc,train0,train1,eager]" >&2; exit 2 ;;
     esac
 done
 for stage in ${STAGES//,/ }; do
-    case "$stage" in machine | eval | train0 | train1 | eager) ;; *)
-        echo "bench/gpu.sh: unknown stage $stage (machine, eval, train0, train1, eager)" >&2; exit 2 ;;
+    case "$stage" in machine | eval | evalc | train0 | train1 | eager) ;; *)
+        echo "bench/gpu.sh: unknown stage $stage (machine, eval, evalc, train0, train1, eager)" >&2; exit 2 ;;
     esac
 done
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
@@ -54,7 +58,7 @@ if [ "$SHAPES" = tiny ]; then  # the dry run: same stages and flags, toy sizes
     EVAL=(--n 40 --anchor-n 16 --eval-batch-size 16 --max-new-tokens 16)
     TRAIN=(--batch-size 8 --micro-batch-size 4 --anchor-micro-batch-size 8 --max-length 256
         --warmup-steps 1 --train-steps 2)
-    T_EVAL=600; T_TRAIN=(900 900); T_EAGER=900; T_WORKER=600
+    T_EVAL=600; T_EVALC=600; T_TRAIN=(900 900); T_EAGER=900; T_WORKER=600
 else
     EVAL_SHAPE=smollm2-135m; TRAIN_SHAPES=(${SHAPES//,/ })
     # Ours: 256 slots over all 1,319 prompts; generate: the same batch over the first 256 prompts.
@@ -65,7 +69,9 @@ else
     TRAIN=(--batch-size 64 --micro-batch-size 64 --max-length 512 --warmup-steps 2 --train-steps 5)
     # Stage limits (override with T_TRAIN0, T_TRAIN1): a stage runs 3 methods x 2 sides; an anchor worker
     # took 20-40 s there, a compiling one 60-90 s (one compiled graph per layer stack since the fixes below).
-    T_EVAL=150; T_TRAIN=("${T_TRAIN0:-400}" "${T_TRAIN1:-450}"); T_EAGER=150; T_WORKER=150
+    # evalc compiles the 135M step (215 s on the 2-core CPU; not yet measured on a GPU), then runs generate,
+    # --cuda-graph, and the compiled step twice (the first run compiles)
+    T_EVAL=150; T_EVALC=${T_EVALC:-360}; T_TRAIN=("${T_TRAIN0:-400}" "${T_TRAIN1:-450}"); T_EAGER=150; T_WORKER=150
 fi
 
 # 0. The machine and its two ceilings (bf16 matrix product, device-to-device copy).
@@ -102,6 +108,9 @@ want machine && cat "$OUT/machine.json"
 # 1. Evaluation.
 want eval && timeout "$T_EVAL" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval --graph --keep-going \
     "${EVAL[@]}" --json-out "$OUT/eval.json" 2>&1 | tee "$OUT/eval.log" | grep -v '^{'
+want evalc && timeout "$T_EVALC" "$PY" bench/speed.py "${COMMON[@]}" --parts eval --shapes "$EVAL_SHAPE" --random-eval \
+    --engines graph,graph-compile --keep-going "${EVAL[@]}" --json-out "$OUT/eval-compile.json" 2>&1 |
+    tee "$OUT/eval-compile.log" | grep -v '^{'
 
 # 2. Training: each shape with our compiled layers (eager stands in where compiling fails), then, as far as
 # time allows, the first shape again with ours eager (what compiling adds; the anchor's rerun shows the noise).

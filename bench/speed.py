@@ -218,7 +218,8 @@ def run_engine(
 
     ``hf`` decodes length-sorted fixed batches through ``model.generate``; ``fast`` is what ``tiny-slm-eval``
     runs (continuous batching with ``batch_size`` slots on Llama-family models); ``graph`` is ``fast`` with
-    ``--cuda-graph`` (fixed-shape steps, replayed from a CUDA graph on a GPU, eagerly elsewhere).
+    ``--cuda-graph`` (fixed-shape steps, replayed from a CUDA graph on a GPU, eagerly elsewhere);
+    ``graph-compile`` is ``graph`` with the step compiled by ``torch.compile`` before it is captured.
     """
     out: list = [None] * len(rows)
     if device.startswith("cuda"):
@@ -228,8 +229,9 @@ def run_engine(
         model,
         tokenizer,
         rows,
-        engine="fast" if name == "graph" else name,
-        graph=name == "graph",
+        engine="fast" if name.startswith("graph") else name,
+        graph=name.startswith("graph"),
+        compile_step=name == "graph-compile",
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         stop_ids=stop_ids,
@@ -322,21 +324,26 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             label = f"{shape} (random weights)"
         model.eval()
         stop = eos_ids(model, tokenizer)
-        res = {}
-        engines = [("hf", anchor_rows), ("fast", rows)] + ([("graph", rows)] if args.graph else [])
+        res, warm = {}, {}
+        engines = [("hf", anchor_rows)] + [(e, rows) for e in args.engines]
         for engine, todo in engines:
             try:  # on a GPU one engine's failure must not cost the others' figures
-                # untimed warm-up: first-call costs would fall on whichever runs first
+                # untimed warm-up: first-call costs would fall on whichever runs first. A compiled step
+                # is compiled for its exact shapes (slots x capacity), which the whole run fixes: its
+                # warm-up is the whole run, and its wall time (compiling included) is reported apart.
+                t_warm = time.perf_counter()
+                whole = engine == "graph-compile"
                 run_engine(
                     engine,
                     model,
                     tokenizer,
-                    todo[: args.eval_batch_size],
+                    todo if whole else todo[: args.eval_batch_size],
                     args.eval_batch_size,
-                    2,
+                    args.max_new_tokens if whole else 2,
                     stop,
                     args.device,
                 )
+                warm[engine] = time.perf_counter() - t_warm
                 gen, wall = run_engine(
                     engine,
                     model,
@@ -358,7 +365,13 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             res["llama"] = llama
         rate = {engine: n / wall for engine, (_, wall, n) in res.items()}
         agree = {engine: agreement(gen, res["hf"][0]) for engine, (gen, _, _) in res.items()}
-        names = (("hf", "HF generate"), ("fast", "ours"), ("graph", "ours graph"), ("llama", "llama.cpp"))
+        names = (
+            ("hf", "HF generate"),
+            ("fast", "ours"),
+            ("graph", "ours graph"),
+            ("graph-compile", "ours g+comp"),
+            ("llama", "llama.cpp"),
+        )
         for engine, name in names:
             if engine not in res:
                 continue
@@ -375,7 +388,11 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             )
         summary[shape] = {"model": label, "n_prompts": len(rows), "hf_generate_prompts": len(anchor_rows)}
         summary[shape]["hf_generate_tokens_per_s"] = round(rate["hf"], 2)
-        for engine, key in (("fast", "ours"), ("graph", "ours_graph")):
+        for engine, key in (
+            ("fast", "ours"),
+            ("graph", "ours_graph"),
+            ("graph-compile", "ours_graph_compile"),
+        ):
             if engine not in {e for e, _ in engines}:  # not asked for
                 continue
             if engine not in res:
@@ -388,6 +405,7 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
                     f"{key}_eval_speedup_vs_hf_generate": round(rate[engine] / rate["hf"], 3),
                     f"{key}_identical_tokens": agree[engine]["identical_rows"] == agree[engine]["rows"],
                     f"{key}_agreement_with_hf_generate": agree[engine],
+                    **({f"{key}_first_run_s": round(warm[engine], 2)} if engine == "graph-compile" else {}),
                 }
             )
         if "fast" in res:  # the names the CPU table and the README have always used
@@ -798,6 +816,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a third row: ours with --cuda-graph (fixed-shape steps; CUDA graphs on a GPU, eager elsewhere)",
     )
+    g.add_argument(
+        "--graph-compile",
+        action="store_true",
+        help="a row for ours with --cuda-graph and the step compiled by torch.compile before capture (its "
+        "warm-up is a whole untimed run, whose wall time, compiling included, is reported as first_run_s)",
+    )
+    g.add_argument(
+        "--engines",
+        default="fast",
+        help="our engines to run beside HF generate: fast, graph, graph-compile (default fast; --graph and "
+        "--graph-compile add theirs)",
+    )
     g = ap.add_argument_group("training")
     g.add_argument("--methods", default="full,lora,dora", help="comma-separated (default full,lora,dora)")
     g.add_argument(
@@ -853,6 +883,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    args.engines += [e for e, on in (("graph", args.graph), ("graph-compile", args.graph_compile)) if on]
+    args.engines = list(dict.fromkeys(args.engines))
+    if not args.engines or set(args.engines) - {"fast", "graph", "graph-compile"}:
+        ap.error(
+            f"--engines: choose from fast, graph, graph-compile (got {','.join(args.engines) or 'none'})"
+        )
     args.ours = [v.strip() for v in args.ours.split(",") if v.strip()]
     args.fallback = [v.strip() for v in args.fallback.split(",") if v.strip()]
     bad = [s for s in args.shapes if s not in SHAPES] + [m for m in args.methods if m not in METHODS]

@@ -34,12 +34,15 @@ def test_the_gpu_script_dry_run_writes_the_tables_figures(tmp_path, data_dir, re
         "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
     }
-    cmd = ["bash", "bench/gpu.sh", "--device", "cpu", "--shapes", "tiny", "--stages", "machine,eval"]
+    cmd = ["bash", "bench/gpu.sh", "--device", "cpu", "--shapes", "tiny", "--stages", "machine,eval,evalc"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {"torch", "transformers", "peft"} <= set(json.loads((out / "machine.json").read_text()))
     tiny = json.loads((out / "eval.json").read_text())["cases"]["eval"]["tiny"]
-    for key in ("ours", "ours_graph"):
+    compiled = json.loads((out / "eval-compile.json").read_text())["cases"]["eval"]["tiny"]
+    assert "ours_eval_tokens_per_s" not in compiled  # only the engines asked for: graph, graph-compile
+    tiny = {**tiny, **{k: v for k, v in compiled.items() if k.startswith("ours_graph_compile")}}
+    for key in ("ours", "ours_graph", "ours_graph_compile"):
         assert tiny[f"{key}_eval_tokens_per_s"] > 0
         # greedy decoding of the same fp32 weights: every row both engines decoded is generate's
         assert tiny[f"{key}_agreement_with_hf_generate"] == {
@@ -48,6 +51,7 @@ def test_the_gpu_script_dry_run_writes_the_tables_figures(tmp_path, data_dir, re
             "mean_prefix_agreement": 1.0,
         }
     assert tiny["n_prompts"] == 40 and tiny["hf_generate_prompts"] == 16
+    assert tiny["ours_graph_compile_first_run_s"] > 0  # the untimed whole run that compiles the step
 
 
 def test_the_gpu_script_refuses_an_unknown_stage_in_one_line(tmp_path):
@@ -61,7 +65,7 @@ def test_the_gpu_script_refuses_an_unknown_stage_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "bench/gpu.sh: unknown stage warp (machine, eval, train0, train1, eager)"
+        "bench/gpu.sh: unknown stage warp (machine, eval, evalc, train0, train1, eager)"
     ]
 
 

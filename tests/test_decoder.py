@@ -180,6 +180,29 @@ def test_fixed_shape_steps_give_generates_tokens(kind, shared, monkeypatch):
     assert steps and min(steps) < 4 == max(steps), "steps with idle slots (the last rows) were taken too"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [0, CASCADE_MIN_PREFIX + 10])
+def test_a_compiled_fixed_step_gives_generates_tokens(shared):
+    """``compile_step``: the fixed-shape step compiled by inductor (here its CPU code, on plain weights) is
+    the same arithmetic: generate's tokens, with and without the shared prefix read apart."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()  # count this test's graphs only
+    model, tok = _model("llama"), _Tok()
+    rows = _rows(7, shared=shared)
+    kw = dict(max_new_tokens=24, batch_size=4, stop_ids=_stops_at_various_steps(model, tok, rows, 24))
+    compiled = dict(decode_rows(model, tok, rows, engine="fast", graph=True, compile_step=True, **kw))
+    assert compiled == dict(decode_rows(model, tok, rows, engine="hf", **kw))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # one graph, whole
+
+
+def test_compiling_a_step_needs_the_fixed_shape():
+    with pytest.raises(ValueError, match="needs graph=True"):
+        SlotDecoder(_model("llama"), slots=2, capacity=8, device="cpu", compile_step=True)
+
+
 def _record_fed_runs(monkeypatch) -> list[list[int]]:
     """The runs ``extend`` feeds to rows already decoding (not the prompts of new rows), call by call."""
     fed: list[list[int]] = []

@@ -123,6 +123,7 @@ class SlotDecoder:
         device: torch.device | str,
         prefix: list[int] | None = None,
         graph: bool = False,
+        compile_step: bool = False,
     ) -> None:
         base = base_model(model)
         self.base, self.inner = base, base.model
@@ -136,7 +137,8 @@ class SlotDecoder:
         self.scaling = attn0.scaling
         self.device = torch.device(device)
         self.dtype = next(base.parameters()).dtype
-        self.packed = self._pack_cpu_weights(slots)
+        # torch.compile cannot take the oneDNN-packed weights as inputs: a compiled step runs plain ones
+        self.packed = {} if compile_step else self._pack_cpu_weights(slots)
         self.prefix_len = len(prefix or [])
         self.cascade = self.prefix_len >= CASCADE_MIN_PREFIX
         self.offset = 0 if self.cascade else self.prefix_len  # slot index where a row's own tokens start
@@ -152,6 +154,14 @@ class SlotDecoder:
         self.graph = graph  # steps of fixed shape, replayed from a CUDA graph on a GPU (see fixed_step)
         self._fixed: dict[str, torch.Tensor] = {}
         self._cuda_graph: Any = None
+        if compile_step:
+            if not graph:
+                raise ValueError("compile_step compiles the fixed-shape step: it needs graph=True")
+            # One fixed pass launches about 41 kernels a layer (an RMS norm alone is 8), each a few
+            # microseconds on a GPU even when replayed from a CUDA graph; inductor fuses the elementwise ones.
+            # Compiled on the first step (about a minute for a 30-layer model), then captured as before. Fixed
+            # shapes (slots x capacity): another decoder with other shapes compiles again.
+            self.fixed_pass = torch.compile(self.fixed_pass, dynamic=False)  # type: ignore[method-assign]
 
     def _pack_cpu_weights(self, slots: int) -> dict[torch.nn.Module, torch.Tensor]:
         """oneDNN-blocked copies of the plain ``nn.Linear`` weights, for fp32 on CPU.

@@ -390,6 +390,7 @@ def decode_rows(
     stop_ids: list[int] | None = None,
     draft: int | None = None,
     graph: bool = False,
+    compile_step: bool = False,
 ) -> Iterator[tuple[int, list[int]]]:
     """Greedy-decode tokenized prompts; yields ``(row index, generated ids)`` in the order rows finish.
 
@@ -400,6 +401,8 @@ def decode_rows(
     row and step by prompt lookup on the slot decoder (default ``DRAFT_TOKENS``; 0 turns it off).
     ``graph``: the slot decoder's steps have a fixed shape (:meth:`SlotDecoder.fixed_step`), replayed from
     a CUDA graph on a GPU; guesses are then off (they would change the shape from step to step).
+    ``compile_step`` (with ``graph``): that step is compiled with ``torch.compile`` before it is captured
+    (fewer, fused kernels; see :class:`SlotDecoder`). Same greedy choices in fp32, tested on a CPU.
     """
     if engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}")
@@ -431,6 +434,7 @@ def decode_rows(
             device=device,
             prefix=rows[0][:shared],
             graph=graph,
+            compile_step=compile_step,
         )
         yield from _decode_continuous(
             dec,
