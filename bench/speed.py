@@ -204,6 +204,11 @@ def gsm8k_prompts(tokenizer: Any, data_dir: Path, n: int, shots: int = 0) -> lis
     ]
 
 
+# Our decoding engines the evaluation table can run beside HF generate: name, row label, JSON key prefix.
+EVAL_ENGINES = (("fast", "ours", "ours"), ("graph", "ours graph", "ours_graph"))
+EVAL_ENGINES += (("graph-compile", "ours g+comp", "ours_graph_compile"),)
+
+
 def run_engine(
     name: str,
     model: Any,
@@ -365,13 +370,7 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             res["llama"] = llama
         rate = {engine: n / wall for engine, (_, wall, n) in res.items()}
         agree = {engine: agreement(gen, res["hf"][0]) for engine, (gen, _, _) in res.items()}
-        names = (
-            ("hf", "HF generate"),
-            ("fast", "ours"),
-            ("graph", "ours graph"),
-            ("graph-compile", "ours g+comp"),
-            ("llama", "llama.cpp"),
-        )
+        names = [("hf", "HF generate"), *((e, label) for e, label, _ in EVAL_ENGINES), ("llama", "llama.cpp")]
         for engine, name in names:
             if engine not in res:
                 continue
@@ -388,12 +387,8 @@ def bench_eval(args: argparse.Namespace, tokenizer: Any, model_dirs: ModelDirs) 
             )
         summary[shape] = {"model": label, "n_prompts": len(rows), "hf_generate_prompts": len(anchor_rows)}
         summary[shape]["hf_generate_tokens_per_s"] = round(rate["hf"], 2)
-        for engine, key in (
-            ("fast", "ours"),
-            ("graph", "ours_graph"),
-            ("graph-compile", "ours_graph_compile"),
-        ):
-            if engine not in {e for e, _ in engines}:  # not asked for
+        for engine, _, key in EVAL_ENGINES:
+            if engine not in args.engines:  # not asked for
                 continue
             if engine not in res:
                 summary[shape][f"{key}_failed"] = True
@@ -817,16 +812,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a third row: ours with --cuda-graph (fixed-shape steps; CUDA graphs on a GPU, eager elsewhere)",
     )
     g.add_argument(
-        "--graph-compile",
-        action="store_true",
-        help="a row for ours with --cuda-graph and the step compiled by torch.compile before capture (its "
-        "warm-up is a whole untimed run, whose wall time, compiling included, is reported as first_run_s)",
-    )
-    g.add_argument(
         "--engines",
         default="fast",
-        help="our engines to run beside HF generate: fast, graph, graph-compile (default fast; --graph and "
-        "--graph-compile add theirs)",
+        help="our engines to run beside HF generate, comma-separated: fast, graph (as --graph), graph-compile "
+        "(graph with the step compiled by torch.compile before capture; its warm-up is a whole untimed run, "
+        "whose wall time, compiling included, is reported as first_run_s). Default fast",
     )
     g = ap.add_argument_group("training")
     g.add_argument("--methods", default="full,lora,dora", help="comma-separated (default full,lora,dora)")
@@ -884,12 +874,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    args.engines += [e for e, on in (("graph", args.graph), ("graph-compile", args.graph_compile)) if on]
-    args.engines = list(dict.fromkeys(args.engines))
-    if not args.engines or set(args.engines) - {"fast", "graph", "graph-compile"}:
-        ap.error(
-            f"--engines: choose from fast, graph, graph-compile (got {','.join(args.engines) or 'none'})"
-        )
+    args.engines = list(dict.fromkeys(args.engines + (["graph"] if args.graph else [])))
+    known = [e for e, _, _ in EVAL_ENGINES]
+    if not args.engines or set(args.engines) - set(known):
+        ap.error(f"--engines: choose from {', '.join(known)} (got {','.join(args.engines) or 'none'})")
     args.ours = [v.strip() for v in args.ours.split(",") if v.strip()]
     args.fallback = [v.strip() for v in args.fallback.split(",") if v.strip()]
     bad = [s for s in args.shapes if s not in SHAPES] + [m for m in args.methods if m not in METHODS]
