@@ -357,7 +357,8 @@ def _split_options(spec: str) -> tuple[str, list[str]]:
 
 def _read_options(spec: str, options: list[str]) -> tuple[str | None, tuple[str, str]]:
     """The answer style (None: inferred) and the (question, answer) field names a spec's options give."""
-    style, fields, seen = None, dict(zip(("question", "answer"), DEFAULT_FIELDS, strict=True)), set()
+    style, seen = None, set()
+    fields = {key: key for key in DEFAULT_FIELDS}  # each option's default is its own name
     for opt in options:
         key, eq, value = opt.partition("=")
         if opt in ANSWER_STYLES:
