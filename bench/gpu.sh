@@ -65,10 +65,11 @@ else
     EVAL=(--n 1319 --anchor-n 256 --eval-batch-size 256 --max-new-tokens 256)
     # The protocol's batch of 64 rows, all in one pass on both sides: on the H200 measured 2026-12-04 a step
     # was bound by kernel launches, and ours at 2 x 32 rows made 90 samples/s against 249 at 1 x 64.
-    # 2 untimed steps absorb compilation; a worker that compiles LoRA/DoRA layers needs minutes there.
+    # 2 untimed steps absorb compilation.
     TRAIN=(--batch-size 64 --micro-batch-size 64 --max-length 512 --warmup-steps 2 --train-steps 5)
-    # Stage limits (override with T_TRAIN0, T_TRAIN1): a stage runs 3 methods x 2 sides; an anchor worker
-    # took 20-40 s there, a compiling one 60-90 s (one compiled graph per layer stack since the fixes below).
+    # Stage limits (override with T_TRAIN0, T_TRAIN1): a stage runs 3 methods x 2 sides, and took 409 s
+    # (machine figures included) and 278 s on the H200 on 2026-12-04, every worker inside its 150 s (one
+    # compiled graph per layer stack since the LoRA/DoRA compile fixes in docs/speed.md).
     # evalc compiles the 135M step (215 s on the 2-core CPU; not yet measured on a GPU), then runs generate,
     # --cuda-graph, and the compiled step twice (the first run compiles)
     T_EVAL=150; T_EVALC=${T_EVALC:-360}; T_TRAIN=("${T_TRAIN0:-400}" "${T_TRAIN1:-450}"); T_EAGER=150; T_WORKER=150
