@@ -70,7 +70,7 @@ else
     # Stage limits (override with T_TRAIN0, T_TRAIN1): a stage runs 3 methods x 2 sides, and took 409 s
     # (machine figures included) and 278 s on the H200 on 2026-12-04, every worker inside its 150 s (one
     # compiled graph per layer stack since the LoRA/DoRA compile fixes in docs/speed.md).
-    # evalc compiles the 135M step (215 s on the 2-core CPU; not yet measured on a GPU), then runs generate,
+    # evalc compiles the 135M step (114 s on the 2-core CPU; not yet measured on a GPU), then runs generate,
     # --cuda-graph, and the compiled step twice (the first run compiles)
     T_EVAL=150; T_EVALC=${T_EVALC:-360}; T_TRAIN=("${T_TRAIN0:-400}" "${T_TRAIN1:-450}"); T_EAGER=150; T_WORKER=150
 fi

@@ -159,7 +159,7 @@ class SlotDecoder:
                 raise ValueError("compile_step compiles the fixed-shape step: it needs graph=True")
             # One fixed pass launches about 41 kernels a layer (an RMS norm alone is 8), each a few
             # microseconds on a GPU even when replayed from a CUDA graph; inductor fuses the elementwise ones.
-            # Compiled on the first step (215 s for the 30-layer 135M shape on a 2-core CPU; not yet timed on a
+            # Compiled on the first step (114 s for the 30-layer 135M shape on a 2-core CPU; not yet timed on a
             # GPU), then captured as before. Fixed shapes (slots x capacity): other shapes compile again.
             self.fixed_pass = torch.compile(self.fixed_pass, dynamic=False)  # type: ignore[method-assign]
 
